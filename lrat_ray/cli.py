@@ -1,0 +1,133 @@
+"""The ``lrat`` command: one subcommand per stage.
+
+Each subcommand takes ``--config YAML`` (a mapping of its options, or a file with one section per
+subcommand) and per-option overrides; ``lrat <stage> --help`` lists them. Stages available so far:
+``mine`` and ``demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lrat_ray import __version__
+from lrat_ray.config import add_arguments, resolve
+from lrat_ray.errors import LratError
+from lrat_ray.mine_job import MineConfig, run_mine
+
+log = logging.getLogger("lrat")
+
+
+def _shared_data() -> Path:
+    """Where the project's real data sets live: ``LRAT_DATA`` or ``../shared/data`` from here."""
+    return Path(os.environ.get("LRAT_DATA", Path.cwd().parent / "shared" / "data"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lrat", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"lrat-ray {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mine = sub.add_parser("mine", help="mine weighted training pairs from agent trajectories",
+                          description=_first_paragraph("lrat_ray.mine_job"),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    mine.add_argument("--config", help="YAML file with these options (a 'mine:' section or top level)")
+    add_arguments(mine, MineConfig)
+    mine.set_defaults(handler=_cmd_mine)
+
+    demo = sub.add_parser("demo", help="the end-to-end demo on the embedded default (see README)")
+    demo.add_argument("--output", default="runs/demo", help="where the demo writes (default: runs/demo)")
+    demo.add_argument("--data", default=None, help="shared data directory (default: $LRAT_DATA or ../shared/data)")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def _first_paragraph(module: str) -> str:
+    import importlib
+
+    return (importlib.import_module(module).__doc__ or "").strip().split("\n\n")[0]
+
+
+def _section(path: str | None, name: str) -> str | None:
+    """The YAML section to use: ``name`` when the file has one, else the whole file."""
+    if not path:
+        return None
+    from lrat_ray.config import load_yaml
+
+    return name if name in load_yaml(path) else None
+
+
+def _cmd_mine(args: argparse.Namespace) -> int:
+    config = resolve(MineConfig, args, args.config, _section(args.config, "mine"))
+    report = run_mine(config)
+    _print_mine_report(report, config.output)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    data = Path(args.data) if args.data else _shared_data()
+    trajectories = data / "lrat" / "trajectory_bm25"
+    if not trajectories.is_dir():
+        raise LratError(f"demo data not found at {trajectories}; set LRAT_DATA or --data")
+    output = Path(args.output) / "mine"
+    print(f"lrat demo: mining the real LRAT trajectories in {trajectories} -> {output}")
+    config = MineConfig(input=[str(trajectories)], output=str(output), export="lrat-jsonl")
+    report = run_mine(config)
+    _print_mine_report(report, str(output))
+    _print_example_pairs(output / "pairs")
+    return 0
+
+
+def _print_mine_report(report: dict, output: str) -> None:
+    skipped = sum(report["records_skipped"].values())
+    print(f"records read {report['records_read']}, used {report['records_used']}, skipped {skipped} "
+          f"{report['records_skipped'] or ''}")
+    print(f"pairs {report['pairs']}, unattributed browses {report['unattributed_browses']}, "
+          f"duplicate browses {report['duplicate_browses']}")
+    print(f"weights: beta (median reasoning length) = {report['beta']:.1f}, mu_raw = {report['mu_raw']:.4f}")
+    print("\nagent behaviour (LRAT Table 1):")
+    print(f"  {'group':<10} {'traj':>5} {'search/t':>9} {'browse/t':>9} {'steps/t':>8} {'B/S':>6}")
+    for group in ("all", "correct", "incorrect", "unjudged"):
+        row = report["stats"][group]
+        if not row["trajectories"]:
+            continue
+        print(f"  {group:<10} {row['trajectories']:>5} {row['avg_searches']:>9.2f} {row['avg_browses']:>9.2f} "
+              f"{row['avg_steps']:>8.2f} {row['browse_search_ratio'] or 0:>6.3f}")
+    ranks = report["stats"]["browsed_rank_distribution"]
+    print("  browsed ranks: " + ", ".join(f"{r}:{v['count']}" for r, v in ranks.items()))
+    for example in report.get("skipped_examples", [])[:5]:
+        print(f"  skipped: {example}")
+    print(f"\nwrote {output}/pairs/*.parquet and {output}/report.json")
+
+
+def _print_example_pairs(pairs_dir: Path, limit: int = 3) -> None:
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(str(pairs_dir), format="parquet").to_table().sort_by(
+        [("trajectory_id", "ascending"), ("browse_turn", "ascending")])
+    print("\nexample pairs:")
+    for row in table.slice(0, limit).to_pylist():
+        print(json.dumps({k: row[k] for k in ("trajectory_id", "query", "positive_id", "rank",
+                                              "reasoning_length", "weight")}, ensure_ascii=False)
+              + f"  negatives: {len(row['negative_ids'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except LratError as exc:
+        print(f"lrat {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

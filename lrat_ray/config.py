@@ -1,0 +1,114 @@
+"""Typed configuration: dataclasses, loadable from YAML, overridable from the command line.
+
+Each stage has one dataclass whose fields carry their help text (``field(metadata={"help": ...})``,
+as Tevatron and Hugging Face do). :func:`add_arguments` turns it into ``--kebab-case`` options;
+:func:`resolve` builds the instance with precedence *defaults < YAML file (--config) < command
+line*, rejecting YAML keys the dataclass does not have (a typo must not be ignored silently).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+import yaml
+
+from lrat_ray.errors import LratError
+
+T = TypeVar("T")
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | None = None, **kwargs):
+    """A dataclass field with help text (and optional choices) for the command line."""
+    metadata = {"help": help, "choices": choices}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda d=default: list(d), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def _unwrap_optional(tp):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One option per field of ``cls``; unset options stay absent so YAML values survive."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = _unwrap_optional(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                                  "help": _help_with_default(f)}
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is list:
+            kwargs["nargs"] = "+"
+            kwargs["type"] = typing.get_args(tp)[0]
+        else:
+            kwargs["type"] = tp
+        parser.add_argument(flag, **kwargs)
+
+
+def _help_with_default(f: dataclasses.Field) -> str:
+    text = f.metadata.get("help", "")
+    if f.default is not dataclasses.MISSING:
+        return f"{text} (default: {f.default})"
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        default = f.default_factory()  # type: ignore[misc]
+        return f"{text} (default: {default or 'none'})"
+    return f"{text} (required)"
+
+
+def load_yaml(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise LratError(f"cannot read config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise LratError(f"config {path}: expected a mapping of option names to values")
+    return data
+
+
+def resolve(cls: type[T], namespace: argparse.Namespace | dict | None = None,
+            config_path: str | None = None, section: str | None = None) -> T:
+    """Build ``cls`` from defaults, then the YAML file (optionally one ``section`` of it), then
+    the command-line values in ``namespace``."""
+    values: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    if config_path:
+        data = load_yaml(config_path)
+        if section is not None:
+            data = data.get(section, {}) or {}
+        values.update(_checked_yaml(data, names, config_path))
+    given = vars(namespace) if isinstance(namespace, argparse.Namespace) else (namespace or {})
+    values.update({k: v for k, v in given.items() if k in names})
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in values and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        raise LratError("missing required option(s): " + ", ".join("--" + m.replace("_", "-") for m in missing))
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise LratError(f"invalid configuration: {exc}") from None
+
+
+def _checked_yaml(data: dict, names: set[str], path: str) -> dict:
+    normalised = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(normalised) - names)
+    if unknown:
+        raise LratError(f"config {path}: unknown option(s) {unknown}; known: {sorted(names)}")
+    return normalised
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)

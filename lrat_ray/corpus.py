@@ -1,0 +1,52 @@
+"""Corpora: the documents a retriever searches.
+
+Read from BEIR-style JSONL (``{"_id" or "docid", "title", "text"}`` per line) or Parquet with the
+same columns. A document's searchable text is its title and text joined by a newline (the title
+alone or the text alone when the other is empty), the convention of BEIR and sentence-transformers.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from lrat_ray import storage
+from lrat_ray.errors import RecordError
+
+
+def document_text(record: dict) -> str:
+    title = (record.get("title") or "").strip()
+    text = (record.get("text") or "").strip()
+    return "\n".join(part for part in (title, text) if part)
+
+
+def iter_documents(files: list[str], strict: bool = False, skipped: dict | None = None
+                   ) -> Iterator[tuple[str, dict]]:
+    """``(doc_id, record)`` for every usable line; bad lines raise (strict) or are counted in
+    ``skipped`` under their reason."""
+    skipped = skipped if skipped is not None else {}
+    for uri in storage.expand_inputs(files):
+        for position, record in storage.iter_records(uri):
+            try:
+                if isinstance(record, RecordError):
+                    raise record
+                yield _checked(record), record
+            except RecordError as exc:
+                if strict:
+                    raise exc.located(uri, position) from None
+                skipped[exc.reason] = skipped.get(exc.reason, 0) + 1
+
+
+def _checked(record) -> str:
+    if not isinstance(record, dict):
+        raise RecordError("wrong_type", "a document must be a JSON object")
+    doc_id = record.get("_id", record.get("docid", record.get("doc_id")))
+    if doc_id is None or str(doc_id).strip() == "":
+        raise RecordError("missing_field", "a document needs an id", field="_id")
+    if not document_text(record):
+        raise RecordError("missing_field", "a document needs a title or text", field="text")
+    return str(doc_id)
+
+
+def load_texts(files: list[str]) -> dict[str, str]:
+    """doc id -> searchable text for every usable document of ``files``."""
+    return {doc_id: document_text(record) for doc_id, record in iter_documents(files)}

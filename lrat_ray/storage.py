@@ -1,0 +1,226 @@
+"""Files on any pyarrow filesystem: finding inputs, reading records, writing outputs atomically.
+
+Every path may be a local path or a URI that ``pyarrow.fs.FileSystem.from_uri`` understands
+(``s3://bucket/key``, ``gs://...``, ``hdfs://...``). Records are read with their position in the
+file (``line 12``, ``row 3``, ``item 2``) so errors can name it. Local writes go to a temporary
+file in the same directory and are renamed into place, so a crash never leaves half a file; object
+stores write whole objects, so there the file that is written last (``report.json``) marks a
+finished output.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import json
+import os
+import shutil
+import uuid
+from typing import Any, Iterator
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from lrat_ray.errors import LratError, RecordError
+
+RECORD_SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet")
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and the path inside it for a local path or URI."""
+    if is_remote(path):
+        return pafs.FileSystem.from_uri(path)
+    local = path[len("file://"):] if path.startswith("file://") else path
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(local))
+
+
+def _uri(fs: pafs.FileSystem, path: str, like: str) -> str:
+    if not is_remote(like):
+        return path
+    return f"{like.split('://', 1)[0]}://{path}"
+
+
+def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = RECORD_SUFFIXES) -> list[str]:
+    """Files named by ``inputs``: files as given, directories walked recursively (files ending in
+    ``suffixes``, optionally ``.gz``; hidden files skipped), globs expanded. Sorted, de-duplicated.
+    A name that matches nothing is an error, since a typo would otherwise mine nothing quietly."""
+    found: list[str] = []
+    for spec in inputs:
+        fs, path = resolve(spec)
+        if any(ch in path for ch in "*?["):
+            matches = _glob(fs, path, spec)
+        else:
+            info = fs.get_file_info(path)
+            if info.type == pafs.FileType.Directory:
+                selector = pafs.FileSelector(path, recursive=True)
+                matches = [_uri(fs, i.path, spec) for i in fs.get_file_info(selector)
+                           if i.type == pafs.FileType.File and _wanted(i.path, suffixes)]
+            elif info.type == pafs.FileType.File:
+                matches = [_uri(fs, path, spec)]
+            else:
+                raise LratError(f"input not found: {spec}")
+        if not matches:
+            raise LratError(f"no input files with suffix {'/'.join(suffixes)} under {spec}")
+        found.extend(matches)
+    return sorted(set(found))
+
+
+def _glob(fs: pafs.FileSystem, pattern: str, spec: str) -> list[str]:
+    if isinstance(fs, pafs.LocalFileSystem):
+        return [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+    base = pattern.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    return [_uri(fs, i.path, spec) for i in infos
+            if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern)]
+
+
+def _wanted(path: str, suffixes: tuple[str, ...]) -> bool:
+    name = os.path.basename(path)
+    if name.startswith(".") or name.startswith("_"):
+        return False
+    name = name[:-3] if name.endswith(".gz") else name
+    return name.endswith(suffixes)
+
+
+def file_signature(uri: str) -> str:
+    """Size and modification time: enough to notice that a file changed since it was processed."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    mtime = info.mtime.timestamp() if info.mtime else 0
+    return f"{info.size}:{mtime:.6f}"
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path, compression="detect") as stream:
+        return stream.read()
+
+
+def iter_records(uri: str) -> Iterator[tuple[str | None, Any]]:
+    """Decoded records of one file with their position: ``(position, object)``.
+
+    JSON files are one record (or one per element of a top-level list); JSONL files one per
+    non-blank line; Parquet one per row. A record that is not valid JSON is yielded as a
+    :class:`RecordError` in place of the object, so callers count it instead of losing it.
+    """
+    name = uri[:-3] if uri.endswith(".gz") else uri
+    if name.endswith(".parquet"):
+        yield from _parquet_records(uri)
+        return
+    text = read_bytes(uri).decode("utf-8", errors="replace")
+    if name.endswith(".json"):
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if "Extra data" not in str(exc):  # several objects, one per line: read it as JSONL below
+                yield None, RecordError("invalid_json", f"not valid JSON: {exc}", source=uri)
+                return
+        else:
+            if isinstance(whole, list):
+                yield from ((f"item {i}", item) for i, item in enumerate(whole))
+            else:
+                yield None, whole
+            return
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        position = f"line {lineno}"
+        try:
+            yield position, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield position, RecordError("invalid_json", f"not valid JSON: {exc}", source=uri, record=position)
+
+
+def _parquet_records(uri: str) -> Iterator[tuple[str, Any]]:
+    fs, path = resolve(uri)
+    row = 0
+    for batch in pq.ParquetFile(path, filesystem=fs).iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            yield f"row {row}", record
+            row += 1
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    fs, path = resolve(uri)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json_atomic(uri: str, obj: Any) -> None:
+    write_bytes_atomic(uri, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode())
+
+
+def write_table_atomic(uri: str, table) -> None:
+    """A Parquet file written whole, then renamed into place (locally)."""
+    fs, path = resolve(uri)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        pq.write_table(table, path, filesystem=fs)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def temp_sibling(uri: str) -> str:
+    """A fresh path next to ``uri`` for building a directory before :func:`publish_dir`."""
+    head, _, tail = uri.rstrip("/").rpartition("/")
+    return f"{head}/.{tail}.tmp-{uuid.uuid4().hex}"
+
+
+def publish_dir(tmp_uri: str, final_uri: str) -> None:
+    """Move a finished directory into place, replacing an older one.
+
+    Locally this is two renames, so readers see the old or the new directory, never a mix.
+    On object stores a directory is only a prefix; the caller writes its marker file afterwards.
+    """
+    fs, tmp = resolve(tmp_uri)
+    _, final = resolve(final_uri)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        if fs.get_file_info(final).type != pafs.FileType.NotFound:
+            fs.delete_dir(final)
+        fs.move(tmp, final)
+        return
+    old = None
+    if os.path.exists(final):
+        old = f"{final}.old-{uuid.uuid4().hex}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_dir(uri: str) -> None:
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
