@@ -221,7 +221,7 @@ def run_mine(config: MineConfig) -> dict:
     rows = [{"files": json.dumps(g), "key": _group_key(g, config.content_key())} for g in groups]
     summaries = [json.loads(r["summary"]) for r in (
         ray.data.from_items(rows, override_num_blocks=len(rows))
-        .map_batches(_MineGroups, batch_size=1, concurrency=config.workers, num_cpus=1,
+        .map_batches(_MineGroups, batch_size=1, concurrency=min(config.workers, len(rows)), num_cpus=1,
                      fn_constructor_kwargs={"config": dataclasses.asdict(config), "staging": staging})
         .take_all())]
     errors = [s for s in summaries if "error" in s]
@@ -234,6 +234,7 @@ def run_mine(config: MineConfig) -> dict:
     pairs_dir = storage.join(config.output, "pairs")
     _write_weighted_pairs([s["shard"] for s in summaries if s.get("shard")], pairs_dir, params)
     report.update(beta=params.beta, mu_raw=params.mu_raw, zero_length=params.zero_length,
+                  weights_uniform=params.uniform,
                   files=len(files), config=dataclasses.asdict(config),
                   versions=_versions(), wall_seconds=round(time.time() - started, 3))
     if config.export == "lrat-jsonl":

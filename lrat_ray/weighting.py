@@ -80,9 +80,10 @@ class WeightParams:
     beta: float
     mu_raw: float
     zero_length: str = "formula"
+    uniform: bool = False  # degenerate data (no positive length): every weight is 1
 
     def weight(self, length: int) -> float:
-        if length <= 0 and self.zero_length == "neutral":
+        if self.uniform or (length <= 0 and self.zero_length == "neutral"):
             return 1.0
         return raw_weight(length, self.beta) / self.mu_raw
 
@@ -104,7 +105,7 @@ def fit_weights(histogram: LengthHistogram, beta: float | None = None,
         raise ValueError(f"beta must be positive, got {beta}")
     counted = histogram.without_zero() if zero_length == "neutral" else histogram
     if counted.total == 0:
-        return WeightParams(beta=beta or 1.0, mu_raw=1.0, zero_length="neutral")
+        return WeightParams(beta=beta or 1.0, mu_raw=1.0, zero_length=zero_length, uniform=True)
     if beta is None:
         beta = counted.median()
         if beta <= 0:  # more than half the reasoning is empty: fall back to the positive lengths
@@ -112,5 +113,5 @@ def fit_weights(histogram: LengthHistogram, beta: float | None = None,
             beta = positive.median() if positive.total else 1.0
     mu_raw = sum(raw_weight(length, beta) * count for length, count in counted.counts.items()) / counted.total
     if mu_raw <= 0:
-        return WeightParams(beta=beta, mu_raw=1.0, zero_length="neutral")
+        return WeightParams(beta=beta, mu_raw=1.0, zero_length=zero_length, uniform=True)
     return WeightParams(beta=beta, mu_raw=mu_raw, zero_length=zero_length)

@@ -1,0 +1,118 @@
+import json
+import shutil
+
+import pyarrow.dataset as pads
+import pytest
+
+from conftest import FIXTURES, SHARED_DATA
+from lrat_ray.cli import main
+from lrat_ray.errors import LratError, RecordError
+from lrat_ray.mine_job import MineConfig, mine_file_group, run_mine
+from lrat_ray.mining import MiningOptions, character_lengths
+from lrat_ray.pairs import PAIR_SCHEMA
+
+GOOD = json.loads((FIXTURES / "browsecomp_json_output.json").read_text())
+
+
+def _bad_records(tmp_path):
+    """One JSONL file: two good trajectories and one of each kind of bad record."""
+    lines = [
+        json.dumps(GOOD),
+        "{not json",
+        json.dumps({**GOOD, "query_id": None}),                           # missing field
+        json.dumps({**GOOD, "result": "steps"}),                          # mistyped field
+        json.dumps({**GOOD, "result": [{"type": "image", "output": "x"}]}),  # unknown step kind
+        json.dumps({**GOOD, "result": []}),                               # empty trajectory
+        json.dumps({"hello": "world"}),                                   # unknown format
+        json.dumps({**GOOD, "query_id": "second"}),
+    ]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_lenient_counts_every_bad_record_under_its_reason(tmp_path):
+    path = _bad_records(tmp_path)
+    table, summary = mine_file_group([str(path)], MiningOptions(), character_lengths)
+    assert summary["records_read"] == 8 and summary["records_used"] == 2
+    assert summary["records_skipped"] == {"invalid_json": 1, "missing_field": 1, "wrong_type": 1,
+                                          "unknown_step_kind": 1, "empty_trajectory": 1, "unknown_format": 1}
+    assert summary["records_read"] == summary["records_used"] + sum(summary["records_skipped"].values())
+    assert table.num_rows == 4 and set(table.column("trajectory_id").to_pylist()) == {"731", "second"}
+    assert any("line 5: field 'result[0].type'" in e for e in summary["skipped_examples"])
+
+
+@pytest.mark.parametrize("line, reason, where", [
+    ("{not json", "invalid_json", "line 2"),
+    (json.dumps({**GOOD, "query_id": None}), "missing_field", "line 2: field 'query_id'"),
+    (json.dumps({**GOOD, "result": "steps"}), "wrong_type", "line 2: field 'result'"),
+    (json.dumps({**GOOD, "result": [{"type": "image"}]}), "unknown_step_kind", "line 2: field 'result[0].type'"),
+    (json.dumps({**GOOD, "result": []}), "empty_trajectory", "line 2: field 'result'"),
+])
+def test_strict_stops_at_the_first_bad_record_naming_file_line_field(tmp_path, line, reason, where):
+    path = tmp_path / "runs.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + line + "\n" + json.dumps(GOOD) + "\n")
+    with pytest.raises(RecordError) as info:
+        mine_file_group([str(path)], MiningOptions(), character_lengths, strict=True)
+    assert info.value.reason == reason
+    assert f"{path}:{where}" in str(info.value)
+
+
+def test_mine_job_on_real_trajectories(ray_session, real_trajectory_files, tmp_path):
+    out = tmp_path / "out"
+    report = run_mine(MineConfig(input=[str(real_trajectory_files[0].parent)], output=str(out),
+                                 export="lrat-jsonl", workers=2))
+    assert report["records_read"] == report["records_used"] == 10 and report["records_skipped"] == {}
+    table = pads.dataset(str(out / "pairs"), format="parquet").to_table()
+    assert table.schema.equals(PAIR_SCHEMA)
+    assert table.num_rows == report["pairs"] == 28  # 28 browses, all attributable, none repeated
+    assert report["unattributed_browses"] == 0
+    assert sum(table.column("weight").to_pylist()) == pytest.approx(table.num_rows)
+    assert json.loads((out / "report.json").read_text()) == report
+    assert sorted(p.name for p in out.iterdir()) == ["lrat_pairs.jsonl", "pairs", "report.json"]
+    exported = [json.loads(l) for l in (out / "lrat_pairs.jsonl").read_text().splitlines()]
+    official = json.loads((SHARED_DATA / "lrat" / "train_pairs_sample.jsonl").read_text().splitlines()[0])
+    assert len(exported) == 28 and set(exported[0]) == set(official)
+    for key in official:
+        assert type(exported[0][key]) is type(official[key]), key
+    assert exported[0]["pos"] == [table.filter(pads.field("positive_id") == exported[0]["pos_id"][0])
+                                  .column("positive_text")[0].as_py()]
+
+
+def test_sharded_job_equals_single_process(ray_session, real_trajectory_files, tmp_path):
+    """Each real file in its own task (10 shards): beta, mu_raw and every weight equal one process."""
+    from lrat_ray.mine_job import length_measure
+    from lrat_ray.weighting import LengthHistogram, fit_weights
+
+    table, _ = mine_file_group([str(p) for p in real_trajectory_files], MiningOptions(),
+                               length_measure("embedded"))
+    single = fit_weights(LengthHistogram.of(table.column("reasoning_length").to_pylist()))
+    report = run_mine(MineConfig(input=[str(p) for p in real_trajectory_files], output=str(tmp_path / "o"),
+                                 files_per_task=1, workers=2))
+    assert report["beta"] == single.beta
+    assert report["mu_raw"] == pytest.approx(single.mu_raw, rel=1e-12)
+    sharded = pads.dataset(str(tmp_path / "o" / "pairs"), format="parquet").to_table()
+    weights = {(r["trajectory_id"], r["browse_turn"]): r["weight"] for r in sharded.to_pylist()}
+    expected = {(r["trajectory_id"], r["browse_turn"]): single.weight(r["reasoning_length"])
+                for r in table.to_pylist()}
+    assert weights == pytest.approx(expected, rel=1e-12)
+
+
+def test_cli_lenient_and_strict(ray_session, tmp_path, capsys):
+    bad = _bad_records(tmp_path)
+    assert main(["mine", "--input", str(bad), "--output", str(tmp_path / "lenient"), "--tokenizer", "chars"]) == 0
+    report = json.loads((tmp_path / "lenient" / "report.json").read_text())
+    assert report["records_read"] == 8 and sum(report["records_skipped"].values()) == 6
+    code = main(["mine", "--input", str(bad), "--output", str(tmp_path / "strict"), "--strict"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{bad}:line 2" in err and "invalid_json" in err
+    assert not (tmp_path / "strict" / "report.json").exists() and not (tmp_path / "strict" / "pairs").exists()
+
+
+def test_missing_input_and_bad_tokenizer_fail_fast(tmp_path):
+    with pytest.raises(LratError, match="input not found"):
+        run_mine(MineConfig(input=[str(tmp_path / "nope")], output=str(tmp_path / "o")))
+    shutil.copy(FIXTURES / "browsecomp_json_output.json", tmp_path / "a.json")
+    with pytest.raises(LratError, match="does not load"):
+        run_mine(MineConfig(input=[str(tmp_path / "a.json")], output=str(tmp_path / "o"),
+                            tokenizer=str(tmp_path / "no-such-tokenizer")))
