@@ -36,8 +36,9 @@ FORMATS = ("auto", "native", "browsecomp", "openai")
 SEARCH_TOOLS = frozenset({"search"})
 BROWSE_TOOLS = frozenset({"get_document", "visit", "browse", "open"})
 
-_SEARCH_HEADER = re.compile(r"^A search for '(?P<query>.*)' found \d+ results?:\s*$")
-_NO_RESULTS = re.compile(r"^No results found for '(?P<query>.*)'")
+_SEARCH_HEADER = re.compile(r"^A search for '(?P<query>.*)' found \d+ results?:[ \t]*$", re.MULTILINE)
+_NO_RESULTS = re.compile(r"^No results found for '(?P<query>.*)'", re.MULTILINE)
+_DOCID_LINE = re.compile(r"^DocID:", re.MULTILINE)
 _DOCUMENT_HEADER = re.compile(r"^Document (?P<id>\S+?):\s*\n", re.DOTALL)
 _DOCID_PREFIX = re.compile(r"^\s*docid:\s*", re.IGNORECASE)
 
@@ -221,30 +222,19 @@ def _json_hits(decoded: Any, path: str) -> list[SearchHit]:
 
 
 def _text_hits(text: str) -> tuple[str | None, list[SearchHit]]:
-    named_query = None
-    hits: list[SearchHit] = []
-    current: dict | None = None
-    for line in text.split("\n"):
-        if line.startswith("DocID:"):
-            if current:
-                hits.append(_close_hit(current))
-            current = {"doc_id": normalize_doc_id(line), "title": None, "lines": []}
-        elif current is None:
-            header = _SEARCH_HEADER.match(line) or _NO_RESULTS.match(line)
-            if header and named_query is None:
-                named_query = header.group("query")
-        elif current["title"] is None and not current["lines"] and line.startswith("[") and line.endswith("]"):
-            current["title"] = line[1:-1]
-        else:
-            current["lines"].append(line)
-    if current:
-        hits.append(_close_hit(current))
-    return named_query, hits
+    header, *blocks = _DOCID_LINE.split(text)
+    named = _SEARCH_HEADER.search(header) or _NO_RESULTS.search(header)
+    return (named.group("query") if named else None), [_text_hit(block) for block in blocks]
 
 
-def _close_hit(current: dict) -> SearchHit:
-    snippet = "\n".join(current["lines"]).strip()
-    return SearchHit(doc_id=current["doc_id"], title=current["title"], snippet=snippet or None)
+def _text_hit(block: str) -> SearchHit:
+    """One ``DocID:<id>`` block: the id line, an optional ``[title]`` line, then the snippet."""
+    id_line, _, body = block.partition("\n")
+    title = None
+    first, _, rest = body.partition("\n")
+    if first.startswith("[") and first.endswith("]"):
+        title, body = first[1:-1], rest
+    return SearchHit(id_line.strip(), title, body.strip() or None)
 
 
 def parse_document_output(output: Any) -> str | None:

@@ -109,8 +109,7 @@ def character_lengths(texts: Sequence[str]) -> list[int]:
 def mine_trajectory(traj: Trajectory, options: MiningOptions = MiningOptions(),
                     measure: LengthMeasure = character_lengths, judge: Judge | None = None) -> MiningResult:
     """Mine one trajectory; ``measure`` gives reasoning lengths (tokens or characters)."""
-    result = mine_trajectories([traj], options, measure, judge)
-    return result
+    return mine_trajectories([traj], options, measure, judge)
 
 
 def mine_trajectories(trajectories: Iterable[Trajectory], options: MiningOptions = MiningOptions(),

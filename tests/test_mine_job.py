@@ -116,3 +116,20 @@ def test_missing_input_and_bad_tokenizer_fail_fast(tmp_path):
     with pytest.raises(LratError, match="does not load"):
         run_mine(MineConfig(input=[str(tmp_path / "a.json")], output=str(tmp_path / "o"),
                             tokenizer=str(tmp_path / "no-such-tokenizer")))
+
+
+def test_native_parquet_and_jsonl_inputs_give_the_same_pairs(tmp_path):
+    from lrat_ray.adapters import parse_trajectory
+    from lrat_ray.trajectory import to_arrow_table, trajectory_to_dict
+    import pyarrow.parquet as pq
+
+    traj = parse_trajectory(GOOD)
+    pq.write_table(to_arrow_table([traj]), tmp_path / "t.parquet")
+    (tmp_path / "t.jsonl").write_text(json.dumps(trajectory_to_dict(traj)) + "\n")
+    from_parquet, s1 = mine_file_group([str(tmp_path / "t.parquet")], MiningOptions(), character_lengths)
+    from_bcp, _ = mine_file_group([str(FIXTURES / "browsecomp_json_output.json")], MiningOptions(),
+                                  character_lengths)
+    from_jsonl, _ = mine_file_group([str(tmp_path / "t.jsonl")], MiningOptions(), character_lengths)
+    strip = lambda t: t.drop(["source"]).to_pylist()
+    assert s1["records_used"] == 1 and strip(from_parquet) == strip(from_bcp) == strip(from_jsonl)
+    assert from_parquet.num_rows == 2

@@ -1,0 +1,32 @@
+import pytest
+
+from lrat_ray.cli import build_parser
+from lrat_ray.config import resolve
+from lrat_ray.errors import LratError
+from lrat_ray.mine_job import MineConfig
+
+
+def test_yaml_then_command_line_precedence(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("mine:\n  input: [a.jsonl]\n  output: out\n  workers: 4\n  exclude-browsed: false\n")
+    args = build_parser().parse_args(["mine", "--config", str(config), "--workers", "8"])
+    resolved = resolve(MineConfig, args, str(config), "mine")
+    assert (resolved.input, resolved.output, resolved.workers, resolved.exclude_browsed) == (
+        ["a.jsonl"], "out", 8, False)
+    assert resolved.negatives == "attributed"  # untouched default
+
+
+def test_unknown_yaml_key_and_missing_required_option(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("input: [a]\noutput: o\nworkerz: 3\n")
+    with pytest.raises(LratError, match="unknown option.*workerz"):
+        resolve(MineConfig, {}, str(config))
+    with pytest.raises(LratError, match="--output"):
+        resolve(MineConfig, {"input": ["a"]})
+    with pytest.raises(LratError, match="workers must be at least 1"):
+        resolve(MineConfig, {"input": ["a"], "output": "o", "workers": 0})
+
+
+def test_choices_are_enforced_on_the_command_line():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["mine", "--input", "x", "--output", "y", "--negatives", "random"])
