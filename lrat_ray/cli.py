@@ -2,7 +2,7 @@
 
 Each subcommand takes ``--config YAML`` (a mapping of its options, or a file with one section per
 subcommand) and per-option overrides; ``lrat <stage> --help`` lists them. Stages available so far:
-``mine`` and ``demo``.
+``mine``, ``index``, ``eval``, ``eval-runs``, ``serve``, ``mcp`` and ``demo``.
 """
 
 from __future__ import annotations
@@ -33,18 +33,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    mine = sub.add_parser("mine", help="mine weighted training pairs from agent trajectories",
-                          description=_first_paragraph("lrat_ray.mine_job"),
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    mine.add_argument("--config", help="YAML file with these options (a 'mine:' section or top level)")
-    add_arguments(mine, MineConfig)
-    mine.set_defaults(handler=_cmd_mine)
+    for name, cls, module, handler, summary in _stages():
+        stage = sub.add_parser(name, help=summary, description=_first_paragraph(module),
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        stage.add_argument("--config", help=f"YAML file with these options (a '{name}:' section or top level)")
+        add_arguments(stage, cls)
+        stage.set_defaults(handler=handler, config_class=cls)
 
     demo = sub.add_parser("demo", help="the end-to-end demo on the embedded default (see README)")
     demo.add_argument("--output", default="runs/demo", help="where the demo writes (default: runs/demo)")
     demo.add_argument("--data", default=None, help="shared data directory (default: $LRAT_DATA or ../shared/data)")
     demo.set_defaults(handler=_cmd_demo)
     return parser
+
+
+def _stages():
+    from lrat_ray.evaluate import EvalConfig, EvalRunsConfig
+    from lrat_ray.index import IndexConfig
+    from lrat_ray.mcp_server import McpConfig
+    from lrat_ray.serving import ServeConfig
+
+    return [
+        ("mine", MineConfig, "lrat_ray.mine_job", _cmd_mine, "mine weighted training pairs from agent trajectories"),
+        ("index", IndexConfig, "lrat_ray.index", _cmd_index, "encode a corpus and build a FAISS index"),
+        ("eval", EvalConfig, "lrat_ray.evaluate", _cmd_eval, "IR metrics of an index on judged queries"),
+        ("eval-runs", EvalRunsConfig, "lrat_ray.evaluate", _cmd_eval_runs,
+         "evidence recall, steps and success of agent trajectories"),
+        ("serve", ServeConfig, "lrat_ray.serving", _cmd_serve, "serve search + browse over HTTP (Ray Serve)"),
+        ("mcp", McpConfig, "lrat_ray.mcp_server", _cmd_mcp, "offer a running retriever's tools over MCP"),
+    ]
 
 
 def _first_paragraph(module: str) -> str:
@@ -62,10 +79,77 @@ def _section(path: str | None, name: str) -> str | None:
     return name if name in load_yaml(path) else None
 
 
+def _config(args: argparse.Namespace):
+    return resolve(args.config_class, args, args.config, _section(args.config, args.command))
+
+
 def _cmd_mine(args: argparse.Namespace) -> int:
-    config = resolve(MineConfig, args, args.config, _section(args.config, "mine"))
+    config = _config(args)
     report = run_mine(config)
     _print_mine_report(report, config.output)
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from lrat_ray.index import run_index
+
+    config = _config(args)
+    manifest = run_index(config)
+    print(f"indexed {manifest['count']} documents ({manifest['dimension']}-d, {manifest['index']['type']}) "
+          f"with {manifest['model']} in {manifest['encode_seconds']:.1f}s"
+          f"{' (embeddings reused)' if manifest['embeddings_reused'] else ''}; skipped "
+          f"{manifest['corpus']['records_skipped'] or 'none'} -> {config.output}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from lrat_ray.evaluate import run_eval
+
+    config = _config(args)
+    result = run_eval(config)
+    names = sorted(result["metrics"])
+    print(f"{result['queries']} judged queries")
+    if "compare" in result:
+        other = result["compare"]["metrics"]
+        print(f"  {'metric':<22} {'A':>8} {'B':>8}")
+        for name in names:
+            print(f"  {name:<22} {result['metrics'][name]:>8.4f} {other.get(name, float('nan')):>8.4f}")
+        for metric, test in result["compare"]["tests"].items():
+            print(f"  {metric}: B wins {test['wins_b']}, loses {test['losses_b']}, ties {test['ties']}; "
+                  f"paired t-test p={test['t_test_p']:.4g}, permutation p={test['permutation_p']:.4g}")
+    else:
+        for name in names:
+            print(f"  {name:<22} {result['metrics'][name]:.4f}")
+    if config.output:
+        print(f"wrote {config.output}/metrics.json and {config.output}/run.trec")
+    return 0
+
+
+def _cmd_eval_runs(args: argparse.Namespace) -> int:
+    from lrat_ray.evaluate import run_eval_runs
+
+    result = run_eval_runs(_config(args))
+    for key in ("tasks", "tasks_with_evidence", "evidence_recall", "gold_recall", "avg_steps",
+                "avg_searches", "avg_browses", "success_rate", "records_skipped"):
+        print(f"  {key:<20} {result[key]}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from lrat_ray.serving import deploy
+
+    config = _config(args)
+    print(f"serving {config.index} on http://{config.host}:{config.port} (Ctrl-C stops)")
+    deploy(config, blocking=True)
+    return 0
+
+
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    from lrat_ray.mcp_server import run_mcp
+
+    config = _config(args)
+    print(f"MCP tools search/get_document for {config.url} at http://{config.host}:{config.port}/mcp")
+    run_mcp(config)
     return 0
 
 

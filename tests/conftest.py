@@ -13,6 +13,12 @@ SHARED_DATA = Path(os.environ.get("LRAT_DATA", REPO.parent / "shared" / "data"))
 REAL_TRAJECTORIES = SHARED_DATA / "lrat" / "trajectory_bm25"
 
 
+def jsonl_lines(path) -> list[str]:
+    """Non-blank lines of a JSONL file (split on newlines only: str.splitlines would also split
+    inside strings holding U+2028 and friends, which real corpora contain)."""
+    return [line for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
 @pytest.fixture(scope="session")
 def real_trajectory_files() -> list[Path]:
     files = sorted(REAL_TRAJECTORIES.glob("*.json"), key=lambda p: int(p.stem))
@@ -31,3 +37,46 @@ def ray_session():
     DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+MSMARCO = SHARED_DATA / "msmarco-5k"
+
+
+@pytest.fixture(scope="session")
+def msmarco_slice(tmp_path_factory):
+    """A real slice of msmarco-5k: 4 TREC DL queries, every passage judged for them, and 150
+    unjudged passages; small enough to encode in seconds."""
+    import json
+
+    from lrat_ray.evaluate import load_qrels
+
+    qrels = load_qrels(str(MSMARCO / "qrels" / "test.tsv"))
+    qids = sorted(qrels)[:4]
+    judged = {d for q in qids for d in qrels[q]}
+    corpus, extra = [], 0
+    for line in (MSMARCO / "corpus.jsonl").read_text().split("\n"):
+        if not line.strip():
+            continue
+        doc = json.loads(line)
+        if doc["_id"] in judged:
+            corpus.append(line)
+        elif extra < 150:
+            corpus.append(line)
+            extra += 1
+    root = tmp_path_factory.mktemp("msmarco")
+    (root / "corpus.jsonl").write_text("\n".join(corpus) + "\n")
+    queries = [l for l in (MSMARCO / "queries.jsonl").read_text().split("\n")
+               if l.strip() and json.loads(l)["_id"] in qids]
+    (root / "queries.jsonl").write_text("\n".join(queries) + "\n")
+    lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{g}" for q in qids for d, g in qrels[q].items()]
+    (root / "qrels.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def msmarco_index(ray_session, msmarco_slice, tmp_path_factory):
+    from lrat_ray.index import IndexConfig, run_index
+
+    out = tmp_path_factory.mktemp("index") / "flat"
+    run_index(IndexConfig(corpus=[str(msmarco_slice / "corpus.jsonl")], output=str(out), workers=2))
+    return out

@@ -4,6 +4,8 @@ import shutil
 import pyarrow.dataset as pads
 import pytest
 
+from conftest import jsonl_lines
+
 from conftest import FIXTURES, SHARED_DATA
 from lrat_ray.cli import main
 from lrat_ray.errors import LratError, RecordError
@@ -70,8 +72,8 @@ def test_mine_job_on_real_trajectories(ray_session, real_trajectory_files, tmp_p
     assert sum(table.column("weight").to_pylist()) == pytest.approx(table.num_rows)
     assert json.loads((out / "report.json").read_text()) == report
     assert sorted(p.name for p in out.iterdir()) == ["lrat_pairs.jsonl", "pairs", "report.json"]
-    exported = [json.loads(l) for l in (out / "lrat_pairs.jsonl").read_text().splitlines()]
-    official = json.loads((SHARED_DATA / "lrat" / "train_pairs_sample.jsonl").read_text().splitlines()[0])
+    exported = [json.loads(l) for l in jsonl_lines(out / "lrat_pairs.jsonl")]
+    official = json.loads(jsonl_lines(SHARED_DATA / "lrat" / "train_pairs_sample.jsonl")[0])
     assert len(exported) == 28 and set(exported[0]) == set(official)
     for key in official:
         assert type(exported[0][key]) is type(official[key]), key

@@ -1,0 +1,200 @@
+"""The bi-encoder: one transformer that embeds queries and documents into the same space.
+
+A dense retriever scores a document ``d`` for a query ``q`` by ``s(q, d) = cos(E(q), E(d))``,
+where ``E`` is a transformer followed by a pooling step (mean over tokens for MiniLM/BERT-style
+encoders, the first token for CLS-trained ones, the last token for decoder embedders such as
+Qwen3-Embedding) and L2 normalisation. Instruction-tuned embedders (e5-instruct, Qwen3-Embedding)
+prepend an instruction to queries only: ``query_prefix`` is a template where ``{}`` stands for the
+query (without ``{}`` it is simply prepended).
+
+:class:`EncoderSpec` is everything that must match between the model that built an index and the
+model that searches it; it is saved with every model (``lrat_encoder.json``) and every index
+manifest, and checked at load time. Models are saved in Hugging Face format (safetensors +
+tokenizer) plus sentence-transformers' module files, so ``SentenceTransformer(dir)`` loads them too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lrat_ray.embedded import resolve_model
+from lrat_ray.errors import LratError
+
+POOLINGS = ("mean", "cls", "last")
+SPEC_FILE = "lrat_encoder.json"
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How text becomes a vector. ``model`` is a Hugging Face name or a local directory."""
+
+    model: str = "embedded"
+    pooling: str = "mean"
+    normalize: bool = True
+    query_prefix: str = ""
+    document_prefix: str = ""
+    query_max_length: int = 64
+    document_max_length: int = 256
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+
+    def format_query(self, text: str) -> str:
+        return _apply_prefix(self.query_prefix, text)
+
+    def format_document(self, text: str) -> str:
+        return _apply_prefix(self.document_prefix, text)
+
+    def compatible_with(self, other: "EncoderSpec") -> list[str]:
+        """Names of the fields that make vectors of ``self`` and ``other`` incomparable."""
+        fields = ("pooling", "normalize", "document_prefix", "document_max_length")
+        return [f for f in fields if getattr(self, f) != getattr(other, f)]
+
+
+def _apply_prefix(prefix: str, text: str) -> str:
+    if not prefix:
+        return text
+    return prefix.replace("{}", text) if "{}" in prefix else prefix + text
+
+
+def spec_for(model: str, **overrides) -> EncoderSpec:
+    """The spec saved with ``model`` (ours, or sentence-transformers' pooling config), then overrides."""
+    path = Path(resolve_model(model))
+    spec = EncoderSpec(model=model)
+    if (path / SPEC_FILE).is_file():
+        saved = json.loads((path / SPEC_FILE).read_text())
+        saved["model"] = model
+        spec = EncoderSpec(**saved)
+    elif (path / "1_Pooling" / "config.json").is_file():
+        pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
+        mode = "cls" if pooling.get("pooling_mode_cls_token") else (
+            "last" if pooling.get("pooling_mode_lasttoken") else "mean")
+        spec = replace(spec, pooling=mode)
+    return replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def model_fingerprint(model: str) -> str:
+    """Identifies the weights cheaply: names, sizes and mtimes of a local model's files (or the
+    hub name), so caches notice a retrained model in the same directory."""
+    path = Path(resolve_model(model))
+    if not path.is_dir():
+        return model
+    entries = sorted((str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime))
+                     for p in path.rglob("*") if p.is_file())
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+class Encoder:
+    """A loaded bi-encoder for inference (training wraps the same pieces, see lrat_ray.train).
+
+    Args:
+        spec: the :class:`EncoderSpec`.
+        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
+        batch_size: texts per forward pass.
+    """
+
+    def __init__(self, spec: EncoderSpec, device: str | None = None, batch_size: int = 64):
+        import torch
+        from transformers import AutoTokenizer
+
+        self.spec = spec
+        self.batch_size = batch_size
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        path = resolve_model(spec.model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = load_transformer(path).to(self.device).eval()
+        except (OSError, ValueError) as exc:
+            raise LratError(f"model {spec.model!r} does not load: {exc}") from None
+        self.dimension = int(self.model.config.hidden_size)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode([self.spec.format_query(t) for t in texts], self.spec.query_max_length)
+
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode([self.spec.format_document(t) for t in texts], self.spec.document_max_length)
+
+    def _encode(self, texts: list[str], max_length: int) -> np.ndarray:
+        import torch
+
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        # Longest first within the call: similar lengths share a batch, so little padding is wasted.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                       max_length=max_length, return_tensors="pt").to(self.device)
+                out[idx] = embed(self.model, batch, self.spec, self.tokenizer.padding_side).float().cpu().numpy()
+        return out
+
+
+def load_transformer(path: str):
+    """``AutoModel`` without BERT's unused pooler head (it gets no gradient, which breaks DDP)."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the dropped pooler weights are expected, not worth a warning table
+    try:
+        return AutoModel.from_pretrained(path, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_pretrained(path)
+
+
+def embed(model, batch, spec: EncoderSpec, padding_side: str = "right"):
+    """Pooled (and normalised) embeddings of a tokenized batch; differentiable."""
+    import torch
+
+    hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    mask = batch["attention_mask"]
+    if spec.pooling == "cls":
+        pooled = hidden[:, 0]
+    elif spec.pooling == "last":
+        if padding_side == "left":
+            pooled = hidden[:, -1]
+        else:
+            last = mask.sum(dim=1) - 1
+            pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    else:
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1) if spec.normalize else pooled
+
+
+def save_sentence_transformers_files(directory: str, spec: EncoderSpec, dimension: int) -> None:
+    """``modules.json`` and friends, so sentence-transformers loads the directory as the same model."""
+    root = Path(directory)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if spec.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+        os.makedirs(root / "2_Normalize", exist_ok=True)
+    (root / "modules.json").write_text(json.dumps(modules, indent=2))
+    os.makedirs(root / "1_Pooling", exist_ok=True)
+    (root / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": dimension,
+        "pooling_mode_cls_token": spec.pooling == "cls",
+        "pooling_mode_mean_tokens": spec.pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": spec.pooling == "last",
+        "include_prompt": True,
+    }, indent=2))
+    (root / "sentence_bert_config.json").write_text(json.dumps(
+        {"max_seq_length": spec.document_max_length, "do_lower_case": False}, indent=2))
+    prompts = {"query": spec.query_prefix} if spec.query_prefix and "{}" not in spec.query_prefix else {}
+    (root / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2))
+    spec_dict = asdict(spec)
+    spec_dict.pop("model")
+    (root / SPEC_FILE).write_text(json.dumps(spec_dict, indent=2))

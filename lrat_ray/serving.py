@@ -1,0 +1,260 @@
+"""The retriever as a Ray Serve application: the two tools a deep-research agent uses.
+
+``POST /search`` ``{"query": str | [str], "k": int}`` returns ranked ``{docid, score, title,
+snippet}`` (a list of such lists for a list of queries); ``GET /documents/{docid}`` returns the full
+document; ``GET /healthz`` says which index is loaded. Queries arriving at the same time are
+encoded and searched together (``@serve.batch``): one forward pass and one FAISS call for many
+requests, which is what makes a CPU replica keep up with a fleet of agents.
+
+The loaded index is the deployment's ``user_config`` (``{"index": DIR}``). Changing it is a Ray
+Serve lightweight update: every replica loads the new model and index in a worker thread while it
+keeps answering from the old one, then swaps them in one assignment, so the flywheel redeploys a
+retrained retriever without failing a request.
+
+Bad requests get a 4xx with ``{"error": message}``: wrong content type (415), malformed JSON (400),
+empty or over-long query, ``k`` out of range or a wrong field type (422), unknown document (404),
+missing or wrong bearer token when one is configured (401). The server binds to 127.0.0.1 unless
+told otherwise. Ray Serve exports its request metrics (and the ``lrat_*`` ones defined here) in
+Prometheus format on each node's metrics port.
+"""
+
+import asyncio
+import functools
+import dataclasses
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lrat_ray.config import option
+
+log = logging.getLogger(__name__)
+APP_NAME = "lrat-retriever"
+
+
+@dataclass
+class ServeConfig:
+    """Options of ``lrat serve`` (the deployment's settings; ``index`` is its user_config)."""
+
+    index: str = option(help="index directory built by `lrat index`")
+    host: str = option("127.0.0.1", help="address to bind; 127.0.0.1 keeps the server local")
+    port: int = option(8000, help="HTTP port")
+    token: str | None = option(None, help="if set, requests need 'Authorization: Bearer <token>'")
+    replicas: int = option(1, help="replicas (ignored when autoscaling)")
+    autoscale_min: int | None = option(None, help="autoscaling: minimum replicas (enables autoscaling)")
+    autoscale_max: int | None = option(None, help="autoscaling: maximum replicas")
+    target_ongoing_requests: float = option(8.0, help="autoscaling: target in-flight requests per replica")
+    replica_cpus: float = option(1.0, help="CPUs reserved per replica")
+    replica_gpus: float = option(0.0, help="GPUs per replica (encoder and FAISS on GPU)")
+    max_batch_size: int = option(32, help="@serve.batch: most requests encoded together")
+    batch_wait_timeout_s: float = option(0.005, help="@serve.batch: longest wait to fill a batch")
+    max_k: int = option(100, help="largest k a request may ask for")
+    max_query_chars: int = option(2048, help="longest query accepted, in characters")
+    max_queries: int = option(64, help="most queries in one request")
+    snippet_chars: int = option(300, help="characters of document text returned as a snippet")
+    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray")
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def parse_search_request(content_type: str | None, body: bytes, max_k: int, max_query_chars: int,
+                         max_queries: int) -> tuple[list[str], int, bool]:
+    """Validate a /search request; returns (queries, k, whether the query was a list)."""
+    if (content_type or "").split(";")[0].strip().lower() != "application/json":
+        raise RequestError(415, "content type must be application/json")
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"malformed JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise RequestError(422, "the body must be a JSON object with 'query' and optional 'k'")
+    query, k = payload.get("query"), payload.get("k", 10)
+    as_list = isinstance(query, list)
+    queries = query if as_list else [query]
+    if not queries or len(queries) > max_queries:
+        raise RequestError(422, f"'query' must hold 1 to {max_queries} queries")
+    for q in queries:
+        if not isinstance(q, str):
+            raise RequestError(422, "'query' must be a string or a list of strings")
+        if not q.strip():
+            raise RequestError(422, "empty query")
+        if len(q) > max_query_chars:
+            raise RequestError(422, f"query longer than {max_query_chars} characters")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
+        raise RequestError(422, f"'k' must be an integer from 1 to {max_k}")
+    return queries, k, as_list
+
+
+@dataclass
+class _Loaded:
+    """An index and the encoder that matches it; replaced as a whole on reconfigure."""
+
+    index: Any
+    encoder: Any
+    directory: str
+
+
+def load_retriever(index_dir: str, device: str | None = None) -> _Loaded:
+    from lrat_ray.index import RetrievalIndex
+    from lrat_ray.model import Encoder
+
+    index = RetrievalIndex.load(index_dir)
+    encoder = Encoder(index.spec, device=device)
+    RetrievalIndex.load(index_dir, expect=encoder.spec)  # refuses a model that changed under the index
+    return _Loaded(index, encoder, index_dir)
+
+
+def build_fastapi_app():
+    from fastapi import FastAPI
+
+    return FastAPI(title="lrat retriever", description="search + browse tools for research agents")
+
+
+@functools.cache
+def make_deployment():
+    """The Ray Serve deployment class (made once per process: redeploying the same class object
+    with only a new user_config is a lightweight update, not a code change)."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+    from ray import serve
+    from ray.util import metrics
+
+    app = build_fastapi_app()
+
+    @serve.deployment(name="Retriever", max_ongoing_requests=256)
+    @serve.ingress(app)
+    class Retriever:
+        def __init__(self, config: dict):
+            # The index is not an init argument but the user_config: changing it must not restart us.
+            self.config = ServeConfig(index="", **config)
+            self.loaded: _Loaded | None = None
+            self.queries_total = metrics.Counter("lrat_search_queries", "queries answered by /search")
+            self.batch_size = metrics.Histogram("lrat_search_batch_requests", "requests per encoder batch",
+                                                boundaries=[1, 2, 4, 8, 16, 32, 64])
+            self._search_batch.set_max_batch_size(self.config.max_batch_size)
+            self._search_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+
+        async def reconfigure(self, user_config: dict) -> None:
+            directory = user_config["index"]
+            if self.loaded and self.loaded.directory == directory:
+                return
+            started = time.time()
+            loaded = await asyncio.to_thread(load_retriever, directory)
+            self.loaded = loaded  # one assignment: a request sees the old or the new index, whole
+            log.info("serving %s (%d documents), loaded in %.1fs", directory, len(loaded.index.doc_ids),
+                     time.time() - started)
+
+        def _authorized(self, request: Request) -> bool:
+            if not self.config.token:
+                return True
+            given = request.headers.get("authorization", "")
+            return hmac.compare_digest(given.encode(), f"Bearer {self.config.token}".encode())
+
+        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+        async def _search_batch(self, requests: list[tuple[list[str], int]]) -> list[list]:
+            loaded = self.loaded
+            flat = [q for queries, _ in requests for q in queries]
+            depth = max(k for _, k in requests)
+            self.batch_size.observe(len(requests))
+
+            def work():
+                return loaded.index.search(loaded.encoder.encode_queries(flat), depth)
+
+            hits = await asyncio.to_thread(work)
+            out, start = [], 0
+            for queries, k in requests:
+                out.append([self._format(loaded, h[:k]) for h in hits[start:start + len(queries)]])
+                start += len(queries)
+            self.queries_total.inc(len(flat))
+            return out
+
+        def _format(self, loaded: _Loaded, hits: list) -> list[dict]:
+            results = []
+            for doc_id, score in hits:
+                doc = loaded.index.document(doc_id)
+                results.append({"docid": doc_id, "score": score, "title": doc["title"],
+                                "snippet": doc["text"][:self.config.snippet_chars]})
+            return results
+
+        @app.post("/search")
+        async def search(self, request: Request):
+            if not self._authorized(request):
+                return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+            try:
+                queries, k, as_list = parse_search_request(
+                    request.headers.get("content-type"), await request.body(), self.config.max_k,
+                    self.config.max_query_chars, self.config.max_queries)
+            except RequestError as exc:
+                return JSONResponse({"error": exc.message}, status_code=exc.status)
+            results = await self._search_batch((queries, k))
+            return {"results": results if as_list else results[0], "index": self.loaded.directory}
+
+        @app.get("/documents/{docid:path}")
+        async def document(self, docid: str, request: Request):
+            if not self._authorized(request):
+                return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+            doc = self.loaded.index.document(docid)
+            if doc is None:
+                return JSONResponse({"error": f"unknown document {docid!r}"}, status_code=404)
+            return {"docid": doc["doc_id"], "title": doc["title"], "text": doc["text"]}
+
+        @app.get("/healthz")
+        async def health(self):
+            loaded = self.loaded
+            return {"status": "ok", "index": loaded.directory, "documents": len(loaded.index.doc_ids),
+                    "model": loaded.index.manifest["model"]}
+
+    @app.exception_handler(Exception)
+    async def _json_errors(request, exc):  # anything unexpected still answers JSON, and is logged
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"error": "internal error"}, status_code=500)
+
+    return Retriever
+
+
+def build_app(args: dict):
+    """Serve application builder (``serve run lrat_ray.serving:build_app index=DIR``, or from a
+    Serve config file such as ``serve/config.yaml``)."""
+    settings = ServeConfig(**args)
+    deployment = make_deployment()
+    options: dict[str, Any] = {
+        "user_config": {"index": settings.index},
+        "ray_actor_options": {"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus},
+    }
+    if settings.autoscale_min is not None or settings.autoscale_max is not None:
+        options["autoscaling_config"] = {
+            "min_replicas": settings.autoscale_min or 1,
+            "max_replicas": settings.autoscale_max or max(settings.autoscale_min or 1, 1),
+            "target_ongoing_requests": settings.target_ongoing_requests,
+        }
+    else:
+        options["num_replicas"] = settings.replicas
+    init = dataclasses.asdict(settings)
+    init.pop("index")
+    return deployment.options(**options).bind(init)
+
+
+def deploy(settings: ServeConfig, blocking: bool = False) -> str:
+    """Start (or update in place) the application on this Ray; returns its base URL."""
+    from ray import serve
+
+    from lrat_ray.runtime import init_ray
+
+    init_ray(settings.address)
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(build_app(dataclasses.asdict(settings)), name=APP_NAME, route_prefix="/", blocking=blocking)
+    return f"http://{settings.host}:{settings.port}"
+
+
+def swap_index(settings: ServeConfig, index_dir: str) -> ServeConfig:
+    """Point the running application at another index without dropping requests."""
+    updated = dataclasses.replace(settings, index=index_dir)
+    deploy(updated)
+    return updated

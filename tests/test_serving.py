@@ -1,0 +1,201 @@
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from conftest import jsonl_lines
+from lrat_ray.serving import RequestError, parse_search_request
+
+TOKEN = "s3cret"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("content_type, body, status", [
+    ("text/plain", b'{"query": "x"}', 415),
+    (None, b'{"query": "x"}', 415),
+    ("application/json", b'{"query": ', 400),
+    ("application/json", b'["x"]', 422),
+    ("application/json", b'{"query": ""}', 422),
+    ("application/json", b'{"query": "   "}', 422),
+    ("application/json", json.dumps({"query": "x" * 2049}).encode(), 422),
+    ("application/json", b'{"query": 5}', 422),
+    ("application/json", b'{"query": []}', 422),
+    ("application/json", b'{"query": "x", "k": 0}', 422),
+    ("application/json", b'{"query": "x", "k": 101}', 422),
+    ("application/json", b'{"query": "x", "k": "5"}', 422),
+    ("application/json", b'{"query": "x", "k": true}', 422),
+])
+def test_bad_search_requests_are_4xx(content_type, body, status):
+    with pytest.raises(RequestError) as info:
+        parse_search_request(content_type, body, max_k=100, max_query_chars=2048, max_queries=64)
+    assert info.value.status == status
+
+
+def test_good_search_request():
+    assert parse_search_request("application/json; charset=utf-8", b'{"query": ["a", "b"], "k": 3}',
+                                100, 2048, 64) == (["a", "b"], 3, True)
+    assert parse_search_request("application/json", b'{"query": "a"}', 100, 2048, 64) == (["a"], 10, False)
+
+
+@pytest.fixture(scope="module")
+def second_index(ray_session, msmarco_slice, tmp_path_factory):
+    from lrat_ray.index import IndexConfig, run_index
+
+    root = tmp_path_factory.mktemp("second")
+    (root / "corpus.jsonl").write_text("\n".join(jsonl_lines(msmarco_slice / "corpus.jsonl")[:60]) + "\n")
+    run_index(IndexConfig(corpus=[str(root / "corpus.jsonl")], output=str(root / "index"), workers=1,
+                          index_type="hnsw"))
+    return root / "index"
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, msmarco_index):
+    from ray import serve
+
+    from lrat_ray.serving import ServeConfig, deploy
+
+    settings = ServeConfig(index=str(msmarco_index), port=_free_port(), token=TOKEN, replica_cpus=0.5)
+    url = deploy(settings)
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    yield settings, url, client
+    client.close()
+    serve.shutdown()
+
+
+def test_search_document_and_health(server, msmarco_index, msmarco_slice):
+    from lrat_ray.index import RetrievalIndex
+
+    _, url, client = server
+    assert url.startswith("http://127.0.0.1:")
+    queries = [json.loads(l)["text"] for l in jsonl_lines(msmarco_slice / "queries.jsonl")]
+    one = client.post("/search", json={"query": queries[0], "k": 5})
+    assert one.status_code == 200
+    hits = one.json()["results"]
+    assert len(hits) == 5 and set(hits[0]) == {"docid", "score", "title", "snippet"}
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    # same ranking as searching the index in-process
+    from lrat_ray.model import Encoder
+
+    index = RetrievalIndex.load(str(msmarco_index))
+    local = index.search(Encoder(index.spec).encode_queries([queries[0]]), 5)[0]
+    assert [h["docid"] for h in hits] == [d for d, _ in local]
+    many = client.post("/search", json={"query": queries[:3], "k": 2}).json()["results"]
+    assert len(many) == 3 and all(len(r) == 2 for r in many)
+    assert [h["docid"] for h in many[0]] == [h["docid"] for h in hits[:2]]  # scores differ by float noise
+    assert [h["score"] for h in many[0]] == pytest.approx([h["score"] for h in hits[:2]], abs=1e-5)
+    doc = client.get(f"/documents/{hits[0]['docid']}").json()
+    assert doc["docid"] == hits[0]["docid"] and doc["text"].startswith(hits[0]["snippet"][:50])
+    health = httpx.get(f"{url}/healthz").json()
+    assert health["status"] == "ok" and health["documents"] == len(index.doc_ids)
+
+
+def test_concurrent_requests_are_batched_and_all_answered(server):
+    _, url, _ = server
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"},
+                                     timeout=60) as client:
+            return await asyncio.gather(*(client.post("/search", json={"query": f"query number {i}", "k": 3})
+                                          for i in range(24)))
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 24
+
+
+@pytest.mark.parametrize("request_kwargs, status", [
+    ({"method": "POST", "url": "/search", "content": b'{"query": "x"}', "headers": {"content-type": "text/plain"}}, 415),
+    ({"method": "POST", "url": "/search", "content": b'{"query": ', "headers": {"content-type": "application/json"}}, 400),
+    ({"method": "POST", "url": "/search", "json": {"query": ""}}, 422),
+    ({"method": "POST", "url": "/search", "json": {"query": "y" * 5000}}, 422),
+    ({"method": "POST", "url": "/search", "json": {"query": "x", "k": 1000}}, 422),
+    ({"method": "GET", "url": "/documents/no-such-doc"}, 404),
+])
+def test_bad_inputs_get_json_4xx(server, request_kwargs, status):
+    _, _, client = server
+    response = client.request(**request_kwargs)
+    assert response.status_code == status and "error" in response.json()
+
+
+def test_bearer_token_is_required(server):
+    _, url, _ = server
+    assert httpx.post(f"{url}/search", json={"query": "x"}).status_code == 401
+    wrong = httpx.post(f"{url}/search", json={"query": "x"}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]
+    assert httpx.get(f"{url}/documents/x").status_code == 401
+
+
+def test_mcp_tools_answer_like_http(server):
+    import uvicorn
+    from mcp.client.client import Client
+
+    from lrat_ray.mcp_server import McpConfig, build_mcp_server
+
+    _, url, client = server
+    port = _free_port()
+    app = build_mcp_server(McpConfig(url=url, port=port, token=TOKEN)).streamable_http_app(host="127.0.0.1")
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if uv.started:
+            break
+        time.sleep(0.05)
+
+    async def call():
+        async with Client(f"http://127.0.0.1:{port}/mcp") as mcp:
+            names = sorted(t.name for t in (await mcp.list_tools()).tools)
+            found = await mcp.call_tool("search", {"query": "definition of environment", "k": 3})
+            return names, json.loads(found.content[0].text)
+
+    try:
+        names, found = asyncio.run(call())
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+    assert names == ["get_document", "search"]
+    direct = client.post("/search", json={"query": "definition of environment", "k": 3}).json()["results"]
+    assert [h["docid"] for h in found["results"]] == [h["docid"] for h in direct]
+
+
+def test_swap_index_under_load_drops_no_request(server, second_index):
+    from lrat_ray.serving import swap_index
+
+    settings, url, _ = server
+    outcomes: list = []
+    stop = threading.Event()
+
+    def agent():
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as c:
+            while not stop.is_set():
+                try:
+                    r = c.post("/search", json={"query": "what is an axon terminal", "k": 3})
+                    outcomes.append((r.status_code, r.json().get("index")))
+                except httpx.HTTPError as exc:
+                    outcomes.append(("error", repr(exc)))
+
+    threads = [threading.Thread(target=agent) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    swap_index(settings, str(second_index))
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    counts = Counter(status for status, _ in outcomes)
+    indexes = [index for status, index in outcomes if status == 200]
+    assert counts == {200: len(outcomes)}, counts
+    assert indexes[0] == settings.index and indexes[-1] == str(second_index)
+    # once switched, never back: each request saw one whole index
+    first_new = indexes.index(str(second_index))
+    assert set(indexes[first_new:]) == {str(second_index)}
