@@ -2,7 +2,8 @@
 
 Each subcommand takes ``--config YAML`` (a mapping of its options, or a file with one section per
 subcommand) and per-option overrides; ``lrat <stage> --help`` lists them. Stages available so far:
-``mine``, ``index``, ``eval``, ``eval-runs``, ``serve``, ``mcp`` and ``demo``.
+``mine``, ``index``, ``eval``, ``eval-runs``, ``train``, ``pairs-from-qrels``, ``serve``, ``mcp``
+and ``demo``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def _stages():
     from lrat_ray.evaluate import EvalConfig, EvalRunsConfig
     from lrat_ray.index import IndexConfig
     from lrat_ray.mcp_server import McpConfig
+    from lrat_ray.qrels_pairs import PairsFromQrelsConfig
     from lrat_ray.serving import ServeConfig
+    from lrat_ray.train import TrainConfig
 
     return [
         ("mine", MineConfig, "lrat_ray.mine_job", _cmd_mine, "mine weighted training pairs from agent trajectories"),
@@ -59,6 +62,9 @@ def _stages():
         ("eval", EvalConfig, "lrat_ray.evaluate", _cmd_eval, "IR metrics of an index on judged queries"),
         ("eval-runs", EvalRunsConfig, "lrat_ray.evaluate", _cmd_eval_runs,
          "evidence recall, steps and success of agent trajectories"),
+        ("train", TrainConfig, "lrat_ray.train", _cmd_train, "weighted-contrastive training on Ray Train"),
+        ("pairs-from-qrels", PairsFromQrelsConfig, "lrat_ray.qrels_pairs", _cmd_pairs_from_qrels,
+         "training pairs from relevance judgments (mined-pairs schema)"),
         ("serve", ServeConfig, "lrat_ray.serving", _cmd_serve, "serve search + browse over HTTP (Ray Serve)"),
         ("mcp", McpConfig, "lrat_ray.mcp_server", _cmd_mcp, "offer a running retriever's tools over MCP"),
     ]
@@ -141,6 +147,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
     print(f"serving {config.index} on http://{config.host}:{config.port} (Ctrl-C stops)")
     deploy(config, blocking=True)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lrat_ray.train import run_train
+
+    summary = run_train(_config(args))
+    metrics = summary["final_metrics"]
+    print(f"trained {summary['steps']} steps on {summary['examples']} examples in {summary['wall_seconds']}s; "
+          f"final loss {metrics.get('loss', float('nan')):.4f}, {metrics.get('examples_per_s', 0):.1f} examples/s "
+          f"-> {summary['model']}")
+    return 0
+
+
+def _cmd_pairs_from_qrels(args: argparse.Namespace) -> int:
+    from lrat_ray.qrels_pairs import run_pairs_from_qrels
+
+    config = _config(args)
+    report = run_pairs_from_qrels(config)
+    print(f"{report['pairs']} pairs from {report['queries']} judged queries -> {config.output}/pairs")
     return 0
 
 

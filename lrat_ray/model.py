@@ -82,14 +82,22 @@ def spec_for(model: str, **overrides) -> EncoderSpec:
 
 
 def model_fingerprint(model: str) -> str:
-    """Identifies the weights cheaply: names, sizes and mtimes of a local model's files (or the
-    hub name), so caches notice a retrained model in the same directory."""
+    """Identifies a model's weights cheaply and portably: for each file of a local model, its name,
+    size and a hash of its first and last MiB (not mtimes, which differ between installs of the same
+    model); a hub name stands for itself. A retrained model in the same directory gets a new one."""
     path = Path(resolve_model(model))
     if not path.is_dir():
         return model
-    entries = sorted((str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime))
-                     for p in path.rglob("*") if p.is_file())
-    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path)}:{size}".encode())
+        with open(file, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                digest.update(fh.read())
+    return digest.hexdigest()[:16]
 
 
 class Encoder:
@@ -198,3 +206,32 @@ def save_sentence_transformers_files(directory: str, spec: EncoderSpec, dimensio
     spec_dict = asdict(spec)
     spec_dict.pop("model")
     (root / SPEC_FILE).write_text(json.dumps(spec_dict, indent=2))
+
+
+def save_encoder(model, tokenizer, spec: EncoderSpec, directory: str) -> None:
+    """Save weights (safetensors), tokenizer, our spec and sentence-transformers' module files.
+
+    Written to a temporary sibling and renamed into place, so a crash never leaves a directory
+    that looks like a model but is half written.
+    """
+    import shutil
+    import uuid
+
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
+    try:
+        unwrapped = getattr(model, "module", model)
+        unwrapped.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        save_sentence_transformers_files(str(tmp), spec, int(unwrapped.config.hidden_size))
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,111 @@
+"""Indexing and search throughput.
+
+1. Encoding: documents per second of ``lrat index`` (Ray Data actor pool, embedded MiniLM, 256
+   tokens) against a bare ``transformers`` loop (AutoModel, batches of 64 in file order, mean
+   pooling) over the same documents in the same run.
+2. Search: queries per second of :class:`RetrievalIndex.search` against raw FAISS
+   (``IndexFlatIP.search``) on the same vectors, batched (1,000 queries at once) and one by one.
+
+Usage: ``python benchmarks/bench_index.py [--docs 2000] [--search-vectors 100000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def bare_transformers(texts: list[str], batch_size: int = 64, max_length: int = 256) -> np.ndarray:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from lrat_ray.embedded import embedded_model_path
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_path())
+    model = AutoModel.from_pretrained(embedded_model_path()).eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            batch = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                        return_tensors="pt")
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy())
+    return np.concatenate(out)
+
+
+def rate_line(label: str, count: int, seconds: float, unit: str, base: float | None = None) -> float:
+    rate = count / seconds
+    ratio = f"  x{rate / base:5.2f} vs baseline" if base else ""
+    print(f"{label:<48} {seconds:8.2f} s {rate:10.1f} {unit}/s{ratio}", flush=True)
+    return rate
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs", type=int, default=2000, help="SciFact abstracts to encode")
+    parser.add_argument("--search-vectors", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    import faiss
+
+    from lrat_ray.corpus import document_text
+    from lrat_ray.index import IndexConfig, RetrievalIndex, build_faiss, run_index
+    from lrat_ray.runtime import init_ray
+
+    lines = (DATA / "scifact-beir" / "corpus.jsonl").read_text().split("\n")[:args.docs]
+    texts = [document_text(json.loads(l)) for l in lines if l.strip()]
+    work = Path(tempfile.mkdtemp(prefix="bench-index-"))
+    (work / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    print(f"encoding {len(texts)} SciFact abstracts (max 256 tokens), torch threads={__import__('torch').get_num_threads()}")
+
+    start = time.perf_counter()
+    reference = bare_transformers(texts)
+    base = rate_line("bare transformers loop, 1 process", len(texts), time.perf_counter() - start, "docs")
+
+    init_ray(num_cpus=2)
+    start = time.perf_counter()
+    run_index(IndexConfig(corpus=[str(work / "corpus.jsonl")], output=str(work / "index"), workers=args.workers))
+    rate_line(f"lrat index, Ray Data, {args.workers} actor(s), incl. FAISS", len(texts),
+              time.perf_counter() - start, "docs", base)
+    ours = np.load(work / "index" / "embeddings.npy")
+    print(f"max |ours - bare| over all vectors: {np.abs(ours - reference).max():.2e}")
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(args.search_vectors, ours.shape[1])).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[rng.integers(0, len(vectors), 1000)] + 0.1 * rng.normal(size=(1000, ours.shape[1])).astype(np.float32)
+    raw = faiss.IndexFlatIP(vectors.shape[1])
+    raw.add(vectors)
+    ours_index = RetrievalIndex(str(work), build_faiss(vectors), [str(i) for i in range(len(vectors))], {})
+    print(f"\nsearch, {len(vectors)} x {vectors.shape[1]} vectors, flat inner product, k=10")
+    for label, n in (("batch of 1000 queries", 1000), ("one query at a time (200)", 200)):
+        start = time.perf_counter()
+        if n == 1000:
+            raw.search(queries, 10)
+        else:
+            for q in queries[:n]:
+                raw.search(q[None], 10)
+        base = rate_line(f"raw FAISS, {label}", n, time.perf_counter() - start, "queries")
+        start = time.perf_counter()
+        if n == 1000:
+            ours_index.search(queries, 10)
+        else:
+            for q in queries[:n]:
+                ours_index.search(q[None], 10)
+        rate_line(f"RetrievalIndex.search, {label}", n, time.perf_counter() - start, "queries", base)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+import json
+import multiprocessing
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import SHARED_DATA
+from lrat_ray.errors import LratError
+from lrat_ray.pairs import PAIR_SCHEMA
+from lrat_ray.train import StepRunner, TrainConfig, deepspeed_config, group_texts, load_examples, run_train
+
+SAMPLE = SHARED_DATA / "lrat" / "train_pairs_sample.jsonl"
+
+
+def test_official_lrat_jsonl_examples():
+    examples = load_examples(TrainConfig(pairs=[str(SAMPLE)], output="x"))
+    records = [json.loads(l) for l in SAMPLE.read_text().split("\n") if l.strip()]
+    assert len(examples) == len(records) == 10
+    assert [e["weight"] for e in examples] == [r["reweight_rate"] for r in records]
+    assert examples[0]["positive"] == records[0]["pos"][0] and examples[0]["negatives"] == records[0]["neg"]
+    naive = load_examples(TrainConfig(pairs=[str(SAMPLE)], output="x", ablation="naive"))
+    assert {e["weight"] for e in naive} == {1.0}
+
+
+def _pairs_dir(tmp_path, rows):
+    full = [{name: row.get(name) for name in PAIR_SCHEMA.names} for row in rows]
+    path = tmp_path / "pairs"
+    path.mkdir()
+    pq.write_table(pa.Table.from_pylist(full, schema=PAIR_SCHEMA), path / "part-0.parquet")
+    return path
+
+
+def test_mined_pairs_use_corpus_texts_and_ablations(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"_id": "p", "title": "P", "text": "positive text"}\n{"_id": "n1", "text": "neg one"}\n')
+    pairs = _pairs_dir(tmp_path, [
+        {"query": "q1", "positive_id": "p", "negative_ids": ["n1", "n2"], "negative_texts": [None, "snippet n2"],
+         "weight": 1.5, "relevant": True, "positive_text": "shown text"},
+        {"query": "q2", "positive_id": "p", "negative_ids": [], "weight": 0.5, "relevant": False},
+    ])
+    reweight = load_examples(TrainConfig(pairs=[str(pairs)], output="x", corpus=[str(corpus)]))
+    assert reweight == [{"query": "q1", "positive": "P\npositive text", "negatives": ["neg one", "snippet n2"],
+                         "weight": 1.5}]
+    assert len(load_examples(TrainConfig(pairs=[str(pairs)], output="x", ablation="naive",
+                                         corpus=[str(corpus)]))) == 2
+
+
+def test_bad_training_input(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    pq.write_table(pa.table({"query": ["q"]}), bad / "x.parquet")
+    with pytest.raises(LratError, match="lack column"):
+        load_examples(TrainConfig(pairs=[str(bad)], output="x"))
+    negative = _pairs_dir(tmp_path, [{"query": "q", "positive_id": "p", "negative_ids": [], "weight": -1.0,
+                                      "positive_text": "t"}])
+    with pytest.raises(LratError, match="non-negative"):
+        load_examples(TrainConfig(pairs=[str(negative)], output="x"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(LratError, match="no pairs"):
+        load_examples(TrainConfig(pairs=[str(empty)], output="x"))
+    with pytest.raises(LratError, match="does not load"):
+        run_train(TrainConfig(pairs=[str(SAMPLE)], output=str(tmp_path / "m"), model=str(tmp_path / "nope")))
+    assert not (tmp_path / "m").exists()
+
+
+def _runner(config):
+    from transformers import AutoTokenizer
+
+    from lrat_ray.embedded import embedded_model_path
+    from lrat_ray.model import load_transformer, spec_for
+
+    torch.manual_seed(0)
+    model = load_transformer(embedded_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
+    spec = spec_for("embedded", document_max_length=64)
+    return StepRunner(model, tokenizer, spec, config, torch.device("cpu")), model
+
+
+def test_grad_cache_equals_no_caching():
+    import random
+
+    examples = load_examples(TrainConfig(pairs=[str(SAMPLE)], output="x"))[:4]
+    batch = {k: [e[k] for e in examples] for k in ("query", "positive", "negatives", "weight")}
+    texts = group_texts(batch, 3, random.Random(0), True)
+    grads, losses = [], []
+    for chunk in (None, 3):
+        runner, model = _runner(TrainConfig(pairs=["x"], output="x", group_size=3, grad_cache_chunk=chunk))
+        losses.append(runner.run(*texts, backward=lambda v: v.backward()))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-6)
+
+
+def _gathered_worker(rank, world, port, out):
+    import torch.distributed as dist
+
+    from lrat_ray.loss import distributed_loss
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    w_proj = torch.randn(6, 6, dtype=torch.float64, requires_grad=True)
+    xq, xd, weights = _linear_batch()
+    half = slice(rank * 3, rank * 3 + 3)
+    q = torch.nn.functional.normalize(xq[half] @ w_proj, dim=-1)
+    d = torch.nn.functional.normalize(xd[rank * 6:rank * 6 + 6] @ w_proj, dim=-1)
+    value, loss = distributed_loss(q, d, weights[half], torch.ones(6, dtype=torch.bool), 0.1, 2)
+    value.backward()
+    dist.all_reduce(w_proj.grad)
+    w_proj.grad /= world  # what DDP does with gradients
+    out.put((rank, loss.item(), w_proj.grad.numpy()))
+    dist.destroy_process_group()
+
+
+def _linear_batch():
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(6, 6, generator=g, dtype=torch.float64), torch.randn(12, 6, generator=g, dtype=torch.float64),
+            torch.rand(6, generator=g, dtype=torch.float64) + 0.5)
+
+
+def test_two_worker_gathered_loss_and_gradient_equal_one_process():
+    import socket
+
+    from lrat_ray.loss import weighted_info_nce
+
+    torch.manual_seed(0)
+    w_proj = torch.randn(6, 6, dtype=torch.float64, requires_grad=True)
+    xq, xd, weights = _linear_batch()
+    q = torch.nn.functional.normalize(xq @ w_proj, dim=-1)
+    d = torch.nn.functional.normalize(xd @ w_proj, dim=-1)
+    single = weighted_info_nce(q, d, weights, 0.1, 2)
+    single.backward()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_gathered_worker, args=(r, 2, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    for _, loss, grad in results:
+        assert loss == pytest.approx(single.item(), rel=1e-12)
+        np.testing.assert_allclose(grad, w_proj.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_deepspeed_config_plumbing(tmp_path):
+    config = TrainConfig(pairs=["x"], output="x", per_device_batch=8, grad_accumulation=2, workers=4, bf16=True)
+    ds = deepspeed_config(config)
+    assert ds["zero_optimization"]["stage"] == 2 and ds["train_batch_size"] == 64
+    assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["bf16"] == {"enabled": True}
+    from lrat_ray.train import CONFIG_DIR
+
+    for stage in (1, 2, 3):
+        ds = deepspeed_config(TrainConfig(pairs=["x"], output="x",
+                                          deepspeed_config=str(CONFIG_DIR / f"deepspeed_zero{stage}.json")))
+        assert ds["zero_optimization"]["stage"] == stage
+    with pytest.raises(LratError, match="DeepSpeed config"):
+        deepspeed_config(TrainConfig(pairs=["x"], output="x", deepspeed_config=str(tmp_path / "none.json")))
+
+
+def _mean_loss(model_dir, examples):
+    from lrat_ray.loss import weighted_info_nce
+    from lrat_ray.model import Encoder, spec_for
+
+    encoder = Encoder(spec_for(model_dir, document_max_length=128))
+    q = torch.tensor(encoder.encode_queries([e["query"] for e in examples]))
+    docs = [t for e in examples for t in [e["positive"], *e["negatives"][:1]]]
+    d = torch.tensor(encoder.encode_documents(docs))
+    return weighted_info_nce(q, d, torch.ones(len(examples)), 0.05, 2).item()
+
+
+def test_two_worker_training_survives_a_killed_worker_and_lowers_the_loss(ray_session, tmp_path):
+    """Real LRAT pairs, 2 CPU workers, DDP; worker 1 dies at step 2 and the group resumes from the
+    step-2 checkpoint; the saved model loads in lrat and sentence-transformers with equal vectors."""
+    from sentence_transformers import SentenceTransformer
+
+    from lrat_ray.embedded import embedded_model_path
+    from lrat_ray.model import Encoder, spec_for
+
+    out = tmp_path / "model"
+    config = TrainConfig(pairs=[str(SAMPLE)], output=str(out), workers=2, per_device_batch=2, group_size=2,
+                         epochs=3, learning_rate=1e-4, warmup_ratio=0.0, document_max_length=128,
+                         checkpoint_every=1, max_failures=1, fail_at_step=2)
+    summary = run_train(config)
+    assert summary["steps"] == summary["total_steps"] == 6
+    assert summary["final_metrics"]["resumed_from_step"] == 2
+    assert (tmp_path / "model.ray" / "fault-injected-at-step-2").exists()
+    examples = load_examples(TrainConfig(pairs=[str(SAMPLE)], output="x"))
+    assert _mean_loss(str(out), examples) < _mean_loss(embedded_model_path(), examples)
+    ours = Encoder(spec_for(str(out))).encode_documents(["Bedřich Havlíček was a Czech historian."])
+    theirs = SentenceTransformer(str(out), device="cpu").encode(["Bedřich Havlíček was a Czech historian."])
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)
+    assert json.loads((out / "train_report.json").read_text())["examples"] == 10
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
