@@ -43,6 +43,17 @@ def bare_transformers(texts: list[str], batch_size: int = 64, max_length: int = 
     return np.concatenate(out)
 
 
+def time_search(search, queries: np.ndarray, n: int) -> float:
+    """Seconds for ``n`` queries: one batched call for 1000, else one call per query."""
+    start = time.perf_counter()
+    if n == len(queries):
+        search(queries)
+    else:
+        for q in queries[:n]:
+            search(q[None])
+    return time.perf_counter() - start
+
+
 def rate_line(label: str, count: int, seconds: float, unit: str, base: float | None = None) -> float:
     rate = count / seconds
     ratio = f"  x{rate / base:5.2f} vs baseline" if base else ""
@@ -90,20 +101,9 @@ def main() -> int:
     ours_index = RetrievalIndex(str(work), build_faiss(vectors), [str(i) for i in range(len(vectors))], {})
     print(f"\nsearch, {len(vectors)} x {vectors.shape[1]} vectors, flat inner product, k=10")
     for label, n in (("batch of 1000 queries", 1000), ("one query at a time (200)", 200)):
-        start = time.perf_counter()
-        if n == 1000:
-            raw.search(queries, 10)
-        else:
-            for q in queries[:n]:
-                raw.search(q[None], 10)
-        base = rate_line(f"raw FAISS, {label}", n, time.perf_counter() - start, "queries")
-        start = time.perf_counter()
-        if n == 1000:
-            ours_index.search(queries, 10)
-        else:
-            for q in queries[:n]:
-                ours_index.search(q[None], 10)
-        rate_line(f"RetrievalIndex.search, {label}", n, time.perf_counter() - start, "queries", base)
+        base = rate_line(f"raw FAISS, {label}", n, time_search(lambda x: raw.search(x, 10), queries, n), "queries")
+        rate_line(f"RetrievalIndex.search, {label}", n,
+                  time_search(lambda x: ours_index.search(x, 10), queries, n), "queries", base)
     return 0
 
 

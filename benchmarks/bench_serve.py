@@ -78,7 +78,7 @@ def main() -> int:
         port = s.getsockname()[1]
     url = deploy(ServeConfig(index=args.index, port=port))
     asyncio.run(load(url, queries, 4, 40))  # warm up replica and connections
-    print(f"\n| clients | requests | p50 ms | p99 ms | requests/s | p50 / bare | failed |\n|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| clients | requests | p50 ms | p99 ms | requests/s | p50 / bare | failed |\n|---:|---:|---:|---:|---:|---:|---:|")
     for clients in (1, 8, 32):
         latencies, wall, failures = asyncio.run(load(url, queries, clients, args.requests))
         p50, p99 = np.percentile(latencies, [50, 99]) * 1000

@@ -2,14 +2,13 @@
 
 Each subcommand takes ``--config YAML`` (a mapping of its options, or a file with one section per
 subcommand) and per-option overrides; ``lrat <stage> --help`` lists them. Stages available so far:
-``mine``, ``index``, ``eval``, ``eval-runs``, ``train``, ``pairs-from-qrels``, ``serve``, ``mcp``
-and ``demo``.
+``mine``, ``index``, ``eval``, ``eval-runs``, ``train``, ``pairs-from-qrels``, ``judge``, ``rollout``,
+``flywheel``, ``serve``, ``mcp`` and ``demo``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -41,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(stage, cls)
         stage.set_defaults(handler=handler, config_class=cls)
 
-    demo = sub.add_parser("demo", help="the end-to-end demo on the embedded default (see README)")
+    demo = sub.add_parser("demo", help="the LRAT flywheel on SciFact with the embedded default (see README)")
     demo.add_argument("--output", default="runs/demo", help="where the demo writes (default: runs/demo)")
     demo.add_argument("--data", default=None, help="shared data directory (default: $LRAT_DATA or ../shared/data)")
     demo.set_defaults(handler=_cmd_demo)
@@ -51,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _stages():
     from lrat_ray.evaluate import EvalConfig, EvalRunsConfig
     from lrat_ray.index import IndexConfig
+    from lrat_ray.flywheel import FlywheelConfig
+    from lrat_ray.judge import JudgeConfig
     from lrat_ray.mcp_server import McpConfig
+    from lrat_ray.rollout import RolloutConfig
     from lrat_ray.qrels_pairs import PairsFromQrelsConfig
     from lrat_ray.serving import ServeConfig
     from lrat_ray.train import TrainConfig
@@ -65,6 +67,10 @@ def _stages():
         ("train", TrainConfig, "lrat_ray.train", _cmd_train, "weighted-contrastive training on Ray Train"),
         ("pairs-from-qrels", PairsFromQrelsConfig, "lrat_ray.qrels_pairs", _cmd_pairs_from_qrels,
          "training pairs from relevance judgments (mined-pairs schema)"),
+        ("judge", JudgeConfig, "lrat_ray.judge", _cmd_judge, "label mined pairs from the post-browse reasoning"),
+        ("rollout", RolloutConfig, "lrat_ray.rollout", _cmd_rollout, "run agents against a served retriever"),
+        ("flywheel", FlywheelConfig, "lrat_ray.flywheel", _cmd_flywheel,
+         "the closed loop: serve, roll out, mine, judge, train, re-index, redeploy, evaluate"),
         ("serve", ServeConfig, "lrat_ray.serving", _cmd_serve, "serve search + browse over HTTP (Ray Serve)"),
         ("mcp", McpConfig, "lrat_ray.mcp_server", _cmd_mcp, "offer a running retriever's tools over MCP"),
     ]
@@ -170,6 +176,42 @@ def _cmd_pairs_from_qrels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_judge(args: argparse.Namespace) -> int:
+    from lrat_ray.judge import run_judge
+
+    config = _config(args)
+    report = run_judge(config)
+    print(f"judged {report['pairs']} pairs with {report['backend']}: relevant {report['relevant']}, "
+          f"irrelevant {report['irrelevant']} (ok {report['ok']}, cached {report['cached']}, "
+          f"unparseable {report['unparseable']}, failed {report['failed']}) -> {config.output}")
+    return 0
+
+
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    from lrat_ray.evaluate import load_qrels, load_queries
+    from lrat_ray.rollout import load_tasks, run_rollouts
+
+    config = _config(args)
+    queries = load_queries(config.queries)
+    qrels = load_qrels(config.qrels) if config.qrels else {}
+    ids = sorted(q for q in queries if not qrels or q in qrels)[:config.limit]
+    summary = run_rollouts(config.url, load_tasks(queries, qrels, ids), config.agent_config(), config.output,
+                           config.workers, config.token)
+    print(f"rolled out {summary['completed']}/{summary['tasks']} tasks (failed {summary['failed']}); "
+          f"success rate {summary['success_rate']}, steps/task {summary['avg_steps']} -> {config.output}")
+    return 0
+
+
+def _cmd_flywheel(args: argparse.Namespace) -> int:
+    from lrat_ray.flywheel import results_table, run_flywheel
+
+    config = _config(args)
+    rows = run_flywheel(config)
+    print("\n" + results_table(rows))
+    print(f"wrote {config.output}/results.md, results.csv and results.png")
+    return 0
+
+
 def _cmd_mcp(args: argparse.Namespace) -> int:
     from lrat_ray.mcp_server import run_mcp
 
@@ -180,16 +222,34 @@ def _cmd_mcp(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    """The flywheel on SciFact with the embedded default; see lrat_ray/configs/demo_flywheel.yaml."""
+    import time
+
+    from lrat_ray.config import load_yaml
+    from lrat_ray.flywheel import FlywheelConfig, results_table, run_flywheel
+
     data = Path(args.data) if args.data else _shared_data()
-    trajectories = data / "lrat" / "trajectory_bm25"
-    if not trajectories.is_dir():
-        raise LratError(f"demo data not found at {trajectories}; set LRAT_DATA or --data")
-    output = Path(args.output) / "mine"
-    print(f"lrat demo: mining the real LRAT trajectories in {trajectories} -> {output}")
-    config = MineConfig(input=[str(trajectories)], output=str(output), export="lrat-jsonl")
-    report = run_mine(config)
-    _print_mine_report(report, str(output))
-    _print_example_pairs(output / "pairs")
+    if not (data / "scifact-beir" / "corpus.jsonl").is_file():
+        raise LratError(f"demo data not found under {data}; set LRAT_DATA or --data")
+    values = load_yaml(str(Path(__file__).with_name("configs") / "demo_flywheel.yaml"))["flywheel"]
+    for key in ("queries", "train_qrels", "heldout_qrels"):
+        values[key] = str(data / values[key])
+    values["corpus"] = [str(data / c) for c in values["corpus"]]
+    values["output"] = args.output
+    config = FlywheelConfig(**values)
+    print(f"lrat demo: {config.iterations}-iteration LRAT flywheel on SciFact ({data / 'scifact-beir'}) "
+          f"-> {args.output}\n  retriever: embedded all-MiniLM-L6-v2; agent: simulated; judge: keyword rule; "
+          "local Ray on CPU")
+    started = time.time()
+    rows = run_flywheel(config)
+    print("\nheld-out results per iteration (iteration 0 = before any training):\n")
+    print(results_table(rows))
+    first, last = rows[0], rows[-1]
+    print(f"evidence recall {first['evidence_recall']:.4f} -> {last['evidence_recall']:.4f}, "
+          f"nDCG@10 {first['ndcg@10']:.4f} -> {last['ndcg@10']:.4f}, "
+          f"success rate {first['success_rate']:.4f} -> {last['success_rate']:.4f}, "
+          f"steps/task {first['avg_steps']:.2f} -> {last['avg_steps']:.2f}")
+    print(f"wall time {time.time() - started:.0f}s; table, CSV and plot in {args.output}/results.*")
     return 0
 
 
@@ -213,18 +273,6 @@ def _print_mine_report(report: dict, output: str) -> None:
     for example in report.get("skipped_examples", [])[:5]:
         print(f"  skipped: {example}")
     print(f"\nwrote {output}/pairs/*.parquet and {output}/report.json")
-
-
-def _print_example_pairs(pairs_dir: Path, limit: int = 3) -> None:
-    import pyarrow.dataset as pads
-
-    table = pads.dataset(str(pairs_dir), format="parquet").to_table().sort_by(
-        [("trajectory_id", "ascending"), ("browse_turn", "ascending")])
-    print("\nexample pairs:")
-    for row in table.slice(0, limit).to_pylist():
-        print(json.dumps({k: row[k] for k in ("trajectory_id", "query", "positive_id", "rank",
-                                              "reasoning_length", "weight")}, ensure_ascii=False)
-              + f"  negatives: {len(row['negative_ids'])}")
 
 
 def main(argv: list[str] | None = None) -> int:

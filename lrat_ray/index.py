@@ -210,7 +210,6 @@ def run_index(config: IndexConfig) -> dict:
     """Build the index directory; returns its manifest."""
     import faiss
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from lrat_ray.runtime import init_ray
 

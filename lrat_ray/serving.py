@@ -54,6 +54,7 @@ class ServeConfig:
     max_query_chars: int = option(2048, help="longest query accepted, in characters")
     max_queries: int = option(64, help="most queries in one request")
     snippet_chars: int = option(300, help="characters of document text returned as a snippet")
+    access_log: bool = option(False, help="log every request (Ray Serve access log)")
     address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray")
 
 
@@ -227,6 +228,7 @@ def build_app(args: dict):
     options: dict[str, Any] = {
         "user_config": {"index": settings.index},
         "ray_actor_options": {"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus},
+        "logging_config": {"enable_access_log": settings.access_log},
     }
     if settings.autoscale_min is not None or settings.autoscale_max is not None:
         options["autoscaling_config"] = {

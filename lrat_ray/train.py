@@ -53,6 +53,7 @@ class TrainConfig:
     corpus: list[str] = option([], help="corpus files giving document texts by id (else the pairs' texts)")
     workers: int = option(2, help="data-parallel training workers")
     use_gpu: bool = option(False, help="one GPU per worker")
+    cpus_per_worker: float = option(1.0, help="CPUs reserved per training worker")
     backend: str = option("ddp", choices=BACKENDS, help="ddp (gloo on CPU, nccl on GPU) or deepspeed")
     deepspeed_config: str | None = option(None, help="DeepSpeed JSON config (default: configs/deepspeed_zero2.json)")
     epochs: int = option(1, help="passes over the pairs")
@@ -292,7 +293,6 @@ class StepRunner:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
-    import numpy as np
     import ray.train
     import torch
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
@@ -478,6 +478,7 @@ def run_train(config: TrainConfig) -> dict:
     steps_per_epoch = max(1, len(examples) // per_step)
     total_steps = min(config.max_steps or steps_per_epoch * config.epochs, steps_per_epoch * config.epochs)
     init_ray(config.address)
+    _check_resources(config)
     # Keep whole batches only, so every worker takes the same number of steps (no hang at the end).
     usable = steps_per_epoch * per_step
     dataset = ray.data.from_items(examples[:usable])
@@ -488,10 +489,12 @@ def run_train(config: TrainConfig) -> dict:
         train_loop_per_worker,
         train_loop_config={"config": dataclasses.asdict(config), "total_steps": total_steps,
                            "storage_path": storage_path},
-        scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu),
+        scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
+                                               resources_per_worker=_worker_resources(config)),
         run_config=ray.train.RunConfig(
             name=f"lrat-train-{int(started)}", storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            # A worker group that cannot start (resources taken) fails after a few tries, not never.
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures, controller_failure_limit=3),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets={"train": dataset},
         dataset_config=ray.train.DataConfig(execution_options=_ordered()),
@@ -512,6 +515,28 @@ def run_train(config: TrainConfig) -> dict:
                "wall_seconds": round(time.time() - started, 1), "lrat_ray": __version__}
     storage.write_json_atomic(os.path.join(config.output, "train_report.json"), summary)
     return summary
+
+
+def _worker_resources(config: TrainConfig) -> dict:
+    resources = {"CPU": config.cpus_per_worker}
+    if config.use_gpu:
+        resources["GPU"] = 1
+    return resources
+
+
+def _check_resources(config: TrainConfig) -> None:
+    """Fail fast on a request the cluster can never satisfy (Ray Train would wait for it forever)."""
+    import ray
+
+    total = ray.cluster_resources()
+    for name, per_worker in _worker_resources(config).items():
+        needed = per_worker * config.workers
+        if total.get(name, 0) < needed:
+            raise LratError(f"training needs {needed:g} {name} ({config.workers} workers x {per_worker:g}) but the "
+                            f"cluster has {total.get(name, 0):g}; lower --workers or --cpus-per-worker")
+        available = ray.available_resources().get(name, 0)
+        if available < needed:
+            log.warning("only %g of the %g %s training needs are free now; waiting for them", available, needed, name)
 
 
 def _ordered():

@@ -80,3 +80,34 @@ def msmarco_index(ray_session, msmarco_slice, tmp_path_factory):
     out = tmp_path_factory.mktemp("index") / "flat"
     run_index(IndexConfig(corpus=[str(msmarco_slice / "corpus.jsonl")], output=str(out), workers=2))
     return out
+
+
+SCIFACT = SHARED_DATA / "scifact-beir"
+
+
+@pytest.fixture(scope="session")
+def scifact_slice(tmp_path_factory):
+    """A real SciFact slice: 30 train and 12 test claims with every judged abstract, plus 150 others."""
+    import json
+
+    from lrat_ray.evaluate import load_qrels
+
+    train = load_qrels(str(SCIFACT / "qrels" / "train.tsv"))
+    test = load_qrels(str(SCIFACT / "qrels" / "test.tsv"))
+    train_ids, test_ids = sorted(train)[:30], sorted(test)[:12]
+    judged = {d for q in train_ids for d in train[q]} | {d for q in test_ids for d in test[q]}
+    root = tmp_path_factory.mktemp("scifact")
+    kept, extra = [], 0
+    for line in jsonl_lines(SCIFACT / "corpus.jsonl"):
+        doc_id = json.loads(line)["_id"]
+        if doc_id in judged or extra < 150:
+            extra += doc_id not in judged
+            kept.append(line)
+    (root / "corpus.jsonl").write_text("\n".join(kept) + "\n")
+    wanted = set(train_ids) | set(test_ids)
+    (root / "queries.jsonl").write_text("\n".join(l for l in jsonl_lines(SCIFACT / "queries.jsonl")
+                                                  if json.loads(l)["_id"] in wanted) + "\n")
+    for name, ids, qrels in (("train.tsv", train_ids, train), ("test.tsv", test_ids, test)):
+        rows = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{g}" for q in ids for d, g in qrels[q].items()]
+        (root / name).write_text("\n".join(rows) + "\n")
+    return root

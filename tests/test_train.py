@@ -1,6 +1,5 @@
 import json
 import multiprocessing
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -201,3 +200,21 @@ def test_two_worker_training_survives_a_killed_worker_and_lowers_the_loss(ray_se
     np.testing.assert_allclose(ours, theirs, atol=2e-5)
     assert json.loads((out / "train_report.json").read_text())["examples"] == 10
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_deepspeed_zero2_trains_on_cpu_workers(ray_session, tmp_path):
+    """DeepSpeed ZeRO-2 inside the TorchTrainer with 2 CPU workers (gloo), torch's AdamW."""
+    pytest.importorskip("deepspeed")
+    from lrat_ray.model import Encoder, spec_for
+
+    out = tmp_path / "ds-model"
+    summary = run_train(TrainConfig(pairs=[str(SAMPLE)], output=str(out), workers=2, per_device_batch=2,
+                                    group_size=2, backend="deepspeed", document_max_length=64, max_steps=2))
+    assert summary["steps"] == 2 and np.isfinite(summary["final_metrics"]["loss"])
+    vectors = Encoder(spec_for(str(out))).encode_queries(["who founded the club"])
+    assert vectors.shape == (1, 384) and np.isfinite(vectors).all()
+
+
+def test_infeasible_worker_request_fails_fast(ray_session, tmp_path):
+    with pytest.raises(LratError, match="training needs 3 CPU"):
+        run_train(TrainConfig(pairs=[str(SAMPLE)], output=str(tmp_path / "m"), workers=3))

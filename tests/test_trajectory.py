@@ -1,6 +1,5 @@
 import json
 
-import pyarrow as pa
 import pytest
 
 from lrat_ray.errors import RecordError

@@ -1,0 +1,161 @@
+"""Training-step throughput: our step against bare torch and sentence-transformers, same run.
+
+All three train the embedded MiniLM on the same real SciFact (claim, abstract) batches with
+in-batch negatives (batch 32, queries 32 tokens, documents 128 tokens, scale 20 = temperature 0.05),
+one process, AdamW:
+
+* ``bare torch``: tokenize, one forward for queries and one for documents, mean pooling,
+  normalisation, cross-entropy, backward, optimizer step: the least a contrastive step costs;
+* ``sentence-transformers``: ``MultipleNegativesRankingLoss`` on a ``SentenceTransformer``;
+* ``lrat``: :class:`lrat_ray.train.StepRunner` (weights, masks, gathered loss) + optimizer step.
+
+Prints examples/s, the ratio to bare torch (goal: at most 5% overhead, ratio >= 0.95), and the
+share of this machine's measured fp32 matmul FLOP/s (2048x2048, same threads) that the step reaches.
+
+Usage: ``python benchmarks/bench_train.py [--steps 6] [--batch 32]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DATA = Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def scifact_batches(batch: int, steps: int) -> list[tuple[list[str], list[str]]]:
+    from lrat_ray.corpus import document_text
+
+    corpus = {}
+    for line in (DATA / "scifact-beir" / "corpus.jsonl").read_text().split("\n"):
+        if line.strip():
+            doc = json.loads(line)
+            corpus[doc["_id"]] = document_text(doc)
+    claims = {}
+    for line in (DATA / "scifact-beir" / "queries.jsonl").read_text().split("\n"):
+        if line.strip():
+            q = json.loads(line)
+            claims[q["_id"]] = q["text"]
+    pairs = []
+    for line in (DATA / "scifact-beir" / "qrels" / "train.tsv").read_text().split("\n")[1:]:
+        parts = line.split("\t")
+        if len(parts) == 3 and parts[0] in claims and parts[1] in corpus:
+            pairs.append((claims[parts[0]], corpus[parts[1]]))
+    random.Random(0).shuffle(pairs)
+    return [([q for q, _ in pairs[i * batch:(i + 1) * batch]], [d for _, d in pairs[i * batch:(i + 1) * batch]])
+            for i in range(steps + 1)]
+
+
+def matmul_flops() -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    return 10 * 2 * 2048 ** 3 / (time.perf_counter() - start)
+
+
+def step_flops(config, q_tokens: int, d_tokens: int, batch: int) -> float:
+    """Forward + backward (3x forward) matmul FLOPs of a BERT-style encoder on padded tokens."""
+    d, ff, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_token = layers * 2 * (4 * d * d + 2 * d * ff)
+    attention = lambda t: layers * 4 * t * t * d  # noqa: E731  (QK^T and AV per sequence)
+    forward = batch * (q_tokens * per_token + d_tokens * per_token + attention(q_tokens) + attention(d_tokens))
+    return 3 * forward
+
+
+def bare_torch_step(model, tok, optimizer, queries, docs):
+    def encode(texts, n):
+        batch = tok(texts, padding=True, truncation=True, max_length=n, return_tensors="pt")
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+    q, d = encode(queries, 32), encode(docs, 128)
+    loss = torch.nn.functional.cross_entropy(q @ d.T * 20, torch.arange(len(queries)))
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def timed(label, step, batches, base=None, flops=None, peak=None):
+    step(*batches[0])  # warm-up
+    start = time.perf_counter()
+    for queries, docs in batches[1:]:
+        step(queries, docs)
+    seconds = time.perf_counter() - start
+    rate = sum(len(q) for q, _ in batches[1:]) / seconds
+    extra = f"  x{rate / base:5.3f} vs bare torch" if base else ""
+    share = f"  {flops * (len(batches) - 1) / seconds / peak:5.1%} of matmul peak" if flops else ""
+    print(f"{label:<34} {rate:8.2f} examples/s{extra}{share}", flush=True)
+    return rate
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args()
+
+    from sentence_transformers import SentenceTransformer, losses
+    from transformers import AutoTokenizer
+
+    from lrat_ray.embedded import embedded_model_path
+    from lrat_ray.model import load_transformer, spec_for
+    from lrat_ray.train import StepRunner, TrainConfig
+
+    path = embedded_model_path()
+    batches = scifact_batches(args.batch, args.steps)
+    peak = matmul_flops()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul {peak / 1e9:.0f} GFLOP/s; "
+          f"batch {args.batch}, {args.steps} timed steps, queries 32 / documents 128 tokens")
+    tok = AutoTokenizer.from_pretrained(path)
+
+    torch.manual_seed(0)
+    model = load_transformer(path).train()
+    q_len = max(len(tok(q, truncation=True, max_length=32)["input_ids"]) for q, _ in batches[1:] for q in q)
+    d_len = max(len(tok(d, truncation=True, max_length=128)["input_ids"]) for _, d in batches[1:] for d in d)
+    flops = step_flops(model.config, q_len, d_len, args.batch)  # upper bound: longest padding per batch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    base = timed("bare torch", lambda q, d: bare_torch_step(model, tok, optimizer, q, d), batches, flops=flops, peak=peak)
+
+    st = SentenceTransformer(path, device="cpu")
+    st_loss = losses.MultipleNegativesRankingLoss(st, scale=20.0)
+    st_opt = torch.optim.AdamW(st.parameters(), lr=1e-5)
+
+    def st_step(queries, docs):
+        st.max_seq_length = 32
+        features_q = st.tokenize(queries)
+        st.max_seq_length = 128
+        features_d = st.tokenize(docs)
+        st_loss([features_q, features_d], None).backward()
+        st_opt.step()
+        st_opt.zero_grad()
+
+    timed("sentence-transformers MNRL", st_step, batches, base, flops, peak)
+
+    torch.manual_seed(0)
+    ours_model = load_transformer(path).train()
+    ours_opt = torch.optim.AdamW(ours_model.parameters(), lr=1e-5)
+    spec = spec_for("embedded", query_max_length=32, document_max_length=128)
+    runner = StepRunner(ours_model, tok, spec, TrainConfig(pairs=["-"], output="-", group_size=1,
+                                                           temperature=0.05), torch.device("cpu"))
+
+    def ours_step(queries, docs):
+        runner.run(queries, docs, [True] * len(docs), [1.0] * len(queries), backward=lambda v: v.backward())
+        ours_opt.step()
+        ours_opt.zero_grad()
+
+    timed("lrat StepRunner (weighted, gathered)", ours_step, batches, base, flops, peak)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""``lrat flywheel``: the closed loop of LRAT — serve, roll out, mine, judge, train, re-index, redeploy.
+
+Iteration 0 indexes the corpus with the starting model, serves it and measures the held-out tasks.
+Each later iteration ``i``:
+
+1. ``rollout``: agents solve ``train_tasks`` training tasks against the served retriever (HTTP);
+2. ``mine``: trajectories -> weighted pairs (:mod:`lrat_ray.mine_job`);
+3. ``judge``: label the pairs from the post-browse reasoning (:mod:`lrat_ray.judge`);
+4. ``train``: warm-start from the previous model, weighted InfoNCE on Ray Train;
+5. ``index``: re-encode the corpus with the new model;
+6. ``deploy``: swap the served index in place (no request dropped);
+7. ``eval``: held-out tasks rolled out against the new retriever (success rate, evidence recall
+   = share of a task's evidence documents that appeared in any of its search results, steps per
+   task) plus the index's IR metrics on the held-out queries.
+
+Tasks are split by query id into training and held-out sets with a fixed seed (or taken from
+separate judgment files); held-out tasks never feed training. Every stage writes into its own
+directory under ``output/iter-<i>/`` and marks completion with a ``_SUCCESS`` file; a restarted
+flywheel skips finished stages and resumes at the first unfinished one. Results accumulate in
+``output/results.csv``, ``output/results.md`` and ``output/results.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+
+from lrat_ray import storage
+from lrat_ray.config import option
+from lrat_ray.errors import LratError
+
+log = logging.getLogger(__name__)
+RESULT_COLUMNS = ("iteration", "model", "success_rate", "evidence_recall", "avg_steps", "ndcg@10",
+                  "recall@100", "train_pairs", "judged_relevant")
+
+
+@dataclass
+class FlywheelConfig:
+    """Options of ``lrat flywheel`` (YAML: a ``flywheel:`` section; ``agent:`` and ``train:``
+    sub-mappings set AgentConfig and TrainConfig fields)."""
+
+    corpus: list[str] = option(help="corpus files (BEIR JSONL or Parquet)")
+    queries: str = option(help="task questions: BEIR queries.jsonl")
+    train_qrels: str = option(help="judgments of the training tasks")
+    heldout_qrels: str | None = option(None, help="judgments of held-out tasks (else split train_qrels)")
+    heldout_fraction: float = option(0.2, help="share of train_qrels held out when heldout_qrels is unset")
+    output: str = option("runs/flywheel", help="flywheel directory")
+    iterations: int = option(2, help="training iterations after the baseline")
+    train_tasks: int | None = option(None, help="training tasks rolled out per iteration (sampled; default all)")
+    heldout_tasks: int | None = option(None, help="held-out tasks evaluated (sampled once; default all)")
+    model: str = option("embedded", help="starting retriever")
+    document_max_length: int = option(256, help="document tokens for indexing and training")
+    index_workers: int = option(2, help="encoder actors")
+    rollout_workers: int = option(2, help="rollout actors")
+    judge_backend: str = option("keyword", help="judge backend (see lrat judge)")
+    judge_model: str = option("", help="judge model (openai/transformers/vllm backends)")
+    judge_endpoint: str = option("http://127.0.0.1:8000/v1", help="openai judge endpoint")
+    port: int = option(8000, help="port of the served retriever (0: pick a free one)")
+    seed: int = option(0, help="seed of the task split and sampling")
+    agent: dict = field(default_factory=dict, metadata={"help": "AgentConfig fields (YAML only)"})
+    train: dict = field(default_factory=dict, metadata={"help": "TrainConfig fields (YAML only)"})
+    stop_after: str | None = option(None, help="testing: stop the process after this stage, e.g. iter-1/judge")
+
+
+@dataclass
+class FlywheelState:
+    config: FlywheelConfig
+    train_ids: list[str]
+    heldout_ids: list[str]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    serve_settings: object = None
+
+
+def _done(path: str) -> bool:
+    return os.path.exists(os.path.join(path, "_SUCCESS"))
+
+
+def _mark(path: str, info: dict | None = None) -> None:
+    storage.write_json_atomic(os.path.join(path, "_SUCCESS"), info or {})
+
+
+def _split(config: FlywheelConfig, queries: dict[str, str]) -> tuple[list[str], list[str], dict]:
+    from lrat_ray.evaluate import load_qrels
+    from lrat_ray.rollout import split_task_ids
+
+    train_qrels = load_qrels(config.train_qrels)
+    if config.heldout_qrels:
+        heldout_qrels = load_qrels(config.heldout_qrels)
+        train_ids = sorted(q for q in train_qrels if q in queries)
+        heldout_ids = sorted(q for q in heldout_qrels if q in queries and q not in train_qrels)
+        qrels = {**train_qrels, **heldout_qrels}
+    else:
+        ids = sorted(q for q in train_qrels if q in queries)
+        train_ids, heldout_ids = split_task_ids(ids, config.heldout_fraction, config.seed)
+        qrels = train_qrels
+    if config.heldout_tasks:
+        heldout_ids = sorted(random.Random(config.seed).sample(heldout_ids, min(config.heldout_tasks, len(heldout_ids))))
+    if set(train_ids) & set(heldout_ids):
+        raise AssertionError("held-out tasks leaked into training")
+    return train_ids, heldout_ids, qrels
+
+
+def _stage(state: FlywheelState, iteration: int, name: str) -> str:
+    return os.path.join(state.config.output, f"iter-{iteration}", name)
+
+
+def _stop_here(state: FlywheelState, iteration: int, name: str) -> None:
+    if state.config.stop_after == f"iter-{iteration}/{name}":
+        raise SystemExit(f"stopping after iter-{iteration}/{name} (stop_after)")
+
+
+def _model_of(state: FlywheelState, iteration: int) -> str:
+    return state.config.model if iteration == 0 else _stage(state, iteration, "train")
+
+
+def _index_dir(state: FlywheelState, iteration: int) -> str:
+    return _stage(state, iteration, "index")
+
+
+def _build_index(state: FlywheelState, iteration: int) -> None:
+    from lrat_ray.index import IndexConfig, run_index
+
+    path = _index_dir(state, iteration)
+    if not _done(path):
+        run_index(IndexConfig(corpus=state.config.corpus, output=path, model=_model_of(state, iteration),
+                              document_max_length=state.config.document_max_length,
+                              workers=state.config.index_workers))
+        _mark(path)
+    _stop_here(state, iteration, "index")
+
+
+def _deploy(state: FlywheelState, iteration: int) -> str:
+    from lrat_ray.serving import ServeConfig, deploy, swap_index
+
+    index = _index_dir(state, iteration)
+    if state.serve_settings is None:
+        port = state.config.port or _free_port()
+        # The replica reserves no CPU: it shares the machine with the stages (rollouts use it; training
+        # and indexing run while it is idle), and a reservation would starve a 2-CPU machine.
+        state.serve_settings = ServeConfig(index=index, port=port, replica_cpus=0)
+        url = deploy(state.serve_settings)
+    else:
+        state.serve_settings = swap_index(state.serve_settings, index)
+        url = f"http://{state.serve_settings.host}:{state.serve_settings.port}"
+    return url
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rollout(state: FlywheelState, url: str, ids: list[str], path: str) -> dict:
+    from lrat_ray.rollout import AgentConfig, load_tasks, run_rollouts
+
+    agent = AgentConfig(**{"seed": state.config.seed, **state.config.agent})
+    tasks = load_tasks(state.queries, state.qrels, ids)
+    summary = run_rollouts(url, tasks, agent, os.path.join(path, "runs"), state.config.rollout_workers)
+    if summary["failed"]:
+        log.warning("%d rollouts failed: %s", summary["failed"], summary["errors"][:3])
+    return summary
+
+
+def _evaluate(state: FlywheelState, iteration: int, url: str) -> dict:
+    from lrat_ray.adapters import parse_trajectory
+    from lrat_ray.evaluate import retrieve, score_run, score_trajectories
+
+    path = _stage(state, iteration, "eval")
+    if _done(path):
+        return json.loads(open(os.path.join(path, "metrics.json")).read())
+    summary = _rollout(state, url, state.heldout_ids, path)
+    runs = [parse_trajectory(json.loads(open(os.path.join(path, "runs", f)).read()))
+            for f in sorted(os.listdir(os.path.join(path, "runs")))]
+    evidence_grade = state.config.agent.get("evidence_grade", 1)
+    evidence = {q: {d: 1 for d, g in state.qrels.get(q, {}).items() if g >= evidence_grade} for q in state.heldout_ids}
+    agent_metrics = score_trajectories(runs, evidence)
+    run = retrieve(_index_dir(state, iteration), {q: state.queries[q] for q in state.heldout_ids}, 100)
+    ir = score_run(run, {q: state.qrels[q] for q in state.heldout_ids}, [10, 100])["metrics"]
+    metrics = {"iteration": iteration, "model": _model_of(state, iteration),
+               "success_rate": agent_metrics["success_rate"], "evidence_recall": agent_metrics["evidence_recall"],
+               "avg_steps": agent_metrics["avg_steps"], "ndcg@10": ir["ndcg@10"], "recall@100": ir["recall@100"],
+               "heldout_tasks": len(state.heldout_ids), "rollout": summary}
+    storage.write_json_atomic(os.path.join(path, "metrics.json"), metrics)
+    _mark(path)
+    _stop_here(state, iteration, "eval")
+    return metrics
+
+
+def _train_iteration(state: FlywheelState, iteration: int, url: str) -> dict:
+    from lrat_ray.judge import JudgeConfig, run_judge
+    from lrat_ray.mine_job import MineConfig, run_mine
+    from lrat_ray.train import TrainConfig, run_train
+
+    config = state.config
+    info: dict = {}
+    rollout_dir = _stage(state, iteration, "rollout")
+    if not _done(rollout_dir):
+        ids = state.train_ids
+        if config.train_tasks:
+            ids = sorted(random.Random(config.seed * 1000 + iteration).sample(ids, min(config.train_tasks, len(ids))))
+        _mark(rollout_dir, _rollout(state, url, ids, rollout_dir))
+    _stop_here(state, iteration, "rollout")
+    mine_dir = _stage(state, iteration, "mine")
+    if not _done(mine_dir):
+        run_mine(MineConfig(input=[os.path.join(rollout_dir, "runs")], output=mine_dir, workers=1))
+        _mark(mine_dir)
+    _stop_here(state, iteration, "mine")
+    judge_dir = _stage(state, iteration, "judge")
+    if not _done(judge_dir):
+        run_judge(JudgeConfig(pairs=mine_dir, output=judge_dir, backend=config.judge_backend,
+                              model=config.judge_model, endpoint=config.judge_endpoint,
+                              cache=os.path.join(config.output, "judge-cache")))
+        _mark(judge_dir)
+    _stop_here(state, iteration, "judge")
+    judged = json.loads(open(os.path.join(judge_dir, "report.json")).read())
+    info.update(train_pairs=judged["pairs"], judged_relevant=judged["relevant"])
+    train_dir = _stage(state, iteration, "train")
+    if not _done(train_dir):
+        overrides = {"document_max_length": config.document_max_length, "seed": config.seed + iteration,
+                     **config.train}
+        run_train(TrainConfig(pairs=[os.path.join(judge_dir, "pairs")], output=train_dir,
+                              model=_model_of(state, iteration - 1), corpus=config.corpus,
+                              storage_path=os.path.abspath(os.path.join(config.output, "ray-train")), **overrides))
+        _mark(train_dir)
+    _stop_here(state, iteration, "train")
+    _build_index(state, iteration)
+    return info
+
+
+def run_flywheel(config: FlywheelConfig) -> list[dict]:
+    """Run (or resume) the flywheel; returns one results row per iteration."""
+    from lrat_ray.evaluate import load_queries
+    from lrat_ray.runtime import init_ray
+
+    started = time.time()
+    os.makedirs(config.output, exist_ok=True)
+    queries = load_queries(config.queries)
+    train_ids, heldout_ids, qrels = _split(config, queries)
+    if not train_ids or not heldout_ids:
+        raise LratError(f"need training and held-out tasks; got {len(train_ids)} and {len(heldout_ids)}")
+    state = FlywheelState(config, train_ids, heldout_ids, queries, qrels)
+    storage.write_json_atomic(os.path.join(config.output, "tasks.json"),
+                              {"train": train_ids, "heldout": heldout_ids, "seed": config.seed})
+    init_ray()
+    rows = []
+    _build_index(state, 0)
+    url = _deploy(state, 0)
+    rows.append({**_evaluate(state, 0, url), "train_pairs": None, "judged_relevant": None})
+    write_results(config.output, rows)
+    try:
+        for iteration in range(1, config.iterations + 1):
+            info = _train_iteration(state, iteration, url)
+            url = _deploy(state, iteration)
+            _stop_here(state, iteration, "deploy")
+            rows.append({**_evaluate(state, iteration, url), **info})
+            write_results(config.output, rows)
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+    log.info("flywheel finished in %.0fs", time.time() - started)
+    return rows
+
+
+def write_results(output: str, rows: list[dict]) -> None:
+    """results.csv, results.md and results.png (metrics per iteration)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_bytes_atomic(os.path.join(output, "results.csv"), buffer.getvalue().encode())
+    storage.write_bytes_atomic(os.path.join(output, "results.md"), results_table(rows).encode())
+    _plot(output, rows)
+
+
+def results_table(rows: list[dict]) -> str:
+    def fmt(value):
+        return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+
+    header = ("iteration", "success_rate", "evidence_recall", "avg_steps", "ndcg@10", "recall@100",
+              "train_pairs", "judged_relevant")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    lines += ["| " + " | ".join(fmt(row.get(h)) for h in header) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(output: str, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    iterations = [r["iteration"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, keys, title in ((axes[0], ("evidence_recall", "success_rate"), "held-out agent metrics"),
+                            (axes[1], ("avg_steps",), "steps per task"),
+                            (axes[2], ("ndcg@10", "recall@100"), "held-out IR metrics")):
+        for key in keys:
+            ax.plot(iterations, [r.get(key) for r in rows], marker="o", label=key)
+        ax.set_xlabel("iteration")
+        ax.set_title(title)
+        ax.set_xticks(iterations)
+        ax.legend()
+    fig.tight_layout()
+    tmp = os.path.join(output, ".results.png.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, os.path.join(output, "results.png"))
+

@@ -1,0 +1,386 @@
+"""Agent rollouts against the served retriever: the trajectories that feed the flywheel.
+
+Agents talk to the retriever only through its HTTP API (``POST /search``, ``GET /documents/{id}``,
+see :mod:`lrat_ray.serving`), as deployed agents do, and every rollout is written as a
+BrowseComp-Plus run file (one JSON per task: ``query_id``, ``query``, ``result`` = reasoning /
+tool_call / output_text items, ``tool_call_counts``, ``retrieved_docids``, ``status``,
+``correct``), the format of the official LRAT trajectories, so ``lrat mine`` reads them unchanged.
+Rollouts run in Ray actors (``workers`` of them, each a pool of agents working through its share
+of the tasks).
+
+Two agent kinds:
+
+``llm``: a ReAct agent driven by any OpenAI-compatible chat endpoint (a vLLM or SGLang server, a
+    hosted API) with function calling: tools ``search(query)`` and ``get_document(docid)``, the
+    model's reasoning (``reasoning_content``) kept, a budget of ``max_turns`` tool calls.
+
+``simulated``: for machines without an LLM and for fleet-scale simulation. It works on a corpus
+    with relevance judgments (qrels) and models what LRAT measured about real agents:
+
+    * it searches with the task text first, then with reformulations (the task's words with a
+      random subset dropped, plus a distinctive word from the best snippet seen so far);
+    * it examines each of the top-``k`` candidates with probability ``rank ** -position_bias``
+      (``position_bias`` 0.3 by default: weak, as the paper found agents' browsing to be);
+    * it browses an examined document judged relevant with probability ``p_browse_relevant``
+      (0.85) and any other with ``p_browse_irrelevant`` (0.08);
+    * after a browse it writes reasoning whose length (in words) is drawn around
+      ``reasoning_words_relevant`` (120) for relevant and ``reasoning_words_irrelevant`` (30) for
+      other documents, quoting the document; after an irrelevant one it says so explicitly with
+      probability ``p_state_irrelevant`` (0.7), which is what a reasoning-aware judge reads;
+    * it answers once it has browsed ``evidence_needed`` (1) evidence documents (judged grade >=
+      ``evidence_grade``), correctly with probability ``p_correct_with_evidence`` (0.95), else
+      after ``max_turns`` searches, correctly with probability ``p_correct_without_evidence``
+      (0.05).
+
+    What it does not capture: real query writing (its reformulations are lexical), reading
+    comprehension (relevance comes from the judgments, not from the text), multi-hop planning,
+    and the way an LLM's interest drifts over a long trajectory. It is a stand-in that produces
+    trajectories with the statistics of real ones, so the pipeline can be exercised end to end
+    and the flywheel's effect on retrieval can be measured on real judgments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lrat_ray import storage
+from lrat_ray.config import option
+
+log = logging.getLogger(__name__)
+AGENTS = ("simulated", "llm")
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9-]{3,}")
+_STOP = frozenset("this that with from have were been their which there these those than into also more most "
+                  "such only other some when what where while about after before between during over under "
+                  "does doesn shows show study studies patients".split())
+
+
+@dataclass
+class AgentConfig:
+    """How the agents behave (see the module docstring for the simulated agent's model)."""
+
+    kind: str = option("simulated", choices=AGENTS, help="simulated (needs qrels) or llm (needs an endpoint)")
+    k: int = option(10, help="results per search")
+    max_turns: int = option(6, help="simulated: searches per task; llm: tool calls per task")
+    position_bias: float = option(0.3, help="simulated: examine rank r with probability r ** -position_bias")
+    p_browse_relevant: float = option(0.85, help="simulated: browse an examined relevant document")
+    p_browse_irrelevant: float = option(0.08, help="simulated: browse an examined non-relevant document")
+    reasoning_words_relevant: int = option(120, help="simulated: mean reasoning words after a relevant browse")
+    reasoning_words_irrelevant: int = option(30, help="simulated: mean reasoning words after another browse")
+    p_state_irrelevant: float = option(0.7, help="simulated: say explicitly that a useless document is irrelevant")
+    evidence_grade: int = option(1, help="simulated: minimum judgment grade of an evidence document")
+    evidence_needed: int = option(1, help="simulated: evidence documents browsed before answering")
+    p_correct_with_evidence: float = option(0.95, help="simulated: answer correctly after finding evidence")
+    p_correct_without_evidence: float = option(0.05, help="simulated: answer correctly without evidence")
+    seed: int = option(0, help="simulated: random seed (each task's stream is derived from it and the task id)")
+    endpoint: str = option("http://127.0.0.1:8001/v1", help="llm: OpenAI-compatible base URL")
+    model: str = option("", help="llm: model name at the endpoint")
+    api_key_env: str = option("OPENAI_API_KEY", help="llm: environment variable holding the API key")
+    timeout_s: float = option(120.0, help="timeout of one HTTP call")
+
+
+@dataclass
+class RolloutConfig:
+    """Options of ``lrat rollout`` (agent behaviour: the ``agent:`` YAML mapping, AgentConfig fields)."""
+
+    url: str = option(help="base URL of the served retriever (lrat serve)")
+    queries: str = option(help="task questions: BEIR queries.jsonl or TSV")
+    output: str = option(help="directory for the run files (one JSON per task)")
+    qrels: str | None = option(None, help="judgments (the simulated agent needs them)")
+    limit: int | None = option(None, help="roll out only the first N tasks (by id)")
+    workers: int = option(2, help="rollout actors")
+    token: str | None = option(None, help="bearer token of the retriever")
+    agent_kind: str = option("simulated", choices=AGENTS, help="simulated or llm")
+    agent_endpoint: str | None = option(None, help="llm: OpenAI-compatible base URL")
+    agent_model: str | None = option(None, help="llm: model name")
+    seed: int = option(0, help="simulated: random seed")
+    agent: dict = dataclasses.field(default_factory=dict, metadata={"help": "AgentConfig fields (YAML only)"})
+
+    def agent_config(self) -> "AgentConfig":
+        flat = {"kind": self.agent_kind, "seed": self.seed, "endpoint": self.agent_endpoint, "model": self.agent_model}
+        return AgentConfig(**{**{k: v for k, v in flat.items() if v is not None}, **self.agent})
+
+
+@dataclass
+class Task:
+    id: str
+    question: str
+    answer: str | None = None
+    judgments: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+class RetrieverClient:
+    """The two tools over the retriever's HTTP API."""
+
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 120.0):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout_s)
+
+    def search(self, query: str, k: int) -> list[dict]:
+        response = self.http.post("/search", json={"query": query[:2000] or "?", "k": k})
+        response.raise_for_status()
+        return response.json()["results"]
+
+    def document(self, doc_id: str) -> dict | None:
+        response = self.http.get(f"/documents/{doc_id}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.json()
+
+    def close(self) -> None:
+        self.http.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run file being written
+# ---------------------------------------------------------------------------------------------
+
+class RunRecorder:
+    """Builds one BrowseComp-Plus run file."""
+
+    def __init__(self, task: Task, metadata: dict):
+        self.task = task
+        self.items: list[dict] = []
+        self.counts = {"search": 0, "get_document": 0}
+        self.retrieved: set[str] = set()
+        self.metadata = metadata
+
+    def think(self, text: str) -> None:
+        self.items.append({"type": "reasoning", "tool_name": None, "arguments": None, "output": text})
+
+    def search(self, query: str, hits: list[dict]) -> None:
+        self.counts["search"] += 1
+        self.retrieved.update(h["docid"] for h in hits)
+        output = json.dumps([{"docid": h["docid"], "score": h["score"], "snippet": h["snippet"]} for h in hits],
+                            ensure_ascii=False)
+        self.items.append({"type": "tool_call", "tool_name": "search",
+                           "arguments": json.dumps({"query": query}, ensure_ascii=False), "output": output})
+
+    def browse(self, doc_id: str, document: dict | None) -> None:
+        self.counts["get_document"] += 1
+        self.retrieved.add(doc_id)
+        text = json.dumps({"docid": doc_id, "text": _doc_text(document)}, ensure_ascii=False) if document \
+            else f"[Document not found] docid={doc_id}"
+        self.items.append({"type": "tool_call", "tool_name": "get_document",
+                           "arguments": json.dumps({"docid": doc_id}), "output": text})
+
+    def answer(self, text: str, correct: bool | None) -> dict:
+        self.items.append({"type": "output_text", "tool_name": None, "arguments": None, "output": text})
+        return {"query_id": self.task.id, "query": self.task.question, "answer": self.task.answer,
+                "status": "completed", "correct": correct, "tool_call_counts": self.counts,
+                "retrieved_docids": sorted(self.retrieved), "metadata": self.metadata, "result": self.items}
+
+
+def _doc_text(document: dict | None) -> str:
+    if not document:
+        return ""
+    return "\n".join(p for p in (document.get("title"), document.get("text")) if p)
+
+
+# ---------------------------------------------------------------------------------------------
+# The simulated agent
+# ---------------------------------------------------------------------------------------------
+
+def task_rng(seed: int, task_id: str) -> random.Random:
+    return random.Random(f"{seed}:{task_id}")
+
+
+def reformulate(question: str, snippet: str | None, rng: random.Random) -> str:
+    words = question.split()
+    kept = [w for w in words if rng.random() > 0.3] or words
+    extra = [w for w in _WORD.findall(snippet or "") if w.lower() not in _STOP and w.lower() not in question.lower()]
+    if extra:
+        kept.append(rng.choice(extra[:12]))
+    return " ".join(kept)
+
+
+def _reasoning(doc_text: str, relevant: bool, config: AgentConfig, rng: random.Random) -> str:
+    mean = config.reasoning_words_relevant if relevant else config.reasoning_words_irrelevant
+    target = max(3, int(rng.gauss(mean, mean * 0.25)))
+    doc_words = doc_text.split()
+    if relevant:
+        opening = "This document addresses the claim directly. Key details:"
+    elif rng.random() < config.p_state_irrelevant:
+        opening = "This document is not relevant to the claim; it is about a different topic."
+    else:
+        opening = "Skimming this document for anything that bears on the claim:"
+    words = opening.split()
+    start = rng.randrange(max(1, len(doc_words) - target)) if doc_words else 0
+    words += doc_words[start:start + max(0, target - len(words))]
+    return " ".join(words[:max(target, len(opening.split()))])
+
+
+def run_simulated(task: Task, client: RetrieverClient, config: AgentConfig) -> dict:
+    rng = task_rng(config.seed, task.id)
+    recorder = RunRecorder(task, {"agent": "simulated", **dataclasses.asdict(config)})
+    evidence = {d for d, g in task.judgments.items() if g >= config.evidence_grade}
+    relevant = {d for d, g in task.judgments.items() if g > 0}
+    browsed: set[str] = set()
+    found = 0
+    best_snippet = None
+    recorder.think(f"I need evidence about: {task.question}. I will search for it.")
+    for turn in range(config.max_turns):
+        query = task.question if turn == 0 else reformulate(task.question, best_snippet, rng)
+        hits = client.search(query, config.k)
+        recorder.search(query, hits)
+        best_snippet = hits[0]["snippet"] if hits else best_snippet
+        recorder.think(f"The search returned {len(hits)} results; looking at the promising ones.")
+        for rank, hit in enumerate(hits, start=1):
+            if hit["docid"] in browsed or rng.random() > rank ** -config.position_bias:
+                continue
+            is_relevant = hit["docid"] in relevant
+            if rng.random() > (config.p_browse_relevant if is_relevant else config.p_browse_irrelevant):
+                continue
+            document = client.document(hit["docid"])
+            recorder.browse(hit["docid"], document)
+            browsed.add(hit["docid"])
+            recorder.think(_reasoning(_doc_text(document), is_relevant, config, rng))
+            found += hit["docid"] in evidence
+            if found >= config.evidence_needed:
+                correct = rng.random() < config.p_correct_with_evidence
+                return recorder.answer("Answer supported by the documents read.", correct)
+    correct = rng.random() < config.p_correct_without_evidence
+    return recorder.answer("Best guess without supporting evidence.", correct)
+
+
+# ---------------------------------------------------------------------------------------------
+# The LLM ReAct agent
+# ---------------------------------------------------------------------------------------------
+
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "search", "description": "Search the corpus; returns the top results with docid and snippet.",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}},
+    {"type": "function", "function": {
+        "name": "get_document", "description": "Read one document in full by its docid.",
+        "parameters": {"type": "object", "properties": {"docid": {"type": "string"}}, "required": ["docid"]}}},
+]
+SYSTEM_PROMPT = ("You are a deep-research agent. Use the search tool to find documents and get_document to "
+                 "read them in full. Think before each step. When you are confident, answer concisely.")
+
+
+def run_llm(task: Task, client: RetrieverClient, config: AgentConfig) -> dict:
+    import httpx
+
+    key = os.environ.get(config.api_key_env, "")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    recorder = RunRecorder(task, {"agent": "llm", "model": config.model, "endpoint": config.endpoint})
+    messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT},
+                                      {"role": "user", "content": task.question}]
+    with httpx.Client(base_url=config.endpoint.rstrip("/"), headers=headers, timeout=config.timeout_s) as llm:
+        for _ in range(config.max_turns + 1):
+            response = llm.post("/chat/completions", json={"model": config.model, "messages": messages,
+                                                           "tools": TOOLS, "temperature": 0.7})
+            response.raise_for_status()
+            message = response.json()["choices"][0]["message"]
+            thinking = "\n".join(t for t in (message.get("reasoning_content"), message.get("content")
+                                             if message.get("tool_calls") else None) if t)
+            if thinking:
+                recorder.think(thinking)
+            calls = message.get("tool_calls") or []
+            messages.append({k: v for k, v in message.items() if k in ("role", "content", "tool_calls")})
+            if not calls:
+                return recorder.answer(message.get("content") or "", None)
+            for call in calls[:1]:  # one tool call per turn keeps the trajectory linear
+                name, args = call["function"]["name"], _arguments(call["function"].get("arguments"))
+                messages.append({"role": "tool", "tool_call_id": call["id"],
+                                 "content": _run_tool(name, args, client, recorder, config)})
+    return recorder.answer("(turn budget exhausted)", None)
+
+
+def _arguments(raw) -> dict:
+    if isinstance(raw, dict):
+        return raw
+    try:
+        decoded = json.loads(raw or "{}")
+        return decoded if isinstance(decoded, dict) else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def _run_tool(name: str, args: dict, client: RetrieverClient, recorder: RunRecorder, config: AgentConfig) -> str:
+    if name == "search" and isinstance(args.get("query"), str):
+        hits = client.search(args["query"], config.k)
+        recorder.search(args["query"], hits)
+        return json.dumps([{"docid": h["docid"], "snippet": h["snippet"]} for h in hits], ensure_ascii=False)
+    if name == "get_document" and args.get("docid") is not None:
+        document = client.document(str(args["docid"]))
+        recorder.browse(str(args["docid"]), document)
+        return _doc_text(document) or "document not found"
+    return f"unknown tool call {name}({args})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray actors
+# ---------------------------------------------------------------------------------------------
+
+class RolloutWorker:
+    """One Ray actor: runs its share of tasks and writes one run file per task."""
+
+    def __init__(self, url: str, config: dict, token: str | None = None):
+        self.config = AgentConfig(**config)
+        self.client = RetrieverClient(url, token, self.config.timeout_s)
+
+    def run(self, tasks: list[dict], output: str) -> list[dict]:
+        agent = run_simulated if self.config.kind == "simulated" else run_llm
+        summaries = []
+        for task_dict in tasks:
+            task = Task(**task_dict)
+            started = time.time()
+            try:
+                run = agent(task, self.client, self.config)
+            except Exception as exc:  # a task that fails is recorded, not lost
+                summaries.append({"task": task.id, "status": "failed", "error": repr(exc)})
+                continue
+            storage.write_json_atomic(storage.join(output, f"{_safe(task.id)}.json"), run)
+            summaries.append({"task": task.id, "status": "completed", "seconds": round(time.time() - started, 3),
+                              "correct": run["correct"], "steps": sum(run["tool_call_counts"].values())})
+        return summaries
+
+
+def _safe(task_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", task_id)
+
+
+def run_rollouts(url: str, tasks: list[Task], config: AgentConfig, output: str, workers: int = 2,
+                 token: str | None = None) -> dict:
+    """Roll out ``tasks`` against the retriever at ``url`` with ``workers`` Ray actors."""
+    import ray
+
+    from lrat_ray.runtime import init_ray
+
+    init_ray()
+    actor = ray.remote(num_cpus=0.25)(RolloutWorker)
+    pool = [actor.remote(url, dataclasses.asdict(config), token) for _ in range(max(1, min(workers, len(tasks))))]
+    shares = [[dataclasses.asdict(t) for t in tasks[i::len(pool)]] for i in range(len(pool))]
+    results = [s for batch in ray.get([w.run.remote(share, output) for w, share in zip(pool, shares)]) for s in batch]
+    for worker in pool:
+        ray.kill(worker)
+    completed = [r for r in results if r["status"] == "completed"]
+    return {"tasks": len(tasks), "completed": len(completed), "failed": len(results) - len(completed),
+            "errors": [r for r in results if r["status"] != "completed"][:10],
+            "success_rate": sum(bool(r["correct"]) for r in completed) / len(completed) if completed else None,
+            "avg_steps": sum(r["steps"] for r in completed) / len(completed) if completed else None}
+
+
+def load_tasks(queries: dict[str, str], qrels: dict[str, dict[str, int]], ids: list[str]) -> list[Task]:
+    return [Task(id=q, question=queries[q], judgments=qrels.get(q, {})) for q in ids]
+
+
+def split_task_ids(ids: list[str], held_out_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic split by query id into (training, held-out)."""
+    ordered = sorted(ids)
+    random.Random(seed).shuffle(ordered)
+    cut = int(math.floor(len(ordered) * (1 - held_out_fraction)))
+    return sorted(ordered[:cut]), sorted(ordered[cut:])

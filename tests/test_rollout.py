@@ -1,0 +1,85 @@
+import json
+import random
+import statistics
+
+import pytest
+
+from lrat_ray.adapters import parse_trajectory
+from lrat_ray.mining import mine_trajectory
+from lrat_ray.rollout import AgentConfig, Task, run_llm, run_simulated, split_task_ids
+from openai_stub import ScriptedOpenAI
+
+
+class StubRetriever:
+    """In-process stand-in for the HTTP client: a fixed shuffled ranking per query."""
+
+    def __init__(self, docs: int = 200, seed: int = 0):
+        self.rng = random.Random(seed)
+        self.ids = [f"d{i}" for i in range(docs)]
+
+    def search(self, query, k):
+        ranked = self.rng.sample(self.ids, k)
+        return [{"docid": d, "score": 1.0 / (r + 1), "title": "", "snippet": f"snippet of {d} about {query}"}
+                for r, d in enumerate(ranked)]
+
+    def document(self, doc_id):
+        return {"docid": doc_id, "title": f"T{doc_id}", "text": " ".join(f"w{doc_id}x{i}" for i in range(400))}
+
+
+def test_simulated_agent_statistics_match_its_parameters():
+    config = AgentConfig(max_turns=1, evidence_needed=10 ** 6, position_bias=0.5, p_browse_relevant=0.8,
+                         p_browse_irrelevant=0.1, reasoning_words_relevant=100, reasoning_words_irrelevant=20)
+    client = StubRetriever()
+    relevant_docs = {f"d{i}" for i in range(0, 200, 2)}  # half the corpus is judged relevant
+    shown = {True: {}, False: {}}
+    browsed = {True: {}, False: {}}
+    lengths = {True: [], False: []}
+    for t in range(3000):
+        task = Task(id=f"t{t}", question="claim words here", judgments={d: 1 for d in relevant_docs})
+        run = run_simulated(task, client, config)
+        traj = parse_trajectory(run)
+        hits = traj.steps[1].result_ids
+        opened = [s.doc_id for s in traj.steps if s.kind == "browse"]
+        for rank, doc in enumerate(hits, start=1):
+            shown[doc in relevant_docs][rank] = shown[doc in relevant_docs].get(rank, 0) + 1
+            if doc in opened:
+                browsed[doc in relevant_docs][rank] = browsed[doc in relevant_docs].get(rank, 0) + 1
+        for pair in mine_trajectory(traj).pairs:
+            lengths[pair.positive_id in relevant_docs].append(len(pair.reasoning.split()))
+    for is_relevant, p in ((True, 0.8), (False, 0.1)):
+        for rank in (1, 3, 10):
+            rate = browsed[is_relevant].get(rank, 0) / shown[is_relevant][rank]
+            assert rate == pytest.approx(p * rank ** -0.5, abs=0.06), (is_relevant, rank, rate)
+    assert statistics.mean(lengths[True]) == pytest.approx(100, rel=0.1)
+    assert statistics.mean(lengths[False]) == pytest.approx(20, rel=0.2)
+
+
+def test_simulated_agent_answers_after_evidence_and_is_seeded():
+    client = StubRetriever(docs=12)
+    config = AgentConfig(max_turns=5, position_bias=0.0, p_browse_relevant=1.0, p_correct_with_evidence=1.0)
+    task = Task(id="t", question="what is it", judgments={"d3": 1})
+    run = run_simulated(task, client, config)
+    assert run["correct"] is True and run["result"][-1]["type"] == "output_text"
+    assert "d3" in run["retrieved_docids"] and run["tool_call_counts"]["get_document"] >= 1
+    again = run_simulated(task, StubRetriever(docs=12), config)
+    assert again["result"] == run["result"]  # same seed, same retriever: same trajectory
+
+
+def test_llm_agent_against_a_scripted_openai_server():
+    with ScriptedOpenAI() as server:
+        config = AgentConfig(kind="llm", endpoint=server.url, model="scripted", max_turns=4)
+        run = run_llm(Task(id="q1", question="Which document?"), StubRetriever(), config)
+    traj = parse_trajectory(run)
+    assert [s.kind for s in traj.steps] == ["think", "search", "think", "browse", "think", "answer"]
+    assert traj.steps[1].query == "Which document?" and len(traj.steps[1].results) == 10
+    assert traj.steps[3].doc_id == traj.steps[1].result_ids[0]
+    (pair,) = mine_trajectory(traj).pairs
+    assert pair.reasoning == "The document answers it." and pair.rank == 1
+    assert json.loads(json.dumps(run))["tool_call_counts"] == {"search": 1, "get_document": 1}
+
+
+def test_task_split_is_deterministic_and_disjoint():
+    ids = [str(i) for i in range(100)]
+    train, held = split_task_ids(ids, 0.2, seed=7)
+    assert (len(train), len(held)) == (80, 20) and not set(train) & set(held)
+    assert split_task_ids(list(reversed(ids)), 0.2, seed=7) == (train, held)
