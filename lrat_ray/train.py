@@ -471,6 +471,9 @@ def run_train(config: TrainConfig) -> dict:
     from lrat_ray.runtime import init_ray
 
     started = time.time()
+    # Workers run in their own directories: hand them absolute paths for anything local.
+    config = dataclasses.replace(config, model=_absolute_if_local(config.model),
+                                 deepspeed_config=config.deepspeed_config and _absolute_if_local(config.deepspeed_config))
     _check_model_loads(config.model)
     examples = load_examples(config)
     random.Random(config.seed).shuffle(examples)
@@ -545,6 +548,10 @@ def _ordered():
     options = ExecutionOptions()
     options.preserve_order = True  # the same order after a restart, so skipping done batches is exact
     return options
+
+
+def _absolute_if_local(path: str) -> str:
+    return os.path.abspath(path) if os.path.exists(path) else path
 
 
 def _check_model_loads(model: str) -> None:

@@ -17,14 +17,15 @@ def _config(root, out, **extra):
                "learning_rate": 5e-5}, **extra)
 
 
-def test_two_iteration_flywheel_resumes_after_being_stopped(ray_session, scifact_slice, tmp_path):
+def test_two_iteration_flywheel_resumes_after_being_stopped(ray_session, scifact_slice, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative output directory, as users give it: workers must still find models
     out = tmp_path / "fw"
     with pytest.raises(SystemExit, match="iter-1/judge"):
-        run_flywheel(_config(scifact_slice, out, stop_after="iter-1/judge"))
+        run_flywheel(_config(scifact_slice, "fw", stop_after="iter-1/judge"))
     finished = {stage: os.path.getmtime(out / "iter-1" / stage / "_SUCCESS") for stage in ("rollout", "mine", "judge")}
     assert not (out / "iter-1" / "train").exists()
 
-    rows = run_flywheel(_config(scifact_slice, out))
+    rows = run_flywheel(_config(scifact_slice, "fw"))
     for stage, mtime in finished.items():  # resumed: finished stages were not run again
         assert os.path.getmtime(out / "iter-1" / stage / "_SUCCESS") == mtime
     assert [r["iteration"] for r in rows] == [0, 1, 2]
@@ -42,3 +43,5 @@ def test_two_iteration_flywheel_resumes_after_being_stopped(ray_session, scifact
     assert (out / "results.png").stat().st_size > 10_000
     manifest = json.loads((out / "iter-2" / "index" / "manifest.json").read_text())
     assert manifest["model"].endswith(os.path.join("iter-2", "train"))
+    assert json.loads((out / "iter-2" / "train" / "train_report.json").read_text())["base_model"].endswith(
+        os.path.join("fw", "iter-1", "train"))

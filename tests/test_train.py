@@ -218,3 +218,31 @@ def test_deepspeed_zero2_trains_on_cpu_workers(ray_session, tmp_path):
 def test_infeasible_worker_request_fails_fast(ray_session, tmp_path):
     with pytest.raises(LratError, match="training needs 3 CPU"):
         run_train(TrainConfig(pairs=[str(SAMPLE)], output=str(tmp_path / "m"), workers=3))
+
+
+def test_lora_trains_only_adapters_and_merges_on_save(tmp_path):
+    pytest.importorskip("peft")
+    import random
+
+    from transformers import AutoTokenizer
+
+    from lrat_ray.embedded import embedded_model_path
+    from lrat_ray.model import Encoder, load_transformer, save_encoder, spec_for
+    from lrat_ray.train import _with_lora
+
+    model = _with_lora(load_transformer(embedded_model_path()), rank=4)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
+    spec = spec_for("embedded", document_max_length=64)
+    runner = StepRunner(model, tokenizer, spec, TrainConfig(pairs=["x"], output="x", group_size=2), torch.device("cpu"))
+    examples = load_examples(TrainConfig(pairs=[str(SAMPLE)], output="x"))[:4]
+    batch = {k: [e[k] for e in examples] for k in ("query", "positive", "negatives", "weight")}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    runner.run(*group_texts(batch, 2, random.Random(0), True), backward=lambda v: v.backward())
+    optimizer.step()
+    assert all(p.grad is None for n, p in model.named_parameters() if n not in trainable)
+    save_encoder(model.merge_and_unload(), tokenizer, spec, str(tmp_path / "merged"))
+    merged = Encoder(spec_for(str(tmp_path / "merged"))).encode_queries(["a query"])
+    base = Encoder(spec_for("embedded")).encode_queries(["a query"])
+    assert merged.shape == base.shape and not np.allclose(merged, base, atol=1e-4)
