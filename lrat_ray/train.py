@@ -201,8 +201,20 @@ class StepRunner:
                                return_tensors="pt").to(self.device)
         return embed(self.model, batch, self.spec, self.tokenizer.padding_side)
 
+    def _embed_pair(self, queries: list[str], documents: list[str]):
+        """Query and document embeddings. A plain module encodes each at its own padded length;
+        under DDP or DeepSpeed both go through one forward pass (two forwards before one backward
+        would mark every parameter ready twice), at the price of padding queries to the documents'
+        width."""
+        import torch
+
+        if isinstance(self.model, torch.nn.Module) and not hasattr(self.model, "no_sync") \
+                and not hasattr(self.model, "backward"):
+            return (self._embed(queries, self.spec.query_max_length),
+                    self._embed(documents, self.spec.document_max_length))
+        return self._embed_together(queries, documents)
+
     def _embed_together(self, queries: list[str], documents: list[str]):
-        """Queries and documents in one forward pass (DDP wants one forward per backward)."""
         import torch
 
         from lrat_ray.model import embed
@@ -236,8 +248,8 @@ class StepRunner:
         m = torch.tensor(mask, dtype=torch.bool, device=self.device)
         if not self.config.grad_cache_chunk:
             with self._autocast():
-                q, d = self._embed_together([self.spec.format_query(t) for t in queries],
-                                            [self.spec.format_document(t) for t in documents])
+                q, d = self._embed_pair([self.spec.format_query(t) for t in queries],
+                                        [self.spec.format_document(t) for t in documents])
                 value, loss = distributed_loss(q.float(), d.float(), w, m, self.config.temperature,
                                                self.config.group_size, self.config.normalization)
             backward(value)
