@@ -24,6 +24,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -224,6 +225,8 @@ def build_app(args: dict):
     """Serve application builder (``serve run lrat_ray.serving:build_app index=DIR``, or from a
     Serve config file such as ``serve/config.yaml``)."""
     settings = ServeConfig(**args)
+    if os.path.exists(settings.index):  # replicas may run elsewhere: a local index by absolute path
+        settings = dataclasses.replace(settings, index=os.path.abspath(settings.index))
     deployment = make_deployment()
     options: dict[str, Any] = {
         "user_config": {"index": settings.index},
