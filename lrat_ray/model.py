@@ -217,6 +217,8 @@ def save_encoder(model, tokenizer, spec: EncoderSpec, directory: str) -> None:
     import shutil
     import uuid
 
+    from lrat_ray.storage import publish_dir
+
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
@@ -225,13 +227,7 @@ def save_encoder(model, tokenizer, spec: EncoderSpec, directory: str) -> None:
         unwrapped.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         save_sentence_transformers_files(str(tmp), spec, int(unwrapped.config.hidden_size))
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        publish_dir(str(tmp), str(target))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -578,16 +578,10 @@ def _check_model_loads(model: str) -> None:
 
 
 def _publish_model(source: str, target: str) -> None:
+    """Copy the final checkpoint's model next to ``target``, then move it into place whole."""
     import shutil
     import uuid
 
     tmp = f"{target.rstrip('/')}.tmp-{uuid.uuid4().hex}"
     shutil.copytree(source, tmp)
-    if os.path.exists(target):
-        old = f"{target.rstrip('/')}.old-{uuid.uuid4().hex}"
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-
+    storage.publish_dir(tmp, target)
