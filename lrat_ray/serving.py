@@ -14,8 +14,8 @@ retrained retriever without failing a request.
 Bad requests get a 4xx with ``{"error": message}``: wrong content type (415), malformed JSON (400),
 empty or over-long query, ``k`` out of range or a wrong field type (422), unknown document (404),
 missing or wrong bearer token when one is configured (401). The server binds to 127.0.0.1 unless
-told otherwise. Ray Serve exports its request metrics (and the ``lrat_*`` ones defined here) in
-Prometheus format on each node's metrics port.
+told otherwise. Ray Serve's request metrics and the ``lrat_search_*`` ones defined here go through
+Ray's metrics system (Prometheus format on each node's metrics export port).
 """
 
 import asyncio
