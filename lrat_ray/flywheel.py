@@ -23,6 +23,7 @@ flywheel skips finished stages and resumes at the first unfinished one. Results 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -242,6 +243,9 @@ def run_flywheel(config: FlywheelConfig) -> list[dict]:
     from lrat_ray.runtime import init_ray
 
     started = time.time()
+    # Rollout actors, Train workers and Serve replicas do not share the driver's directory.
+    config = dataclasses.replace(config, output=os.path.abspath(config.output),
+                                 corpus=[c if storage.is_remote(c) else os.path.abspath(c) for c in config.corpus])
     os.makedirs(config.output, exist_ok=True)
     queries = load_queries(config.queries)
     train_ids, heldout_ids, qrels = _split(config, queries)

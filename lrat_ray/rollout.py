@@ -361,6 +361,7 @@ def run_rollouts(url: str, tasks: list[Task], config: AgentConfig, output: str, 
     from lrat_ray.runtime import init_ray
 
     init_ray()
+    output = output if storage.is_remote(output) else os.path.abspath(output)  # actors have their own cwd
     actor = ray.remote(num_cpus=0.25)(RolloutWorker)
     pool = [actor.remote(url, dataclasses.asdict(config), token) for _ in range(max(1, min(workers, len(tasks))))]
     shares = [[dataclasses.asdict(t) for t in tasks[i::len(pool)]] for i in range(len(pool))]

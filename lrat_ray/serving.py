@@ -254,8 +254,31 @@ def deploy(settings: ServeConfig, blocking: bool = False) -> str:
 
     init_ray(settings.address)
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    serve.run(build_app(dataclasses.asdict(settings)), name=APP_NAME, route_prefix="/", blocking=blocking)
-    return f"http://{settings.host}:{settings.port}"
+    url = f"http://{settings.host}:{settings.port}"
+    if blocking:
+        serve.run(build_app(dataclasses.asdict(settings)), name=APP_NAME, route_prefix="/", blocking=True)
+        return url
+    serve.run(build_app(dataclasses.asdict(settings)), name=APP_NAME, route_prefix="/")
+    _wait_until_healthy(url)
+    return url
+
+
+def _wait_until_healthy(url: str, timeout_s: float = 60.0) -> None:
+    """Fail fast when the app does not answer where it should (e.g. Serve already ran on another port)."""
+    import httpx
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    from lrat_ray.errors import LratError
+
+    raise LratError(f"the retriever does not answer at {url}/healthz; if Ray Serve was already running "
+                    "with other HTTP options, shut it down (serve shutdown) or use its port")
 
 
 def swap_index(settings: ServeConfig, index_dir: str) -> ServeConfig:

@@ -111,3 +111,13 @@ def scifact_slice(tmp_path_factory):
         rows = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{g}" for q in ids for d, g in qrels[q].items()]
         (root / name).write_text("\n".join(rows) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def serve_port() -> int:
+    """One HTTP port for every Ray Serve app of the session: Serve keeps the port it started with."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -7,25 +7,26 @@ import pytest
 from lrat_ray.flywheel import FlywheelConfig, run_flywheel
 
 
-def _config(root, out, **extra):
+def _config(root, out, port, **extra):
     return FlywheelConfig(
         corpus=[str(root / "corpus.jsonl")], queries=str(root / "queries.jsonl"),
         train_qrels=str(root / "train.tsv"), heldout_qrels=str(root / "test.tsv"), output=str(out),
-        iterations=2, train_tasks=20, document_max_length=64, index_workers=1, rollout_workers=2, port=0,
+        iterations=2, train_tasks=20, document_max_length=64, index_workers=1, rollout_workers=2, port=port,
         agent={"max_turns": 3},
         train={"per_device_batch": 4, "group_size": 2, "workers": 2, "checkpoint_every": 1000,
                "learning_rate": 5e-5}, **extra)
 
 
-def test_two_iteration_flywheel_resumes_after_being_stopped(ray_session, scifact_slice, tmp_path, monkeypatch):
+def test_two_iteration_flywheel_resumes_after_being_stopped(ray_session, scifact_slice, tmp_path, monkeypatch,
+                                                           serve_port):
     monkeypatch.chdir(tmp_path)  # a relative output directory, as users give it: workers must still find models
     out = tmp_path / "fw"
     with pytest.raises(SystemExit, match="iter-1/judge"):
-        run_flywheel(_config(scifact_slice, "fw", stop_after="iter-1/judge"))
+        run_flywheel(_config(scifact_slice, "fw", serve_port, stop_after="iter-1/judge"))
     finished = {stage: os.path.getmtime(out / "iter-1" / stage / "_SUCCESS") for stage in ("rollout", "mine", "judge")}
     assert not (out / "iter-1" / "train").exists()
 
-    rows = run_flywheel(_config(scifact_slice, "fw"))
+    rows = run_flywheel(_config(scifact_slice, "fw", serve_port))
     for stage, mtime in finished.items():  # resumed: finished stages were not run again
         assert os.path.getmtime(out / "iter-1" / stage / "_SUCCESS") == mtime
     assert [r["iteration"] for r in rows] == [0, 1, 2]

@@ -59,12 +59,12 @@ def second_index(ray_session, msmarco_slice, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(ray_session, msmarco_index):
+def server(ray_session, msmarco_index, serve_port):
     from ray import serve
 
     from lrat_ray.serving import ServeConfig, deploy
 
-    settings = ServeConfig(index=str(msmarco_index), port=_free_port(), token=TOKEN, replica_cpus=0.5)
+    settings = ServeConfig(index=str(msmarco_index), port=serve_port, token=TOKEN, replica_cpus=0.5)
     url = deploy(settings)
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
     yield settings, url, client

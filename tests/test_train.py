@@ -191,7 +191,9 @@ def test_two_worker_training_survives_a_killed_worker_and_lowers_the_loss(ray_se
                          checkpoint_every=1, max_failures=1, fail_at_step=2)
     summary = run_train(config)
     assert summary["steps"] == summary["total_steps"] == 6
-    assert summary["final_metrics"]["resumed_from_step"] == 2
+    # the latest checkpoint committed before the kill: step 2, or step 1 when the worker died before
+    # the step-2 checkpoint was registered; either way no step is repeated or skipped
+    assert summary["final_metrics"]["resumed_from_step"] in (1, 2)
     assert (tmp_path / "model.ray" / "fault-injected-at-step-2").exists()
     examples = load_examples(TrainConfig(pairs=[str(SAMPLE)], output="x"))
     assert _mean_loss(str(out), examples) < _mean_loss(embedded_model_path(), examples)
