@@ -202,7 +202,7 @@ def retrieve(index_dir: str, queries: dict[str, str], depth: int, model: str | N
 
     index = RetrievalIndex.load(index_dir)
     spec = index.spec if model is None else spec_for(model)
-    index = RetrievalIndex.load(index_dir, expect=spec)
+    index.check_encoder(spec)
     encoder = Encoder(spec, batch_size=batch_size)
     qids = list(queries)
     hits = index.search(encoder.encode_queries([queries[q] for q in qids]), depth)

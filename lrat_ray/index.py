@@ -128,14 +128,10 @@ class RetrievalIndex:
         manifest_path = os.path.join(directory, "manifest.json")
         if not os.path.isfile(manifest_path):
             raise LratError(f"{directory} is not an lrat index (no manifest.json)")
-        manifest = json.loads(open(manifest_path).read())
+        with open(manifest_path) as fh:
+            manifest = json.load(fh)
         if expect is not None:
-            built = EncoderSpec(**manifest["encoder"])
-            mismatched = built.compatible_with(expect)
-            if mismatched or model_fingerprint(expect.model) != manifest["model_fingerprint"]:
-                raise LratError(f"index {directory} was built with {manifest['encoder']} "
-                                f"(fingerprint {manifest['model_fingerprint']}); the encoder given is "
-                                f"{dataclasses.asdict(expect)}: differs in {mismatched or ['model weights']}")
+            _check_encoder(directory, manifest, expect)
         index = faiss.read_index(os.path.join(directory, "index.faiss"))
         if manifest["index"]["type"] == "ivf":
             index.nprobe = manifest["index"]["nprobe"]
@@ -145,6 +141,11 @@ class RetrievalIndex:
         if gpu:
             index = to_gpu(index)
         return cls(directory, index, documents.column("doc_id").to_pylist(), manifest, documents)
+
+    def check_encoder(self, spec: EncoderSpec) -> None:
+        """Raise unless ``spec`` makes vectors comparable with this index's (pooling, prefixes,
+        lengths and the model's weights)."""
+        _check_encoder(self.directory, self.manifest, spec)
 
     def search(self, query_vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """Top-``k`` (doc id, score) per query vector, best first."""
@@ -158,6 +159,14 @@ class RetrievalIndex:
         if row is None:
             return None
         return {name: self.documents.column(name)[row].as_py() for name in ("doc_id", "title", "text")}
+
+
+def _check_encoder(directory: str, manifest: dict, expect: EncoderSpec) -> None:
+    mismatched = EncoderSpec(**manifest["encoder"]).compatible_with(expect)
+    if mismatched or model_fingerprint(expect.model) != manifest["model_fingerprint"]:
+        raise LratError(f"index {directory} was built with {manifest['encoder']} "
+                        f"(fingerprint {manifest['model_fingerprint']}); the encoder given is "
+                        f"{dataclasses.asdict(expect)}: differs in {mismatched or ['model weights']}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def load_retriever(index_dir: str, device: str | None = None) -> _Loaded:
 
     index = RetrievalIndex.load(index_dir)
     encoder = Encoder(index.spec, device=device)
-    RetrievalIndex.load(index_dir, expect=encoder.spec)  # refuses a model that changed under the index
+    index.check_encoder(encoder.spec)  # refuses a model that changed under the index
     return _Loaded(index, encoder, index_dir)
 
 
