@@ -26,8 +26,9 @@ from __future__ import annotations
 import ast
 import json
 import re
-from typing import Any
+from typing import Any, Iterator
 
+from lrat_ray import storage
 from lrat_ray.errors import RecordError
 from lrat_ray.trajectory import (ANSWER, BROWSE, SEARCH, THINK, SearchHit, Step, Trajectory,
                                  trajectory_from_dict)
@@ -71,6 +72,18 @@ def parse_trajectory(obj: Any, fmt: str = "auto") -> Trajectory:
     if fmt == "openai":
         return from_openai_messages(obj)
     raise ValueError(f"unknown trajectory format {fmt!r}; choose one of {FORMATS}")
+
+
+def read_trajectories(uri: str, fmt: str = "auto") -> Iterator[tuple[str | None, Trajectory | RecordError]]:
+    """Every record of one file as ``(position, trajectory)``; a record that cannot be used comes as
+    ``(position, RecordError)`` naming the file, so callers count it (or stop) instead of losing it."""
+    for position, record in storage.iter_records(uri):
+        try:
+            if isinstance(record, RecordError):
+                raise record
+            yield position, parse_trajectory(record, fmt)
+        except RecordError as exc:
+            yield position, exc.located(uri, position)
 
 
 # ---------------------------------------------------------------------------------------------

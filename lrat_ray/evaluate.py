@@ -287,17 +287,15 @@ def score_trajectories(trajectories, evidence: Qrels, gold: Qrels | None = None)
 
 
 def run_eval_runs(config: EvalRunsConfig) -> dict:
-    from lrat_ray.adapters import parse_trajectory
+    from lrat_ray.adapters import read_trajectories
 
     trajectories, skipped = [], defaultdict(int)
     for uri in storage.expand_inputs(config.runs):
-        for position, record in storage.iter_records(uri):
-            try:
-                if isinstance(record, RecordError):
-                    raise record
-                trajectories.append(parse_trajectory(record, config.format))
-            except RecordError as exc:
-                skipped[exc.reason] += 1
+        for _, traj in read_trajectories(uri, config.format):
+            if isinstance(traj, RecordError):
+                skipped[traj.reason] += 1
+            else:
+                trajectories.append(traj)
     result = score_trajectories(trajectories, load_qrels(config.evidence),
                                 load_qrels(config.gold) if config.gold else None)
     result["records_skipped"] = dict(skipped)

@@ -172,15 +172,18 @@ def _rollout(state: FlywheelState, url: str, ids: list[str], path: str) -> dict:
 
 
 def _evaluate(state: FlywheelState, iteration: int, url: str) -> dict:
-    from lrat_ray.adapters import parse_trajectory
+    from lrat_ray.adapters import read_trajectories
     from lrat_ray.evaluate import retrieve, score_run, score_trajectories
 
     path = _stage(state, iteration, "eval")
     if _done(path):
         return json.loads(open(os.path.join(path, "metrics.json")).read())
     summary = _rollout(state, url, state.heldout_ids, path)
-    runs = [parse_trajectory(json.loads(open(os.path.join(path, "runs", f)).read()))
-            for f in sorted(os.listdir(os.path.join(path, "runs")))]
+    runs = [traj for uri in storage.expand_inputs([os.path.join(path, "runs")])
+            for _, traj in read_trajectories(uri)]
+    bad = [t for t in runs if isinstance(t, Exception)]
+    if bad:  # these files are our own rollouts: a bad one is a bug, never data to skip
+        raise bad[0]
     evidence_grade = state.config.agent.get("evidence_grade", 1)
     evidence = {q: {d: 1 for d, g in state.qrels.get(q, {}).items() if g >= evidence_grade} for q in state.heldout_ids}
     agent_metrics = score_trajectories(runs, evidence)

@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 
 from lrat_ray import __version__, storage
-from lrat_ray.adapters import FORMATS, parse_trajectory
+from lrat_ray.adapters import FORMATS, read_trajectories
 from lrat_ray.config import option
 from lrat_ray.errors import LratError, RecordError
 from lrat_ray.mining import NEGATIVE_MODES, LengthMeasure, MiningOptions, character_lengths, mine_trajectories
@@ -132,19 +132,14 @@ def mine_file_group(files: list[str], options: MiningOptions, measure: LengthMea
     histogram, stats = LengthHistogram(), StatsAccumulator()
     for uri in files:
         trajectories = []
-        for position, record in storage.iter_records(uri):
+        for _, traj in read_trajectories(uri, fmt):
             summary["records_read"] += 1
-            try:
-                if isinstance(record, RecordError):
-                    raise record
-                traj = parse_trajectory(record, fmt)
-            except RecordError as exc:
-                located = exc.located(uri, position)
+            if isinstance(traj, RecordError):
                 if strict:
-                    raise located from None
-                skipped[exc.reason] += 1
+                    raise traj
+                skipped[traj.reason] += 1
                 if len(examples) < MAX_EXAMPLES:
-                    examples.append(str(located))
+                    examples.append(str(traj))
                 continue
             summary["records_used"] += 1
             stats.add(traj)
