@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import types
 import typing
 from typing import Any, TypeVar
@@ -21,12 +22,28 @@ from lrat_ray.errors import LratError
 T = TypeVar("T")
 
 
-def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | None = None, **kwargs):
-    """A dataclass field with help text (and optional choices) for the command line."""
-    metadata = {"help": help, "choices": choices}
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda d=default: list(d), metadata=metadata, **kwargs)
+def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | None = None,
+           runtime: bool = False, path: bool = False, **kwargs):
+    """A dataclass field with help text (and optional choices) for the command line.
+
+    ``runtime`` marks a field that changes how a stage runs but not what it writes (workers,
+    resources, addresses): it is left out of the stage's version key. ``path`` marks an input
+    path (or list of them) whose content goes into that key (see :mod:`lrat_ray.outputs`).
+    """
+    metadata = {"help": help, "choices": choices, "runtime": runtime, "path": path}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def _json_mapping(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{{\"cpu_stage\": 1}}': {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"cpu_stage\": 1}'")
+    return value
 
 
 def _unwrap_optional(tp):
@@ -42,8 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = _unwrap_optional(hints[f.name])
-        if tp is dict:
-            continue  # nested mappings come from YAML only
         flag = "--" + f.name.replace("_", "-")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
                                   "help": _help_with_default(f)}
@@ -51,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["choices"] = f.metadata["choices"]
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif tp is dict:
+            kwargs["type"] = _json_mapping
+            kwargs["metavar"] = "JSON"
         elif typing.get_origin(tp) is list:
             kwargs["nargs"] = "+"
             kwargs["type"] = typing.get_args(tp)[0]

@@ -39,16 +39,16 @@ DEFAULT_KS = (1, 5, 10, 20, 100)
 class EvalConfig:
     """Options of ``lrat eval``."""
 
-    index: str = option(help="index directory built by `lrat index`")
-    queries: str = option(help="queries: BEIR queries.jsonl ({_id, text}) or TSV (id<TAB>text)")
-    qrels: str = option(help="judgments: BEIR TSV (query-id corpus-id score, with header) or TREC qrels")
+    index: str = option(help="index directory built by `lrat index`", path=True)
+    queries: str = option(help="queries: BEIR queries.jsonl ({_id, text}) or TSV (id<TAB>text)", path=True)
+    qrels: str = option(help="judgments: BEIR TSV (query-id corpus-id score, with header) or TREC qrels", path=True)
     k: str = option("1,5,10,20,100", help="cut-offs for Recall@k, comma-separated")
     rel_threshold: int = option(1, help="minimum grade counted as relevant for recall and MRR")
-    evidence: str | None = option(None, help="evidence qrels: adds evidence_recall@k")
+    evidence: str | None = option(None, help="evidence qrels: adds evidence_recall@k", path=True)
     output: str | None = option(None, help="write metrics.json and run.trec here")
-    compare: str | None = option(None, help="second index to compare against, on the same queries")
-    model: str | None = option(None, help="encoder for queries (default: the index's own model)")
-    batch_size: int = option(64, help="queries per forward pass")
+    compare: str | None = option(None, help="second index to compare against, on the same queries", path=True)
+    model: str | None = option(None, help="encoder for queries (default: the index's own model)", path=True)
+    batch_size: int = option(64, help="queries per forward pass", runtime=True)
 
     @property
     def cutoffs(self) -> list[int]:
@@ -249,9 +249,10 @@ def run_eval(config: EvalConfig) -> dict:
 class EvalRunsConfig:
     """Options of ``lrat eval-runs``."""
 
-    runs: list[str] = option(help="agent trajectories: files, directories or globs (any supported format)")
-    evidence: str = option(help="evidence qrels (TREC: qid Q0 docid grade)")
-    gold: str | None = option(None, help="gold-document qrels: adds gold recall")
+    runs: list[str] = option(help="agent trajectories: files, directories or globs (any supported format)",
+                             path=True)
+    evidence: str = option(help="evidence qrels (TREC: qid Q0 docid grade)", path=True)
+    gold: str | None = option(None, help="gold-document qrels: adds gold recall", path=True)
     format: str = option("auto", choices=("auto", "native", "browsecomp", "openai"), help="trajectory format")
     output: str | None = option(None, help="write runs_metrics.json here")
 

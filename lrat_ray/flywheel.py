@@ -31,13 +31,14 @@ import os
 import random
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lrat_ray import storage
 from lrat_ray.config import option
 from lrat_ray.errors import LratError
 
 log = logging.getLogger(__name__)
+RESOURCE_STAGES = ("index", "rollout", "mine", "train", "serve")
 RESULT_COLUMNS = ("iteration", "model", "success_rate", "evidence_recall", "avg_steps", "ndcg@10",
                   "recall@100", "train_pairs", "judged_relevant")
 
@@ -47,27 +48,45 @@ class FlywheelConfig:
     """Options of ``lrat flywheel`` (YAML: a ``flywheel:`` section; ``agent:`` and ``train:``
     sub-mappings set AgentConfig and TrainConfig fields)."""
 
-    corpus: list[str] = option(help="corpus files (BEIR JSONL or Parquet)")
-    queries: str = option(help="task questions: BEIR queries.jsonl")
-    train_qrels: str = option(help="judgments of the training tasks")
-    heldout_qrels: str | None = option(None, help="judgments of held-out tasks (else split train_qrels)")
+    corpus: list[str] = option(help="corpus files (BEIR JSONL or Parquet)", path=True)
+    queries: str = option(help="task questions: BEIR queries.jsonl", path=True)
+    train_qrels: str = option(help="judgments of the training tasks", path=True)
+    heldout_qrels: str | None = option(None, help="judgments of held-out tasks (else split train_qrels)", path=True)
     heldout_fraction: float = option(0.2, help="share of train_qrels held out when heldout_qrels is unset")
-    output: str = option("runs/flywheel", help="flywheel directory")
+    output: str = option("runs/flywheel", help="flywheel directory (local, or a URI: then the flywheel runs in a "
+                                                "local scratch directory and uploads the finished one)")
     iterations: int = option(2, help="training iterations after the baseline")
     train_tasks: int | None = option(None, help="training tasks rolled out per iteration (sampled; default all)")
     heldout_tasks: int | None = option(None, help="held-out tasks evaluated (sampled once; default all)")
-    model: str = option("embedded", help="starting retriever")
+    model: str = option("embedded", help="starting retriever", path=True)
     document_max_length: int = option(256, help="document tokens for indexing and training")
-    index_workers: int = option(2, help="encoder actors")
-    rollout_workers: int = option(2, help="rollout actors")
+    index_workers: int = option(2, help="encoder actors", runtime=True)
+    rollout_workers: int = option(2, help="rollout actors", runtime=True)
+    mine_workers: int = option(1, help="mining actors", runtime=True)
     judge_backend: str = option("keyword", help="judge backend (see lrat judge)")
     judge_model: str = option("", help="judge model (openai/transformers/vllm backends)")
-    judge_endpoint: str = option("http://127.0.0.1:8000/v1", help="openai judge endpoint")
-    port: int = option(8000, help="port of the served retriever (0: pick a free one)")
+    judge_endpoint: str = option("http://127.0.0.1:8000/v1", help="openai judge endpoint", runtime=True)
+    port: int = option(8000, help="port of the served retriever (0: pick a free one)", runtime=True)
+    serve_proxy_location: str = option("EveryNode", choices=("EveryNode", "HeadOnly"),
+                                       help="Ray Serve HTTP proxies: EveryNode lets rollout actors on any node "
+                                            "reach the retriever at 127.0.0.1:PORT; HeadOnly when all nodes share "
+                                            "one host (a simulated cluster), whose proxies would fight for the port",
+                                       runtime=True)
     seed: int = option(0, help="seed of the task split and sampling")
-    agent: dict = field(default_factory=dict, metadata={"help": "AgentConfig fields (YAML only)"})
-    train: dict = field(default_factory=dict, metadata={"help": "TrainConfig fields (YAML only)"})
-    stop_after: str | None = option(None, help="testing: stop the process after this stage, e.g. iter-1/judge")
+    agent: dict = option({}, help="AgentConfig fields (a YAML mapping, or JSON on the command line)")
+    train: dict = option({}, help="TrainConfig fields (a YAML mapping, or JSON on the command line)")
+    resources: dict = option({}, help="custom resources per worker of each stage: a mapping from index, rollout, "
+                                      "mine, train or serve to e.g. {\"cpu_stage\": 1}", runtime=True)
+    stop_after: str | None = option(None, help="testing: stop the process after this stage, e.g. iter-1/judge",
+                                    runtime=True)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.resources) - set(RESOURCE_STAGES))
+        if unknown:
+            raise ValueError(f"resources: unknown stage(s) {unknown}; known: {list(RESOURCE_STAGES)}")
+
+    def resources_of(self, stage: str) -> dict:
+        return dict(self.resources.get(stage) or {})
 
 
 @dataclass
@@ -133,7 +152,7 @@ def _build_index(state: FlywheelState, iteration: int) -> None:
     if not _done(path):
         run_index(IndexConfig(corpus=state.config.corpus, output=path, model=_model_of(state, iteration),
                               document_max_length=state.config.document_max_length,
-                              workers=state.config.index_workers))
+                              workers=state.config.index_workers, resources=state.config.resources_of("index")))
         _mark(path)
     _stop_here(state, iteration, "index")
 
@@ -146,7 +165,9 @@ def _deploy(state: FlywheelState, iteration: int) -> str:
         port = state.config.port or _free_port()
         # The replica reserves no CPU: it shares the machine with the stages (rollouts use it; training
         # and indexing run while it is idle), and a reservation would starve a 2-CPU machine.
-        state.serve_settings = ServeConfig(index=index, port=port, replica_cpus=0)
+        state.serve_settings = ServeConfig(index=index, port=port, replica_cpus=0,
+                                           resources=state.config.resources_of("serve"),
+                                           proxy_location=state.config.serve_proxy_location)
         url = deploy(state.serve_settings)
     else:
         state.serve_settings = swap_index(state.serve_settings, index)
@@ -165,7 +186,9 @@ def _rollout(state: FlywheelState, url: str, ids: list[str], path: str) -> dict:
 
     agent = AgentConfig(**{"seed": state.config.seed, **state.config.agent})
     tasks = load_tasks(state.queries, state.qrels, ids)
-    summary = run_rollouts(url, tasks, agent, os.path.join(path, "runs"), state.config.rollout_workers)
+    per_worker = {"CPU": 0.25, **state.config.resources_of("rollout")}
+    summary = run_rollouts(url, tasks, agent, os.path.join(path, "runs"), state.config.rollout_workers,
+                           per_worker=per_worker)
     if summary["failed"]:
         log.warning("%d rollouts failed: %s", summary["failed"], summary["errors"][:3])
     return summary
@@ -215,7 +238,8 @@ def _train_iteration(state: FlywheelState, iteration: int, url: str) -> dict:
     _stop_here(state, iteration, "rollout")
     mine_dir = _stage(state, iteration, "mine")
     if not _done(mine_dir):
-        run_mine(MineConfig(input=[os.path.join(rollout_dir, "runs")], output=mine_dir, workers=1))
+        run_mine(MineConfig(input=[os.path.join(rollout_dir, "runs")], output=mine_dir, workers=config.mine_workers,
+                            resources=config.resources_of("mine")))
         _mark(mine_dir)
     _stop_here(state, iteration, "mine")
     judge_dir = _stage(state, iteration, "judge")
@@ -230,7 +254,7 @@ def _train_iteration(state: FlywheelState, iteration: int, url: str) -> dict:
     train_dir = _stage(state, iteration, "train")
     if not _done(train_dir):
         overrides = {"document_max_length": config.document_max_length, "seed": config.seed + iteration,
-                     **config.train}
+                     "resources": config.resources_of("train"), **config.train}
         run_train(TrainConfig(pairs=[os.path.join(judge_dir, "pairs")], output=train_dir,
                               model=_model_of(state, iteration - 1), corpus=config.corpus,
                               storage_path=os.path.abspath(os.path.join(config.output, "ray-train")), **overrides))

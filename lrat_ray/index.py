@@ -46,9 +46,9 @@ INDEX_TYPES = ("flat", "ivf", "hnsw")
 class IndexConfig:
     """Options of ``lrat index``."""
 
-    corpus: list[str] = option(help="corpus files: BEIR JSONL (_id/docid, title, text) or Parquet")
-    output: str = option(help="index directory to write")
-    model: str = option("embedded", help="encoder: Hugging Face name or path, or 'embedded' (MiniLM)")
+    corpus: list[str] = option(help="corpus files: BEIR JSONL (_id/docid, title, text) or Parquet", path=True)
+    output: str = option(help="index directory to write (local or URI; '{version}' is replaced by the version key)")
+    model: str = option("embedded", help="encoder: Hugging Face name or path, or 'embedded' (MiniLM)", path=True)
     pooling: str | None = option(None, choices=POOLINGS, help="override the model's pooling")
     query_prefix: str | None = option(None, help="instruction template for queries ('{}' = the query)")
     document_max_length: int | None = option(None, help="max document tokens (default: the model's spec, 256)")
@@ -57,12 +57,16 @@ class IndexConfig:
     nprobe: int = option(32, help="ivf: lists searched per query")
     hnsw_m: int = option(32, help="hnsw: graph degree")
     ef_search: int = option(128, help="hnsw: search breadth")
-    faiss_gpu: bool = option(False, help="build and search with GPU FAISS (needs the gpu extra)")
-    workers: int = option(2, help="encoder actors")
-    gpus_per_worker: float = option(0.0, help="GPUs per encoder actor (0 on CPU machines)")
-    batch_size: int = option(64, help="documents per forward pass")
+    faiss_gpu: bool = option(False, help="build and search with GPU FAISS (needs the gpu extra)", runtime=True)
+    workers: int | None = option(None, help="encoder actors; default: as many as the cluster's resources hold",
+                                 runtime=True)
+    cpus_per_worker: float = option(1.0, help="CPUs each encoder actor reserves", runtime=True)
+    gpus_per_worker: float = option(0.0, help="GPUs per encoder actor (0 on CPU machines)", runtime=True)
+    resources: dict = option({}, help="custom resources per encoder actor, e.g. {\"gpu_stage\": 1}", runtime=True)
+    batch_size: int = option(64, help="documents per forward pass", runtime=True)
     strict: bool = option(False, help="stop at the first corpus record without id or text")
-    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray")
+    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray",
+                                 runtime=True)
 
     def encoder_spec(self) -> EncoderSpec:
         return spec_for(self.model, pooling=self.pooling, query_prefix=self.query_prefix,
@@ -125,6 +129,7 @@ class RetrievalIndex:
         import faiss
         import pyarrow.parquet as pq
 
+        directory = storage.local_copy(directory)  # FAISS reads local files: fetch a remote index once
         manifest_path = os.path.join(directory, "manifest.json")
         if not os.path.isfile(manifest_path):
             raise LratError(f"{directory} is not an lrat index (no manifest.json)")
@@ -185,17 +190,22 @@ class _EncodeDocuments:
         return {"row": batch["row"], "embedding": self.encoder.encode_documents(list(batch["text"]))}
 
 
-def encode_corpus(texts: Sequence[str], spec: EncoderSpec, workers: int = 2, batch_size: int = 64,
-                  gpus_per_worker: float = 0.0) -> np.ndarray:
-    """Embeddings of ``texts`` (row i = text i), computed by a Ray Data actor pool."""
+def encode_corpus(texts: Sequence[str], spec: EncoderSpec, workers: int | None = None, batch_size: int = 64,
+                  per_worker: dict | None = None) -> np.ndarray:
+    """Embeddings of ``texts`` (row i = text i), computed by a Ray Data actor pool of ``workers``
+    actors (default: as many as fit), each reserving ``per_worker`` (default one CPU)."""
     import ray
 
+    from lrat_ray.runtime import fit_workers, remote_args
+
+    per_worker = per_worker or {"CPU": 1.0}
+    workers = fit_workers(workers, per_worker, "index")
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     items = [{"row": i, "text": texts[i]} for i in order]
     blocks = max(1, min(len(items) // batch_size, workers * 8))
     ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         _EncodeDocuments, batch_size=batch_size * 4, concurrency=max(1, min(workers, blocks)),
-        num_cpus=1, num_gpus=gpus_per_worker,
+        **remote_args(per_worker),
         fn_constructor_kwargs={"spec": dataclasses.asdict(spec), "batch_size": batch_size})
     out = None
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -220,7 +230,7 @@ def run_index(config: IndexConfig) -> dict:
     import faiss
     import pyarrow as pa
 
-    from lrat_ray.runtime import init_ray
+    from lrat_ray.runtime import actor_resources, init_ray
 
     started = time.time()
     spec = config.encoder_spec()
@@ -250,7 +260,8 @@ def run_index(config: IndexConfig) -> dict:
         reused = True
     else:
         init_ray(config.address)
-        vectors = encode_corpus(searchable, spec, config.workers, config.batch_size, config.gpus_per_worker)
+        per_worker = actor_resources(config.cpus_per_worker, config.gpus_per_worker, config.resources)
+        vectors = encode_corpus(searchable, spec, config.workers, config.batch_size, per_worker)
         _save_npy_atomic(embeddings_path, vectors)
         reused = False
     encode_seconds = time.time() - started

@@ -76,21 +76,29 @@ _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 class JudgeConfig:
     """Options of ``lrat judge``."""
 
-    pairs: str = option(help="mined pairs directory (lrat mine output: DIR or DIR/pairs)")
-    output: str = option(help="output directory: pairs/*.parquet with judge columns, report.json")
+    pairs: str = option(help="mined pairs directory (lrat mine output: DIR or DIR/pairs; local or URI)", path=True)
+    output: str = option(help="output directory: pairs/*.parquet with judge columns, report.json (local or URI; "
+                              "'{version}' is replaced by the version key)")
     backend: str = option("keyword", choices=BACKENDS, help="which judge (see `lrat judge --help` intro)")
     model: str = option("", help="judge model: HF name/path (transformers, vllm) or served name (openai)")
-    endpoint: str = option("http://127.0.0.1:8000/v1", help="openai: base URL of the chat completions API")
-    api_key_env: str = option("OPENAI_API_KEY", help="openai: environment variable holding the API key")
-    concurrency: int = option(8, help="openai: requests in flight; vllm: engine replicas")
-    timeout_s: float = option(120.0, help="openai: timeout of one call")
-    retries: int = option(3, help="openai: retries of a failed call (exponential backoff)")
+    endpoint: str = option("http://127.0.0.1:8000/v1", help="openai: base URL of the chat completions API",
+                           runtime=True)
+    api_key_env: str = option("OPENAI_API_KEY", help="openai: environment variable holding the API key",
+                              runtime=True)
+    concurrency: int = option(8, help="openai: requests in flight; vllm and transformers: engine replicas",
+                              runtime=True)
+    batch_size: int = option(32, help="vllm and transformers: prompts per Ray Data batch", runtime=True)
+    resources: dict = option({}, help="vllm and transformers: custom resources per engine replica, e.g. "
+                                      "{\"gpu_stage\": 1}", runtime=True)
+    accelerator_type: str | None = option(None, help="vllm: GPU type the engines need, e.g. H100", runtime=True)
+    timeout_s: float = option(120.0, help="openai: timeout of one call", runtime=True)
+    retries: int = option(3, help="openai: retries of a failed call (exponential backoff)", runtime=True)
     max_new_tokens: int = option(1024, help="tokens the judge may generate (thinking models need many)")
     document_chars: int = option(1500, help="characters of the document shown to the judge")
     on_failure: str = option("relevant", choices=FAILURE_POLICIES,
                              help="label for unparseable answers and failed calls")
-    cache: str | None = option(None, help="judgment cache directory (default: OUTPUT/../judge-cache)")
-    gpus_per_replica: float = option(1.0, help="vllm: GPUs per engine replica")
+    cache: str | None = option(None, help="judgment cache directory (default: OUTPUT/../judge-cache)", runtime=True)
+    gpus_per_replica: float = option(1.0, help="vllm: GPUs per engine replica (tensor parallel size)", runtime=True)
 
 
 def render_prompt(query: str, document: str | None, reasoning: str, document_chars: int = 1500) -> str:
@@ -191,19 +199,24 @@ def _ray_data_answers(rows: list[dict], config: JudgeConfig) -> dict[str, str | 
 
     ds = ray.data.from_items([{"key": r["key"], "prompt": r["prompt"]} for r in rows])
     if config.backend == "transformers":
-        ds = ds.map_batches(_TransformersJudge, batch_size=8, concurrency=1,
-                            fn_constructor_kwargs={"model": config.model, "max_new_tokens": config.max_new_tokens})
+        from lrat_ray.runtime import actor_resources, remote_args
+
+        per_replica = actor_resources(1, 0, config.resources)
+        ds = ds.map_batches(_TransformersJudge, batch_size=config.batch_size, concurrency=config.concurrency,
+                            **remote_args(per_replica), fn_constructor_kwargs={"model": config.model, "max_new_tokens": config.max_new_tokens})
     else:
         ds = _vllm_processor(config)(ds)
     return {r["key"]: r["answer"] for r in ds.take_all()}
 
 
 def _vllm_processor(config: JudgeConfig):
-    """vLLM engines on GPUs via ray.data.llm; needs the gpu extra."""
+    """vLLM engines on GPUs via ray.data.llm; needs vllm (cluster/runtime_env_vllm.yaml installs it)."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     processor_config = vLLMEngineProcessorConfig(
-        model_source=config.model, concurrency=config.concurrency, batch_size=32,
+        model_source=config.model, concurrency=config.concurrency, batch_size=config.batch_size,
+        resources_per_bundle={"GPU": 1, **config.resources} if config.resources else None,
+        accelerator_type=config.accelerator_type,
         engine_kwargs={"max_model_len": 16384, "tensor_parallel_size": max(1, int(config.gpus_per_replica))})
     return build_processor(
         processor_config,
@@ -286,15 +299,26 @@ def _unique_by_key(pending: list[dict]) -> list[dict]:
     return list({p["key"]: p for p in pending}.values())
 
 
+def default_cache(output: str) -> str:
+    """``judge-cache`` beside the output directory, so reruns into new directories share it."""
+    parent = output.rstrip("/").rpartition("/")[0] if storage.is_remote(output) \
+        else os.path.dirname(os.path.abspath(output.rstrip("/")))
+    return storage.join(parent, "judge-cache")
+
+
 def load_cache(directory: str) -> dict[str, dict]:
     cache: dict[str, dict] = {}
-    if os.path.isdir(directory):
-        for name in sorted(os.listdir(directory)):
-            if name.endswith(".jsonl"):
-                for line in open(os.path.join(directory, name), encoding="utf-8"):
-                    if line.strip():
-                        entry = json.loads(line)
-                        cache[entry["key"]] = entry
+    if not storage.exists(directory):
+        return cache
+    try:
+        files = storage.expand_inputs([directory], suffixes=(".jsonl",))
+    except LratError:  # a cache directory with no entries yet
+        return cache
+    for uri in files:
+        for line in storage.read_bytes(uri).decode("utf-8").split("\n"):
+            if line.strip():
+                entry = json.loads(line)
+                cache[entry["key"]] = entry
     return cache
 
 
@@ -308,16 +332,17 @@ def run_judge(config: JudgeConfig) -> dict:
     if config.backend in ("openai", "transformers", "vllm") and not config.model:
         raise LratError(f"--backend {config.backend} needs --model")
     started = time.time()
-    source = config.pairs if os.path.basename(config.pairs.rstrip("/")) == "pairs" else os.path.join(config.pairs, "pairs")
-    if not os.path.isdir(source):
+    source = config.pairs if config.pairs.rstrip("/").endswith("/pairs") else storage.join(config.pairs, "pairs")
+    if not storage.exists(source):
         raise LratError(f"no pairs directory at {source}")
-    rows = pads.dataset(source, format="parquet").to_table().to_pylist()
-    cache_dir = config.cache or os.path.join(os.path.dirname(os.path.abspath(config.output.rstrip("/"))), "judge-cache")
+    fs, path = storage.resolve(source)
+    rows = pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pylist()
+    cache_dir = config.cache or default_cache(config.output)
     cache = load_cache(cache_dir)
     rows, fresh, counts = judge_rows(rows, config, cache)
     if fresh:
         lines = "".join(json.dumps({"key": k, **v}, ensure_ascii=False) + "\n" for k, v in fresh.items())
-        storage.write_bytes_atomic(os.path.join(cache_dir, f"{int(time.time() * 1000)}-{os.getpid()}.jsonl"),
+        storage.write_bytes_atomic(storage.join(cache_dir, f"{int(time.time() * 1000)}-{os.getpid()}.jsonl"),
                                    lines.encode())
     schema = PAIR_SCHEMA
     for name, kind in (("judge_label", pa.bool_()), ("judge_status", pa.string()), ("judge_raw", pa.string()),
@@ -325,12 +350,12 @@ def run_judge(config: JudgeConfig) -> dict:
                        ("judge_prompt_version", pa.string())):
         schema = schema.append(pa.field(name, kind))
     table = pa.Table.from_pylist(rows, schema=schema)
-    tmp = storage.temp_sibling(os.path.join(config.output, "pairs"))
-    storage.write_table_atomic(os.path.join(tmp, "part-0.parquet"), table)
-    storage.publish_dir(tmp, os.path.join(config.output, "pairs"))
+    tmp = storage.temp_sibling(storage.join(config.output, "pairs"))
+    storage.write_table_atomic(storage.join(tmp, "part-0.parquet"), table)
+    storage.publish_dir(tmp, storage.join(config.output, "pairs"))
     prompt_hash = hashlib.sha256(PROMPT_TEMPLATE.encode()).hexdigest()[:16]
     report = {**counts, "backend": config.backend, "model": config.model, "prompt_version": PROMPT_VERSION,
               "prompt_sha256": prompt_hash, "on_failure": config.on_failure, "cache": cache_dir,
               "config": dataclasses.asdict(config), "wall_seconds": round(time.time() - started, 2)}
-    storage.write_json_atomic(os.path.join(config.output, "report.json"), report)
+    storage.write_json_atomic(storage.join(config.output, "report.json"), report)
     return report

@@ -48,8 +48,9 @@ class MineConfig:
     """Options of ``lrat mine`` (also the ``mine:`` section of a YAML config)."""
 
     input: list[str] = option(help="trajectory files, directories or globs (JSON, JSONL, Parquet; "
-                                   "local paths or URIs such as s3://bucket/runs/)")
-    output: str = option(help="output directory: pairs/*.parquet and report.json are written there")
+                                   "local paths or URIs such as s3://bucket/runs/)", path=True)
+    output: str = option(help="output directory (local or URI; '{version}' is replaced by the run's version "
+                              "key): pairs/*.parquet and report.json are written there")
     format: str = option("auto", choices=FORMATS,
                          help="trajectory format; auto detects it per record")
     strict: bool = option(False, help="stop at the first bad record instead of skipping and counting it")
@@ -67,16 +68,21 @@ class MineConfig:
     export: str | None = option(None, choices=("lrat-jsonl",),
                                 help="also write DIR/lrat_pairs.jsonl in the official LRAT release schema")
     corpus: list[str] = option([], help="corpus files (BEIR JSONL or Parquet) giving document texts for "
-                                        "--export; without it the texts the agent was shown are used")
-    workers: int = option(2, help="Ray Data actors mining in parallel (one tokenizer each)")
+                                        "--export; without it the texts the agent was shown are used", path=True)
+    workers: int | None = option(None, help="Ray Data actors mining in parallel (one tokenizer each); "
+                                            "default: as many as the cluster's resources hold", runtime=True)
+    cpus_per_worker: float = option(1.0, help="CPUs each mining actor reserves", runtime=True)
+    resources: dict = option({}, help="custom resources per mining actor, e.g. {\"cpu_stage\": 1} to keep "
+                                      "mining on the CPU node group", runtime=True)
     files_per_task: int | None = option(None, help="input files per Ray task; default: spread the "
-                                                  "files over about 4 tasks per worker")
-    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray")
+                                                  "files over about 4 tasks per worker", runtime=True)
+    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray",
+                                 runtime=True)
 
     def __post_init__(self):
         if not self.input:
             raise ValueError("input: give at least one file, directory or glob")
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise ValueError("workers must be at least 1")
         MiningOptions(self.negatives, self.exclude_browsed)  # validates the mode
 
@@ -202,21 +208,23 @@ def run_mine(config: MineConfig) -> dict:
     """Run the whole mining job; returns the report (also written to ``output/report.json``)."""
     import ray
 
-    from lrat_ray.runtime import init_ray
+    from lrat_ray.runtime import actor_resources, fit_workers, init_ray, remote_args
 
     started = time.time()
     files = storage.expand_inputs(config.input)
-    per_task = config.files_per_task or max(1, math.ceil(len(files) / (4 * config.workers)))
-    groups = [files[i:i + per_task] for i in range(0, len(files), per_task)]
-    staging = storage.join(config.output, "_staging", config.content_key())
     length_measure(config.tokenizer)  # fail fast, before any Ray work, on a tokenizer that does not load
     init_ray(config.address)
-    log.info("mining %d files in %d groups with %d workers", len(files), len(groups), config.workers)
+    per_worker = actor_resources(config.cpus_per_worker, 0, config.resources)
+    workers = fit_workers(config.workers, per_worker, "mine")
+    per_task = config.files_per_task or max(1, math.ceil(len(files) / (4 * workers)))
+    groups = [files[i:i + per_task] for i in range(0, len(files), per_task)]
+    staging = storage.join(config.output, "_staging", config.content_key())
+    log.info("mining %d files in %d groups with %d workers", len(files), len(groups), workers)
 
     rows = [{"files": json.dumps(g), "key": _group_key(g, config.content_key())} for g in groups]
     summaries = [json.loads(r["summary"]) for r in (
         ray.data.from_items(rows, override_num_blocks=len(rows))
-        .map_batches(_MineGroups, batch_size=1, concurrency=min(config.workers, len(rows)), num_cpus=1,
+        .map_batches(_MineGroups, batch_size=1, concurrency=min(workers, len(rows)), **remote_args(per_worker),
                      fn_constructor_kwargs={"config": dataclasses.asdict(config), "staging": staging})
         .take_all())]
     errors = [s for s in summaries if "error" in s]
@@ -230,7 +238,7 @@ def run_mine(config: MineConfig) -> dict:
     _write_weighted_pairs([s["shard"] for s in summaries if s.get("shard")], pairs_dir, params)
     report.update(beta=params.beta, mu_raw=params.mu_raw, zero_length=params.zero_length,
                   weights_uniform=params.uniform,
-                  files=len(files), config=dataclasses.asdict(config),
+                  files=len(files), workers=workers, config=dataclasses.asdict(config),
                   versions=_versions(), wall_seconds=round(time.time() - started, 3))
     if config.export == "lrat-jsonl":
         report["export"] = _export_lrat_jsonl(pairs_dir, config)

@@ -9,7 +9,6 @@ relevant (hard negatives, as agents would have seen them); weight 1. The output 
 """
 
 import dataclasses
-import os
 from dataclasses import dataclass
 
 from lrat_ray import storage
@@ -21,9 +20,9 @@ from lrat_ray.errors import LratError
 class PairsFromQrelsConfig:
     """Options of ``lrat pairs-from-qrels``."""
 
-    index: str = option(help="index of the base retriever (its documents give the texts)")
-    queries: str = option(help="queries: BEIR queries.jsonl or TSV")
-    qrels: str = option(help="judgments: BEIR TSV or TREC qrels")
+    index: str = option(help="index of the base retriever (its documents give the texts)", path=True)
+    queries: str = option(help="queries: BEIR queries.jsonl or TSV", path=True)
+    qrels: str = option(help="judgments: BEIR TSV or TREC qrels", path=True)
     output: str = option(help="output directory (pairs/ and report.json)")
     negatives: int = option(20, help="hard negatives per pair, from the base retriever's top results")
     depth: int = option(50, help="how deep to search for them")
@@ -63,10 +62,10 @@ def run_pairs_from_qrels(config: PairsFromQrelsConfig) -> dict:
                 "negative_texts": [_text(index.document(d)) for d in negatives], "source": config.qrels,
             })
     table = pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
-    storage.write_table_atomic(os.path.join(config.output, "pairs", "part-0.parquet"), table)
+    storage.write_table_atomic(storage.join(config.output, "pairs", "part-0.parquet"), table)
     report = {"queries": len(judged), "pairs": len(rows), "positives_missing_from_index": missing_docs,
               "config": dataclasses.asdict(config), "index_model": index.manifest["model"]}
-    storage.write_json_atomic(os.path.join(config.output, "report.json"), report)
+    storage.write_json_atomic(storage.join(config.output, "report.json"), report)
     return report
 
 

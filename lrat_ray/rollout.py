@@ -91,18 +91,23 @@ class AgentConfig:
 class RolloutConfig:
     """Options of ``lrat rollout`` (agent behaviour: the ``agent:`` YAML mapping, AgentConfig fields)."""
 
-    url: str = option(help="base URL of the served retriever (lrat serve)")
-    queries: str = option(help="task questions: BEIR queries.jsonl or TSV")
-    output: str = option(help="directory for the run files (one JSON per task)")
-    qrels: str | None = option(None, help="judgments (the simulated agent needs them)")
+    url: str = option(help="base URL of the served retriever (lrat serve)", runtime=True)
+    queries: str = option(help="task questions: BEIR queries.jsonl or TSV", path=True)
+    output: str = option(help="directory for the run files, one JSON per task (local or URI; '{version}' is "
+                              "replaced by the version key)")
+    qrels: str | None = option(None, help="judgments (the simulated agent needs them)", path=True)
     limit: int | None = option(None, help="roll out only the first N tasks (by id)")
-    workers: int = option(2, help="rollout actors")
-    token: str | None = option(None, help="bearer token of the retriever")
+    workers: int | None = option(None, help="rollout actors; default: as many as the cluster's resources hold",
+                                 runtime=True)
+    cpus_per_worker: float = option(0.25, help="CPUs each rollout actor reserves (agents mostly wait on HTTP)",
+                                    runtime=True)
+    resources: dict = option({}, help="custom resources per rollout actor, e.g. {\"cpu_stage\": 0.25}", runtime=True)
+    token: str | None = option(None, help="bearer token of the retriever", runtime=True)
     agent_kind: str = option("simulated", choices=AGENTS, help="simulated or llm")
-    agent_endpoint: str | None = option(None, help="llm: OpenAI-compatible base URL")
+    agent_endpoint: str | None = option(None, help="llm: OpenAI-compatible base URL", runtime=True)
     agent_model: str | None = option(None, help="llm: model name")
     seed: int = option(0, help="simulated: random seed")
-    agent: dict = dataclasses.field(default_factory=dict, metadata={"help": "AgentConfig fields (YAML only)"})
+    agent: dict = option({}, help="AgentConfig fields (a YAML mapping, or JSON on the command line)")
 
     def agent_config(self) -> "AgentConfig":
         flat = {"kind": self.agent_kind, "seed": self.seed, "endpoint": self.agent_endpoint, "model": self.agent_model}
@@ -353,16 +358,19 @@ def _safe(task_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", task_id)
 
 
-def run_rollouts(url: str, tasks: list[Task], config: AgentConfig, output: str, workers: int = 2,
-                 token: str | None = None) -> dict:
-    """Roll out ``tasks`` against the retriever at ``url`` with ``workers`` Ray actors."""
+def run_rollouts(url: str, tasks: list[Task], config: AgentConfig, output: str, workers: int | None = 2,
+                 token: str | None = None, per_worker: dict | None = None) -> dict:
+    """Roll out ``tasks`` against the retriever at ``url`` with ``workers`` Ray actors (default: as
+    many as fit), each reserving ``per_worker`` (default a quarter CPU)."""
     import ray
 
-    from lrat_ray.runtime import init_ray
+    from lrat_ray.runtime import fit_workers, init_ray, remote_args
 
     init_ray()
+    per_worker = per_worker or {"CPU": 0.25}
+    workers = fit_workers(workers, per_worker, "rollout")
     output = output if storage.is_remote(output) else os.path.abspath(output)  # actors have their own cwd
-    actor = ray.remote(num_cpus=0.25)(RolloutWorker)
+    actor = ray.remote(**remote_args(per_worker))(RolloutWorker)
     pool = [actor.remote(url, dataclasses.asdict(config), token) for _ in range(max(1, min(workers, len(tasks))))]
     shares = [[dataclasses.asdict(t) for t in tasks[i::len(pool)]] for i in range(len(pool))]
     results = [s for batch in ray.get([w.run.remote(share, output) for w, share in zip(pool, shares)]) for s in batch]
@@ -373,6 +381,19 @@ def run_rollouts(url: str, tasks: list[Task], config: AgentConfig, output: str, 
             "errors": [r for r in results if r["status"] != "completed"][:10],
             "success_rate": sum(bool(r["correct"]) for r in completed) / len(completed) if completed else None,
             "avg_steps": sum(r["steps"] for r in completed) / len(completed) if completed else None}
+
+
+def run_rollout_config(config: RolloutConfig) -> dict:
+    """``lrat rollout``: the tasks of ``config.queries`` (those with judgments when qrels are given)."""
+    from lrat_ray.evaluate import load_qrels, load_queries
+    from lrat_ray.runtime import actor_resources
+
+    queries = load_queries(config.queries)
+    qrels = load_qrels(config.qrels) if config.qrels else {}
+    ids = sorted(q for q in queries if not qrels or q in qrels)[:config.limit]
+    per_worker = actor_resources(config.cpus_per_worker, 0, config.resources)
+    return run_rollouts(config.url, load_tasks(queries, qrels, ids), config.agent_config(), config.output,
+                        config.workers, config.token, per_worker)
 
 
 def load_tasks(queries: dict[str, str], qrels: dict[str, dict[str, int]], ids: list[str]) -> list[Task]:

@@ -1,9 +1,12 @@
-"""Connecting to Ray: a cluster when one is named, else a local Ray started by the program itself."""
+"""Ray at the edges: joining a cluster (or starting a local Ray) and sizing a stage's workers from
+the resources each asks for and the resources the cluster has."""
 
 from __future__ import annotations
 
 import logging
 import os
+
+from lrat_ray.errors import LratError
 
 log = logging.getLogger(__name__)
 
@@ -26,5 +29,50 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         log.info("starting a local Ray")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
+        # "local": a new Ray of our own, never one that `ray start` left on this machine.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
                  logging_level=logging.WARNING)
+
+
+def actor_resources(num_cpus: float, num_gpus: float = 0.0, custom: dict | None = None) -> dict:
+    """What one actor or worker of a stage asks Ray for: CPUs, GPUs and custom resources.
+
+    Custom resources pin a stage to a node group: nodes advertise e.g. ``cpu_stage: <their CPUs>``
+    (see ``cluster/``) and a stage configured with ``resources: {cpu_stage: 1}`` lands only there.
+    """
+    wanted = {"CPU": float(num_cpus), "GPU": float(num_gpus)}
+    for name, amount in (custom or {}).items():
+        if name in ("CPU", "GPU"):
+            raise LratError(f"resources: give CPUs and GPUs with their own options, not as {name!r}")
+        wanted[name] = float(amount)
+    return {name: amount for name, amount in wanted.items() if amount > 0}
+
+
+def fit_workers(requested: int | None, per_worker: dict, stage: str) -> int:
+    """``requested``, or when it is unset as many workers as the cluster's resources hold.
+
+    Fails at once, naming the resource, when one worker could never be placed (Ray would otherwise
+    queue the work forever).
+    """
+    import ray
+
+    total = ray.cluster_resources()
+    for name, amount in per_worker.items():
+        if total.get(name, 0) < amount:
+            raise LratError(f"{stage}: one worker needs {amount:g} {name} but the cluster has "
+                            f"{total.get(name, 0):g} (resources: {sorted(total)})")
+    if requested is not None:
+        if requested < 1:
+            raise LratError(f"{stage}: workers must be at least 1")
+        return requested
+    fits = [int(total[name] // amount) for name, amount in per_worker.items() if amount > 0]
+    return max(1, min(fits)) if fits else 1
+
+
+def remote_args(per_worker: dict) -> dict:
+    """``per_worker`` as keyword arguments of ``ray.remote`` / ``map_batches``."""
+    args = {"num_cpus": per_worker.get("CPU", 0), "num_gpus": per_worker.get("GPU", 0)}
+    custom = {k: v for k, v in per_worker.items() if k not in ("CPU", "GPU")}
+    if custom:
+        args["resources"] = custom
+    return args

@@ -49,6 +49,7 @@ class ServeConfig:
     target_ongoing_requests: float = option(8.0, help="autoscaling: target in-flight requests per replica")
     replica_cpus: float = option(1.0, help="CPUs reserved per replica")
     replica_gpus: float = option(0.0, help="GPUs per replica (encoder and FAISS on GPU)")
+    resources: dict = option({}, help="custom resources per replica, e.g. {\"cpu_stage\": 1}")
     max_batch_size: int = option(32, help="@serve.batch: most requests encoded together")
     batch_wait_timeout_s: float = option(0.005, help="@serve.batch: longest wait to fill a batch")
     max_k: int = option(100, help="largest k a request may ask for")
@@ -56,6 +57,9 @@ class ServeConfig:
     max_queries: int = option(64, help="most queries in one request")
     snippet_chars: int = option(300, help="characters of document text returned as a snippet")
     access_log: bool = option(False, help="log every request (Ray Serve access log)")
+    proxy_location: str = option("EveryNode", choices=("EveryNode", "HeadOnly"),
+                                 help="where Ray Serve runs HTTP proxies: on every node (clients on any node "
+                                      "reach the app at HOST:PORT of their own node) or on the head only")
     address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray")
 
 
@@ -230,7 +234,8 @@ def build_app(args: dict):
     deployment = make_deployment()
     options: dict[str, Any] = {
         "user_config": {"index": settings.index},
-        "ray_actor_options": {"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus},
+        "ray_actor_options": {"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus,
+                              **({"resources": settings.resources} if settings.resources else {})},
         "logging_config": {"enable_access_log": settings.access_log},
     }
     if settings.autoscale_min is not None or settings.autoscale_max is not None:
@@ -253,7 +258,7 @@ def deploy(settings: ServeConfig, blocking: bool = False) -> str:
     from lrat_ray.runtime import init_ray
 
     init_ray(settings.address)
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.start(http_options={"host": settings.host, "port": settings.port}, proxy_location=settings.proxy_location)
     url = f"http://{settings.host}:{settings.port}"
     if blocking:
         serve.run(build_app(dataclasses.asdict(settings)), name=APP_NAME, route_prefix="/", blocking=True)

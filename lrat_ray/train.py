@@ -47,15 +47,21 @@ BACKENDS = ("ddp", "deepspeed")
 class TrainConfig:
     """Options of ``lrat train``."""
 
-    pairs: list[str] = option(help="mined pairs (DIR/pairs or parquet files) or official LRAT JSONL files")
-    output: str = option(help="directory for the trained model (Hugging Face + sentence-transformers format)")
-    model: str = option("embedded", help="model to start from: Hugging Face name or path, or 'embedded'")
-    corpus: list[str] = option([], help="corpus files giving document texts by id (else the pairs' texts)")
-    workers: int = option(2, help="data-parallel training workers")
+    pairs: list[str] = option(help="mined pairs (DIR/pairs or parquet files) or official LRAT JSONL files",
+                              path=True)
+    output: str = option(help="directory for the trained model (Hugging Face + sentence-transformers format; "
+                              "local or URI; '{version}' is replaced by the version key)")
+    model: str = option("embedded", help="model to start from: Hugging Face name or path, or 'embedded'", path=True)
+    corpus: list[str] = option([], help="corpus files giving document texts by id (else the pairs' texts)",
+                               path=True)
+    workers: int = option(2, help="data-parallel training workers (the global batch grows with them)")
     use_gpu: bool = option(False, help="one GPU per worker")
-    cpus_per_worker: float = option(1.0, help="CPUs reserved per training worker")
+    cpus_per_worker: float = option(1.0, help="CPUs reserved per training worker", runtime=True)
+    resources: dict = option({}, help="custom resources per training worker, e.g. {\"gpu_stage\": 1} to keep "
+                                      "training on the GPU node group", runtime=True)
     backend: str = option("ddp", choices=BACKENDS, help="ddp (gloo on CPU, nccl on GPU) or deepspeed")
-    deepspeed_config: str | None = option(None, help="DeepSpeed JSON config (default: configs/deepspeed_zero2.json)")
+    deepspeed_config: str | None = option(None, help="DeepSpeed JSON config (default: configs/deepspeed_zero2.json)",
+                                          path=True)
     epochs: int = option(1, help="passes over the pairs")
     max_steps: int | None = option(None, help="stop after this many optimizer steps")
     per_device_batch: int = option(16, help="pairs per worker per micro-batch")
@@ -79,11 +85,13 @@ class TrainConfig:
     query_max_length: int | None = option(None, help="max query tokens (default from the model spec: 64)")
     document_max_length: int | None = option(None, help="max document tokens (default from the model spec: 256)")
     seed: int = option(0, help="seed for shuffling, negative sampling and initialisation")
-    checkpoint_every: int = option(50, help="optimizer steps between checkpoints")
-    max_failures: int = option(0, help="worker-group restarts allowed (each resumes from the last checkpoint)")
-    storage_path: str | None = option(None, help="Ray Train storage (checkpoints); default OUTPUT.ray/")
-    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray")
-    fail_at_step: int | None = option(None, help="fault injection for tests: worker 1 exits once at this step")
+    checkpoint_every: int = option(50, help="optimizer steps between checkpoints", runtime=True)
+    max_failures: int = option(0, help="worker-group restarts allowed (each resumes from the last checkpoint)",
+                               runtime=True)
+    storage_path: str | None = option(None, help="Ray Train storage (checkpoints), shared by all nodes: a URI "
+                                                 "on a cluster; default OUTPUT.ray/", runtime=True)
+    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray",
+                                 runtime=True)
 
     def __post_init__(self):
         if self.group_size < 1 or self.per_device_batch < 1 or self.workers < 1 or self.epochs < 1:
@@ -365,10 +373,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 batches += 1  # done before the restart: same order, skip it
                 continue
             batches += 1
-            if config.fail_at_step is not None and step == config.fail_at_step and rank == min(1, world - 1) \
-                    and checkpoint is None:
-                Path(loop_config["storage_path"], f"fault-injected-at-step-{step}").touch()
-                os._exit(1)  # fault injection: this worker dies; Ray Train restarts the group
             rng = random.Random(hash((config.seed, epoch, batches, rank)))
             queries, documents, mask, weights = group_texts(batch, config.group_size, rng,
                                                             config.negatives_with_replacement)
@@ -533,10 +537,9 @@ def run_train(config: TrainConfig) -> dict:
 
 
 def _worker_resources(config: TrainConfig) -> dict:
-    resources = {"CPU": config.cpus_per_worker}
-    if config.use_gpu:
-        resources["GPU"] = 1
-    return resources
+    from lrat_ray.runtime import actor_resources
+
+    return actor_resources(config.cpus_per_worker, 1 if config.use_gpu else 0, config.resources)
 
 
 def _check_resources(config: TrainConfig) -> None:

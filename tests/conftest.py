@@ -31,7 +31,7 @@ def ray_session():
     """A local Ray for the whole session (2 CPUs, like the machines this runs on)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
