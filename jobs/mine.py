@@ -1,12 +1,13 @@
-"""Ray job entrypoint for mining: ``ray job submit --working-dir . -- python jobs/mine.py --input ... --output ...``.
+"""Ray job entrypoint for ``lrat mine`` (mine weighted pairs from trajectories).
 
-Takes exactly the options of ``lrat mine``; inside a Ray job ``RAY_ADDRESS`` is set, so it joins
-the cluster instead of starting a local Ray.
+    ray job submit --working-dir . -- python jobs/mine.py --input s3://bucket/runs/ --output 's3://bucket/lrat/mine/{version}'
+
+Takes exactly the options of ``lrat mine --help`` (and ``--config YAML``). The output directory is
+versioned and immutable: a resubmitted job with the same options and inputs finds the finished
+output and exits without redoing it (see lrat_ray/outputs.py).
 """
 
-import sys
-
-from lrat_ray.cli import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main(["mine", *sys.argv[1:]]))
+    run("mine")

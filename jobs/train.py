@@ -1,12 +1,13 @@
-"""Ray job entrypoint for training: ``ray job submit --working-dir . -- python jobs/train.py --pairs ... --output ...``.
+"""Ray job entrypoint for ``lrat train`` (weighted-contrastive training on Ray Train).
 
-Takes exactly the options of ``lrat train``; inside a Ray job ``RAY_ADDRESS`` is set, so it joins
-the cluster instead of starting a local Ray.
+    ray job submit --working-dir . -- python jobs/train.py --config lrat_ray/configs/train_lrat_qwen3_embedding_0.6b.yaml --pairs s3://bucket/lrat/judge/<version>/pairs --output 's3://bucket/lrat/models/{version}'
+
+Takes exactly the options of ``lrat train --help`` (and ``--config YAML``). The output directory is
+versioned and immutable: a resubmitted job with the same options and inputs finds the finished
+output and exits without redoing it (see lrat_ray/outputs.py).
 """
 
-import sys
-
-from lrat_ray.cli import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    run("train")

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from lrat_ray import __version__
+from lrat_ray import __version__, storage
 from lrat_ray.config import add_arguments, resolve
 from lrat_ray.errors import LratError
 from lrat_ray.mine_job import MineConfig, run_mine
@@ -95,9 +95,25 @@ def _config(args: argparse.Namespace):
     return resolve(args.config_class, args, args.config, _section(args.config, args.command))
 
 
+def _staged(args: argparse.Namespace, run, local_only: bool = False, config=None):
+    """Run a stage under :func:`lrat_ray.outputs.run_stage` (versioned, immutable output; a finished
+    run is not repeated); returns its result and the config with the resolved output directory."""
+    import dataclasses
+
+    from lrat_ray.outputs import run_stage
+
+    config = config or _config(args)
+    staged = run_stage(args.command, config, run, local_only=local_only)
+    if staged.skipped:
+        print(f"lrat {args.command}: {staged.output} already holds this result (version {staged.key}); "
+              "nothing was run")
+    else:
+        print(f"lrat {args.command}: version {staged.key} -> {staged.output}")
+    return staged.result, dataclasses.replace(config, output=staged.output)
+
+
 def _cmd_mine(args: argparse.Namespace) -> int:
-    config = _config(args)
-    report = run_mine(config)
+    report, config = _staged(args, run_mine)
     _print_mine_report(report, config.output)
     return 0
 
@@ -105,8 +121,7 @@ def _cmd_mine(args: argparse.Namespace) -> int:
 def _cmd_index(args: argparse.Namespace) -> int:
     from lrat_ray.index import run_index
 
-    config = _config(args)
-    manifest = run_index(config)
+    manifest, config = _staged(args, run_index, local_only=True)
     print(f"indexed {manifest['count']} documents ({manifest['dimension']}-d, {manifest['index']['type']}) "
           f"with {manifest['model']} in {manifest['encode_seconds']:.1f}s"
           f"{' (embeddings reused)' if manifest['embeddings_reused'] else ''}; skipped "
@@ -118,7 +133,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from lrat_ray.evaluate import run_eval
 
     config = _config(args)
-    result = run_eval(config)
+    result, config = _staged(args, run_eval, config=config) if config.output else (run_eval(config), config)
     names = sorted(result["metrics"])
     print(f"{result['queries']} judged queries")
     if "compare" in result:
@@ -140,7 +155,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_eval_runs(args: argparse.Namespace) -> int:
     from lrat_ray.evaluate import run_eval_runs
 
-    result = run_eval_runs(_config(args))
+    config = _config(args)
+    result, _ = _staged(args, run_eval_runs, config=config) if config.output else (run_eval_runs(config), config)
     for key in ("tasks", "tasks_with_evidence", "evidence_recall", "gold_recall", "avg_steps",
                 "avg_searches", "avg_browses", "success_rate", "records_skipped"):
         print(f"  {key:<20} {result[key]}")
@@ -159,19 +175,27 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from lrat_ray.train import run_train
 
-    summary = run_train(_config(args))
+    import dataclasses
+
+    from lrat_ray.outputs import VERSION_PLACEHOLDER, stage_key
+
+    config = _config(args)
+    if not config.storage_path:  # checkpoints must outlive a scratch directory and be shared by all nodes
+        output = config.output.replace(VERSION_PLACEHOLDER, stage_key("train", config)).rstrip("/")
+        config = dataclasses.replace(config, storage_path=output + ".ray" if storage.is_remote(output)
+                                     else os.path.abspath(output) + ".ray")
+    summary, config = _staged(args, run_train, local_only=True, config=config)
     metrics = summary["final_metrics"]
     print(f"trained {summary['steps']} steps on {summary['examples']} examples in {summary['wall_seconds']}s; "
           f"final loss {metrics.get('loss', float('nan')):.4f}, {metrics.get('examples_per_s', 0):.1f} examples/s "
-          f"-> {summary['model']}")
+          f"-> {config.output}")
     return 0
 
 
 def _cmd_pairs_from_qrels(args: argparse.Namespace) -> int:
     from lrat_ray.qrels_pairs import run_pairs_from_qrels
 
-    config = _config(args)
-    report = run_pairs_from_qrels(config)
+    report, config = _staged(args, run_pairs_from_qrels)
     print(f"{report['pairs']} pairs from {report['queries']} judged queries -> {config.output}/pairs")
     return 0
 
@@ -179,8 +203,7 @@ def _cmd_pairs_from_qrels(args: argparse.Namespace) -> int:
 def _cmd_judge(args: argparse.Namespace) -> int:
     from lrat_ray.judge import run_judge
 
-    config = _config(args)
-    report = run_judge(config)
+    report, config = _staged(args, run_judge)
     print(f"judged {report['pairs']} pairs with {report['backend']}: relevant {report['relevant']}, "
           f"irrelevant {report['irrelevant']} (ok {report['ok']}, cached {report['cached']}, "
           f"unparseable {report['unparseable']}, failed {report['failed']}) -> {config.output}")
@@ -188,15 +211,9 @@ def _cmd_judge(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollout(args: argparse.Namespace) -> int:
-    from lrat_ray.evaluate import load_qrels, load_queries
-    from lrat_ray.rollout import load_tasks, run_rollouts
+    from lrat_ray.rollout import run_rollout_config
 
-    config = _config(args)
-    queries = load_queries(config.queries)
-    qrels = load_qrels(config.qrels) if config.qrels else {}
-    ids = sorted(q for q in queries if not qrels or q in qrels)[:config.limit]
-    summary = run_rollouts(config.url, load_tasks(queries, qrels, ids), config.agent_config(), config.output,
-                           config.workers, config.token)
+    summary, config = _staged(args, run_rollout_config)
     print(f"rolled out {summary['completed']}/{summary['tasks']} tasks (failed {summary['failed']}); "
           f"success rate {summary['success_rate']}, steps/task {summary['avg_steps']} -> {config.output}")
     return 0
@@ -205,8 +222,7 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
 def _cmd_flywheel(args: argparse.Namespace) -> int:
     from lrat_ray.flywheel import results_table, run_flywheel
 
-    config = _config(args)
-    rows = run_flywheel(config)
+    rows, config = _staged(args, run_flywheel, local_only=True)
     print("\n" + results_table(rows))
     print(f"wrote {config.output}/results.md, results.csv and results.png")
     return 0

@@ -23,5 +23,10 @@ def embedded_model_path() -> str:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """``"embedded"`` -> the embedded model's directory; anything else unchanged."""
-    return embedded_model_path() if name_or_path == EMBEDDED else name_or_path
+    """``"embedded"`` -> the embedded model's directory; a model directory on object storage
+    (``s3://...``) -> a local copy of it; anything else unchanged."""
+    from lrat_ray import storage
+
+    if name_or_path == EMBEDDED:
+        return embedded_model_path()
+    return storage.local_copy(name_or_path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -202,14 +203,16 @@ def publish_dir(tmp_uri: str, final_uri: str) -> None:
     """Move a finished directory into place, replacing an older one.
 
     Locally this is two renames, so readers see the old or the new directory, never a mix.
-    On object stores a directory is only a prefix; the caller writes its marker file afterwards.
+    On object stores a directory is only a prefix that cannot be renamed: its objects are copied
+    to the final prefix and the temporary ones deleted; the caller writes its marker file afterwards.
     """
     fs, tmp = resolve(tmp_uri)
     _, final = resolve(final_uri)
     if not isinstance(fs, pafs.LocalFileSystem):
         if fs.get_file_info(final).type != pafs.FileType.NotFound:
             fs.delete_dir(final)
-        fs.move(tmp, final)
+        pafs.copy_files(tmp, final, source_filesystem=fs, destination_filesystem=fs)
+        fs.delete_dir(tmp)
         return
     old = None
     if os.path.exists(final):
@@ -224,3 +227,56 @@ def remove_dir(uri: str) -> None:
     fs, path = resolve(uri)
     if fs.get_file_info(path).type == pafs.FileType.Directory:
         fs.delete_dir(path)
+
+
+STAGE_MANIFEST = "_lrat_stage.json"
+
+
+def fingerprint(uri: str) -> str:
+    """What an input's content is, cheaply: a finished stage output is its version key; any other
+    directory the names, sizes and modification times of its files; a file its size and time."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return f"file:{file_signature(uri)}"
+    if info.type != pafs.FileType.Directory:
+        raise LratError(f"input not found: {uri}")
+    manifest = join(path, STAGE_MANIFEST)
+    if fs.get_file_info(manifest).type == pafs.FileType.File:
+        with fs.open_input_stream(manifest) as stream:
+            return "stage:" + json.loads(stream.read())["key"]
+    digest = hashlib.sha256()
+    for item in sorted(fs.get_file_info(pafs.FileSelector(path, recursive=True)), key=lambda i: i.path):
+        relative = item.path[len(path):]
+        if item.type == pafs.FileType.File and not any(part.startswith(".") for part in relative.split("/")):
+            mtime = item.mtime.timestamp() if item.mtime else 0
+            digest.update(f"{relative}\t{item.size}\t{mtime:.6f}\n".encode())
+    return "dir:" + digest.hexdigest()[:24]
+
+
+def upload_dir(local_dir: str, uri: str) -> None:
+    """Copy a finished local directory to ``uri`` (any pyarrow filesystem)."""
+    fs, path = resolve(uri)
+    pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def local_copy(uri: str) -> str:
+    """A local directory holding the remote directory ``uri`` (a model or an index): ``uri`` itself
+    when it is local, else a copy in ``$LRAT_CACHE`` (default ``~/.cache/lrat``) that is fetched
+    again only when the remote content changed."""
+    if not is_remote(uri):
+        return uri
+    cache_root = os.environ.get("LRAT_CACHE", os.path.expanduser("~/.cache/lrat"))
+    version = fingerprint(uri)
+    target = os.path.join(cache_root, "remote", hashlib.sha256(uri.encode()).hexdigest()[:16])
+    marker = os.path.join(target, ".lrat-fetched")
+    if os.path.isfile(marker) and open(marker).read() == version:
+        return target
+    fs, path = resolve(uri)
+    tmp = temp_sibling(target)
+    os.makedirs(tmp)
+    pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    with open(os.path.join(tmp, ".lrat-fetched"), "w") as fh:
+        fh.write(version)
+    publish_dir(tmp, target)
+    return target

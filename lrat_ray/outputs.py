@@ -1,0 +1,165 @@
+"""Stage outputs: immutable, versioned directories with a manifest; a resubmitted job skips work.
+
+Clusters resubmit jobs (a retried RayJob, a pipeline run twice, a driver that died after its
+last write). So every stage started from the ``lrat`` command or a ``jobs/`` entrypoint goes
+through :func:`run_stage`, which gives its output directory these rules:
+
+* The stage's **version key** hashes the stage name, the lrat version, every option that shapes
+  the result, and a fingerprint of every input path (a finished stage output contributes its own
+  key, so keys chain along the pipeline; other inputs their file names, sizes and times). Options
+  marked ``runtime`` in the config (workers, resources, cluster address) are left out: running on
+  more machines does not make a new version.
+* ``{version}`` in ``--output`` is replaced by the key, so ``s3://bucket/lrat/mine/{version}``
+  gives content-addressed directories that never overwrite each other.
+* ``OUTPUT/_lrat_stage.json`` is written last: stage, key, config, input fingerprints, versions
+  and the stage's result. A directory with it is finished: the same key returns the recorded
+  result without running anything; another key is refused (outputs are immutable).
+* ``OUTPUT/_lrat_stage.started.json`` claims the directory first; a rerun with the same key goes on
+  where the interrupted one stopped (each stage resumes its own work: mining's staged groups,
+  training checkpoints, the flywheel's finished stages), a different key is refused.
+* Stages that need local files (FAISS, the trained model, the flywheel's server) run in a local
+  scratch directory when the output is remote, and the finished directory is uploaded before the
+  manifest is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import socket
+import sys
+import time
+from typing import Any, Callable, TypeVar
+
+from lrat_ray import __version__, storage
+from lrat_ray.embedded import EMBEDDED
+from lrat_ray.errors import LratError
+
+log = logging.getLogger(__name__)
+STARTED = "_lrat_stage.started.json"
+VERSION_PLACEHOLDER = "{version}"
+C = TypeVar("C")
+
+
+@dataclasses.dataclass
+class StageResult:
+    result: Any
+    output: str
+    key: str
+    skipped: bool
+
+
+def input_fingerprint(value: Any) -> Any:
+    """Fingerprint of a path option: a path's content, or the value itself for a name that is not
+    a path (a Hugging Face model name, ``embedded``)."""
+    if isinstance(value, list):
+        return [input_fingerprint(v) for v in value]
+    if not isinstance(value, str) or value == EMBEDDED or not storage.exists(value):
+        return value
+    return storage.fingerprint(value)
+
+
+def content_of(config: Any) -> dict:
+    """The options that shape a stage's result, with input paths replaced by fingerprints."""
+    content = {}
+    for f in dataclasses.fields(config):
+        if f.name == "output" or f.metadata.get("runtime"):
+            continue
+        value = getattr(config, f.name)
+        content[f.name] = input_fingerprint(value) if f.metadata.get("path") else value
+    return content
+
+
+def stage_key(stage: str, config: Any) -> str:
+    blob = json.dumps([stage, __version__, content_of(config)], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_json(uri: str) -> dict | None:
+    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
+
+
+def run_stage(stage: str, config: C, run: Callable[[C], Any], local_only: bool = False) -> StageResult:
+    """Run ``run(config)`` under the rules above; ``config.output`` names the directory."""
+    key = stage_key(stage, config)
+    output = config.output.replace(VERSION_PLACEHOLDER, key)
+    config = dataclasses.replace(config, output=output)
+    finished = read_json(storage.join(output, storage.STAGE_MANIFEST))
+    if finished is not None:
+        _check_same(finished, stage, key, output, "holds")
+        log.info("%s: %s already holds this result (version %s); nothing to do", stage, output, key)
+        return StageResult(finished["result"], output, key, skipped=True)
+    claim = read_json(storage.join(output, STARTED))
+    if claim is not None:
+        _check_same(claim, stage, key, output, "is being written by")
+        log.info("%s: resuming the unfinished run in %s (version %s)", stage, output, key)
+    elif storage.exists(output) and _has_files(output):
+        raise LratError(f"{output} already has files that no lrat {stage} run wrote; outputs are never mixed "
+                        "or overwritten: choose an empty or new directory (e.g. put {version} in --output)")
+    started = time.time()
+    storage.write_json_atomic(storage.join(output, STARTED), {"stage": stage, "key": key, "started": started,
+                                                              "host": socket.gethostname()})
+    try:
+        if local_only and storage.is_remote(output):
+            scratch = _scratch(stage, key)
+            result = run(dataclasses.replace(config, output=scratch))
+            storage.upload_dir(scratch, output)
+        else:
+            result = run(config)
+    except LratError:
+        if claim is None:
+            _release_if_untouched(output)
+        raise
+    manifest = {"stage": stage, "key": key, "output": output, "config": dataclasses.asdict(config),
+                "inputs": content_of(config), "versions": versions(), "started": started,
+                "finished": time.time(), "host": socket.gethostname(), "result": result}
+    storage.write_bytes_atomic(storage.join(output, storage.STAGE_MANIFEST),
+                               (json.dumps(manifest, indent=2, default=str) + "\n").encode())
+    return StageResult(json.loads(json.dumps(result, default=str)), output, key, skipped=False)
+
+
+def _check_same(recorded: dict, stage: str, key: str, output: str, verb: str) -> None:
+    if recorded.get("stage") != stage or recorded.get("key") != key:
+        raise LratError(f"{output} {verb} lrat {recorded.get('stage')} version {recorded.get('key')}, not this "
+                        f"{stage} run (version {key}: other options or inputs); outputs are immutable: choose "
+                        "another --output (e.g. one with {version} in it)")
+
+
+def _release_if_untouched(output: str) -> None:
+    """Undo the claim of a run that failed before writing anything (bad input, bad option), so
+    that the corrected command is not refused as a different version."""
+    import pyarrow.fs as pafs
+
+    fs, path = storage.resolve(output)
+    entries = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    if [e.base_name for e in entries] == [STARTED]:
+        fs.delete_dir(path)
+
+
+def _has_files(uri: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = storage.resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return True
+    return any(True for _ in fs.get_file_info(pafs.FileSelector(path, recursive=False)))
+
+
+def _scratch(stage: str, key: str) -> str:
+    root = os.environ.get("LRAT_SCRATCH", os.path.join(os.path.expanduser("~/.cache/lrat"), "stages"))
+    return os.path.join(root, f"{stage}-{key}")
+
+
+def versions() -> dict:
+    import pyarrow
+
+    found = {"lrat_ray": __version__, "python": platform.python_version(), "pyarrow": pyarrow.__version__}
+    for name in ("ray", "torch", "transformers", "faiss"):
+        module = sys.modules.get(name)
+        if module is not None:
+            found[name] = getattr(module, "__version__", "?")
+    return found
