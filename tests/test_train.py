@@ -166,44 +166,6 @@ def test_deepspeed_config_plumbing(tmp_path):
         deepspeed_config(TrainConfig(pairs=["x"], output="x", deepspeed_config=str(tmp_path / "none.json")))
 
 
-def _mean_loss(model_dir, examples):
-    from lrat_ray.loss import weighted_info_nce
-    from lrat_ray.model import Encoder, spec_for
-
-    encoder = Encoder(spec_for(model_dir, document_max_length=128))
-    q = torch.tensor(encoder.encode_queries([e["query"] for e in examples]))
-    docs = [t for e in examples for t in [e["positive"], *e["negatives"][:1]]]
-    d = torch.tensor(encoder.encode_documents(docs))
-    return weighted_info_nce(q, d, torch.ones(len(examples)), 0.05, 2).item()
-
-
-def test_two_worker_training_survives_a_killed_worker_and_lowers_the_loss(ray_session, tmp_path):
-    """Real LRAT pairs, 2 CPU workers, DDP; worker 1 dies at step 2 and the group resumes from the
-    step-2 checkpoint; the saved model loads in lrat and sentence-transformers with equal vectors."""
-    from sentence_transformers import SentenceTransformer
-
-    from lrat_ray.embedded import embedded_model_path
-    from lrat_ray.model import Encoder, spec_for
-
-    out = tmp_path / "model"
-    config = TrainConfig(pairs=[str(SAMPLE)], output=str(out), workers=2, per_device_batch=2, group_size=2,
-                         epochs=3, learning_rate=1e-4, warmup_ratio=0.0, document_max_length=128,
-                         checkpoint_every=1, max_failures=1, fail_at_step=2)
-    summary = run_train(config)
-    assert summary["steps"] == summary["total_steps"] == 6
-    # the latest checkpoint committed before the kill: step 2, or step 1 when the worker died before
-    # the step-2 checkpoint was registered; either way no step is repeated or skipped
-    assert summary["final_metrics"]["resumed_from_step"] in (1, 2)
-    assert (tmp_path / "model.ray" / "fault-injected-at-step-2").exists()
-    examples = load_examples(TrainConfig(pairs=[str(SAMPLE)], output="x"))
-    assert _mean_loss(str(out), examples) < _mean_loss(embedded_model_path(), examples)
-    ours = Encoder(spec_for(str(out))).encode_documents(["Bedřich Havlíček was a Czech historian."])
-    theirs = SentenceTransformer(str(out), device="cpu").encode(["Bedřich Havlíček was a Czech historian."])
-    np.testing.assert_allclose(ours, theirs, atol=2e-5)
-    assert json.loads((out / "train_report.json").read_text())["examples"] == 10
-    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
-
-
 def test_deepspeed_zero2_trains_on_cpu_workers(ray_session, tmp_path):
     """DeepSpeed ZeRO-2 inside the TorchTrainer with 2 CPU workers (gloo), torch's AdamW."""
     pytest.importorskip("deepspeed")
