@@ -1,7 +1,10 @@
 """The ``lrat`` command: one subcommand per stage.
 
 Each subcommand takes ``--config YAML`` (a mapping of its options, or a file with one section per
-subcommand) and per-option overrides; ``lrat <stage> --help`` lists them. Stages available so far:
+subcommand) and per-option overrides; ``lrat <stage> --help`` lists them. Stages that write an
+output directory run under :func:`lrat_ray.outputs.run_stage`: versioned (``{version}`` in
+``--output``), immutable, skipped when already finished. ``jobs/<stage>.py`` runs the same as a
+Ray job. Stages available so far:
 ``mine``, ``index``, ``eval``, ``eval-runs``, ``train``, ``pairs-from-qrels``, ``judge``, ``rollout``,
 ``flywheel``, ``serve``, ``mcp`` and ``demo``.
 """
@@ -9,6 +12,7 @@ subcommand) and per-option overrides; ``lrat <stage> --help`` lists them. Stages
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -98,8 +102,6 @@ def _config(args: argparse.Namespace):
 def _staged(args: argparse.Namespace, run, local_only: bool = False, config=None):
     """Run a stage under :func:`lrat_ray.outputs.run_stage` (versioned, immutable output; a finished
     run is not repeated); returns its result and the config with the resolved output directory."""
-    import dataclasses
-
     from lrat_ray.outputs import run_stage
 
     config = config or _config(args)
@@ -173,11 +175,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from lrat_ray.train import run_train
-
-    import dataclasses
-
     from lrat_ray.outputs import VERSION_PLACEHOLDER, stage_key
+    from lrat_ray.train import run_train
 
     config = _config(args)
     if not config.storage_path:  # checkpoints must outlive a scratch directory and be shared by all nodes
