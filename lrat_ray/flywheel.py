@@ -182,11 +182,12 @@ def _free_port() -> int:
 
 
 def _rollout(state: FlywheelState, url: str, ids: list[str], path: str) -> dict:
-    from lrat_ray.rollout import AgentConfig, load_tasks, run_rollouts
+    from lrat_ray.rollout import ACTOR_CPUS, AgentConfig, load_tasks, run_rollouts
+    from lrat_ray.runtime import actor_resources
 
     agent = AgentConfig(**{"seed": state.config.seed, **state.config.agent})
     tasks = load_tasks(state.queries, state.qrels, ids)
-    per_worker = {"CPU": 0.25, **state.config.resources_of("rollout")}
+    per_worker = actor_resources(ACTOR_CPUS, 0, state.config.resources_of("rollout"))
     summary = run_rollouts(url, tasks, agent, os.path.join(path, "runs"), state.config.rollout_workers,
                            per_worker=per_worker)
     if summary["failed"]:

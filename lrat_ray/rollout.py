@@ -57,6 +57,7 @@ from lrat_ray.config import option
 
 log = logging.getLogger(__name__)
 AGENTS = ("simulated", "llm")
+ACTOR_CPUS = 0.25  # an agent mostly waits on HTTP (retriever, LLM endpoint)
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9-]{3,}")
 _STOP = frozenset("this that with from have were been their which there these those than into also more most "
                   "such only other some when what where while about after before between during over under "
@@ -99,7 +100,7 @@ class RolloutConfig:
     limit: int | None = option(None, help="roll out only the first N tasks (by id)")
     workers: int | None = option(None, help="rollout actors; default: as many as the cluster's resources hold",
                                  runtime=True)
-    cpus_per_worker: float = option(0.25, help="CPUs each rollout actor reserves (agents mostly wait on HTTP)",
+    cpus_per_worker: float = option(ACTOR_CPUS, help="CPUs each rollout actor reserves (agents mostly wait on HTTP)",
                                     runtime=True)
     resources: dict = option({}, help="custom resources per rollout actor, e.g. {\"cpu_stage\": 0.25}", runtime=True)
     token: str | None = option(None, help="bearer token of the retriever", runtime=True)
@@ -361,13 +362,13 @@ def _safe(task_id: str) -> str:
 def run_rollouts(url: str, tasks: list[Task], config: AgentConfig, output: str, workers: int | None = 2,
                  token: str | None = None, per_worker: dict | None = None) -> dict:
     """Roll out ``tasks`` against the retriever at ``url`` with ``workers`` Ray actors (default: as
-    many as fit), each reserving ``per_worker`` (default a quarter CPU)."""
+    many as fit), each reserving ``per_worker`` (default ``ACTOR_CPUS``)."""
     import ray
 
     from lrat_ray.runtime import fit_workers, init_ray, remote_args
 
     init_ray()
-    per_worker = per_worker or {"CPU": 0.25}
+    per_worker = per_worker or {"CPU": ACTOR_CPUS}
     workers = fit_workers(workers, per_worker, "rollout")
     output = output if storage.is_remote(output) else os.path.abspath(output)  # actors have their own cwd
     actor = ray.remote(**remote_args(per_worker))(RolloutWorker)

@@ -241,10 +241,9 @@ def fingerprint(uri: str) -> str:
         return f"file:{file_signature(uri)}"
     if info.type != pafs.FileType.Directory:
         raise LratError(f"input not found: {uri}")
-    manifest = join(path, STAGE_MANIFEST)
-    if fs.get_file_info(manifest).type == pafs.FileType.File:
-        with fs.open_input_stream(manifest) as stream:
-            return "stage:" + json.loads(stream.read())["key"]
+    manifest = join(uri, STAGE_MANIFEST)
+    if exists(manifest):
+        return "stage:" + json.loads(read_bytes(manifest))["key"]
     digest = hashlib.sha256()
     for item in sorted(fs.get_file_info(pafs.FileSelector(path, recursive=True)), key=lambda i: i.path):
         relative = item.path[len(path):]
