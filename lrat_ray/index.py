@@ -204,7 +204,8 @@ def encode_corpus(texts: Sequence[str], spec: EncoderSpec, workers: int | None =
     items = [{"row": i, "text": texts[i]} for i in order]
     blocks = max(1, min(len(items) // batch_size, workers * 8))
     ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-        _EncodeDocuments, batch_size=batch_size * 4, concurrency=max(1, min(workers, blocks)),
+        _EncodeDocuments, batch_size=batch_size * 4,
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, blocks))),
         **remote_args(per_worker),
         fn_constructor_kwargs={"spec": dataclasses.asdict(spec), "batch_size": batch_size})
     out = None

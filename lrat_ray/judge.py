@@ -202,8 +202,10 @@ def _ray_data_answers(rows: list[dict], config: JudgeConfig) -> dict[str, str | 
         from lrat_ray.runtime import actor_resources, remote_args
 
         per_replica = actor_resources(1, 0, config.resources)
-        ds = ds.map_batches(_TransformersJudge, batch_size=config.batch_size, concurrency=config.concurrency,
-                            **remote_args(per_replica), fn_constructor_kwargs={"model": config.model, "max_new_tokens": config.max_new_tokens})
+        ds = ds.map_batches(_TransformersJudge, batch_size=config.batch_size,
+                            compute=ray.data.ActorPoolStrategy(size=config.concurrency),
+                            **remote_args(per_replica),
+                            fn_constructor_kwargs={"model": config.model, "max_new_tokens": config.max_new_tokens})
     else:
         ds = _vllm_processor(config)(ds)
     return {r["key"]: r["answer"] for r in ds.take_all()}

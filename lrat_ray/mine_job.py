@@ -224,7 +224,8 @@ def run_mine(config: MineConfig) -> dict:
     rows = [{"files": json.dumps(g), "key": _group_key(g, config.content_key())} for g in groups]
     summaries = [json.loads(r["summary"]) for r in (
         ray.data.from_items(rows, override_num_blocks=len(rows))
-        .map_batches(_MineGroups, batch_size=1, concurrency=min(workers, len(rows)), **remote_args(per_worker),
+        .map_batches(_MineGroups, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows))),
+                     **remote_args(per_worker),
                      fn_constructor_kwargs={"config": dataclasses.asdict(config), "staging": staging})
         .take_all())]
     errors = [s for s in summaries if "error" in s]
