@@ -75,7 +75,11 @@ def content_of(config: Any) -> dict:
 
 
 def stage_key(stage: str, config: Any) -> str:
-    blob = json.dumps([stage, __version__, content_of(config)], sort_keys=True, default=str)
+    return _key(stage, content_of(config))
+
+
+def _key(stage: str, content: dict) -> str:
+    blob = json.dumps([stage, __version__, content], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -85,7 +89,8 @@ def read_json(uri: str) -> dict | None:
 
 def run_stage(stage: str, config: C, run: Callable[[C], Any], local_only: bool = False) -> StageResult:
     """Run ``run(config)`` under the rules above; ``config.output`` names the directory."""
-    key = stage_key(stage, config)
+    content = content_of(config)  # lists every input once: they may be many files on object storage
+    key = _key(stage, content)
     output = config.output.replace(VERSION_PLACEHOLDER, key)
     config = dataclasses.replace(config, output=output)
     finished = read_json(storage.join(output, storage.STAGE_MANIFEST))
@@ -115,7 +120,7 @@ def run_stage(stage: str, config: C, run: Callable[[C], Any], local_only: bool =
             _release_if_untouched(output)
         raise
     manifest = {"stage": stage, "key": key, "output": output, "config": dataclasses.asdict(config),
-                "inputs": content_of(config), "versions": versions(), "started": started,
+                "inputs": content, "versions": versions(), "started": started,
                 "finished": time.time(), "host": socket.gethostname(), "result": result}
     storage.write_bytes_atomic(storage.join(output, storage.STAGE_MANIFEST),
                                (json.dumps(manifest, indent=2, default=str) + "\n").encode())
