@@ -6,7 +6,7 @@ output directory run under :func:`lrat_ray.outputs.run_stage`: versioned (``{ver
 ``--output``), immutable, skipped when already finished. ``jobs/<stage>.py`` runs the same as a
 Ray job. Stages available so far:
 ``mine``, ``index``, ``eval``, ``eval-runs``, ``train``, ``pairs-from-qrels``, ``judge``, ``rollout``,
-``flywheel``, ``serve``, ``mcp`` and ``demo``.
+``flywheel``, ``serve``, ``mcp``, ``demo`` and ``prepare-llm``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="runs/demo", help="where the demo writes (default: runs/demo)")
     demo.add_argument("--data", default=None, help="shared data directory (default: $LRAT_DATA or ../shared/data)")
     demo.set_defaults(handler=_cmd_demo)
+
+    prepare = sub.add_parser("prepare-llm", help="build the embedded chat model (SmolLM2-135M-Instruct) for vLLM",
+                             description=_first_paragraph("lrat_ray.tiny_llm"))
+    prepare.set_defaults(handler=_cmd_prepare_llm)
     return parser
 
 
@@ -71,7 +75,8 @@ def _stages():
         ("train", TrainConfig, "lrat_ray.train", _cmd_train, "weighted-contrastive training on Ray Train"),
         ("pairs-from-qrels", PairsFromQrelsConfig, "lrat_ray.qrels_pairs", _cmd_pairs_from_qrels,
          "training pairs from relevance judgments (mined-pairs schema)"),
-        ("judge", JudgeConfig, "lrat_ray.judge", _cmd_judge, "label mined pairs from the post-browse reasoning"),
+        ("judge", JudgeConfig, "lrat_ray.judge", _cmd_judge,
+         "label mined pairs (or browse events) from the post-browse reasoning"),
         ("rollout", RolloutConfig, "lrat_ray.rollout", _cmd_rollout, "run agents against a served retriever"),
         ("flywheel", FlywheelConfig, "lrat_ray.flywheel", _cmd_flywheel,
          "the closed loop: serve, roll out, mine, judge, train, re-index, redeploy, evaluate"),
@@ -199,11 +204,20 @@ def _cmd_pairs_from_qrels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare_llm(args: argparse.Namespace) -> int:
+    from lrat_ray.tiny_llm import tiny_model_path
+
+    print(tiny_model_path())
+    return 0
+
+
 def _cmd_judge(args: argparse.Namespace) -> int:
     from lrat_ray.judge import run_judge
 
     report, config = _staged(args, run_judge)
-    print(f"judged {report['pairs']} pairs with {report['backend']}: relevant {report['relevant']}, "
+    what = config.output_table
+    print(f"judged {report[what]} {'pairs' if what == 'pairs' else 'browse events'} with {report['backend']}: "
+          f"relevant {report['relevant']}, "
           f"irrelevant {report['irrelevant']} (ok {report['ok']}, cached {report['cached']}, "
           f"unparseable {report['unparseable']}, failed {report['failed']}) -> {config.output}")
     return 0

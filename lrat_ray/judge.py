@@ -1,39 +1,51 @@
-"""The reasoning-aware relevance judge (LRAT, Sec. 3.2).
+"""The reasoning-aware relevance judge (LRAT, Sec. 3.2), streaming on Ray Data.
 
 Agents open documents that turn out useless. What the agent writes right after reading a document
-says whether it helped, so an LLM reads that post-browse reasoning (with the query and the start
-of the document) and answers ``RELEVANT`` or ``NOT_RELEVANT``; following the official LRAT judge,
-it says ``NOT_RELEVANT`` only on a clear negative judgement, since agents often keep searching even
-after a useful page. Pairs judged irrelevant are dropped by training's ``filter``/``reweight``
-ablations.
+says whether it helped, so an LLM reads that post-browse reasoning and answers ``RELEVANT`` or
+``NOT_RELEVANT``; the official LRAT judge says ``NOT_RELEVANT`` only on a clear negative judgement,
+since agents often keep searching even after a useful page.
 
-The prompt is one versioned template (:data:`PROMPT_VERSION`). Each judged pair gets the columns
-``relevant`` (the label used downstream), ``judge_label`` (what the judge said: true/false/null),
-``judge_status`` (``ok``, ``cached``, ``unparseable``, ``failed``, ``not_judged``),
-``judge_raw`` (the raw answer or error), ``judge_backend``, ``judge_model`` and
-``judge_prompt_version``. An unparseable answer or a failed call never drops a pair silently: it
-is counted, and ``on_failure`` decides its label (``relevant``, the default, keeps it as the
-prompt's rule does for anything short of a clear negative; ``irrelevant`` drops it as the official
-code does). Judgments are cached by (pair, prompt version, model), so a re-run pays only for new
-pairs.
+**What is judged.** ``--pairs DIR`` labels mined pairs (``DIR/pairs``) and writes them with judge
+columns to ``OUTPUT/pairs``; training's ``filter``/``reweight`` read the labels. ``--events
+TRAJECTORIES`` labels every *browse event* of the trajectories (``OUTPUT/labels``: trajectory id,
+browse turn, document, label) so that ``lrat mine --labels OUTPUT`` can mine with them: the
+official builder (``--negatives since-last-positive``) judges each browse while it mines, and a
+judged-irrelevant browse changes the windows and the hard negatives, so judging finished pairs
+afterwards cannot give its pairs.
 
-Backends (``backend``):
+**Prompts** (``prompt``):
 
-``vllm``
-    vLLM engine actors on GPUs through ``ray.data.llm`` (``vLLMEngineProcessorConfig`` +
-    ``build_processor``); the paper's judge was Qwen3-30B-A3B-Thinking.
-``openai``
-    Any OpenAI-compatible chat endpoint (a vLLM or SGLang server, a hosted API), with bounded
-    concurrency, retries with backoff and a timeout per call.
-``transformers``
-    A local causal LM (CPU or GPU), greedy decoding.
-``keyword``
-    No model: ``NOT_RELEVANT`` exactly when the reasoning contains an explicit negative phrase
-    from the prompt's decision rule ("not relevant", "irrelevant", "unrelated", "off-topic",
-    "doesn't help", "no useful information", ...). A transparent CPU stand-in for an LLM judge,
-    used by the demo; it reads the same decision rule literally and nothing more.
-``none``
-    Keep every browsed pair (the paper's naive variant).
+``lrat-official`` (default)
+    The official LRAT judge prompt's decision rule, verbatim, and only the post-browse reasoning:
+    the judge reads the agent's reaction to the document, which is the signal LRAT is about.
+``query-document``
+    The same rule, plus the query and the start of the document; a strong LLM then makes its own
+    topical call as well. Kept for comparison.
+
+**Answers.** ``guided`` (default on) forces the answer to one of the two labels where the backend
+can (vLLM guided choice; a JSON-schema ``response_format`` for OpenAI-compatible servers); free
+text is parsed robustly anyway (:func:`parse_label`). Thinking judges (``thinking``, e.g.
+Qwen3-*-Thinking, whose chat template opens ``<think>`` in the prompt) need ``guided`` off and a
+large ``max_new_tokens``: only the text after the last ``</think>`` counts, and an answer whose
+thinking never closed (cut off by the budget) is unparseable.
+
+**Failures.** A row whose generation fails (engine error, timeout, HTTP error after retries) gets
+``judge_status=failed``; an answer without a label ``unparseable``; neither aborts the job, both
+are counted. ``on_failure`` sets their label: ``relevant`` (default: a failed call says nothing
+about the document, so the browse keeps its positive signal) or ``irrelevant`` (the official
+code's policy, chosen by the paper-reproduction recipe).
+
+Each judged row gets ``relevant`` (the label used downstream), ``judge_label`` (true/false/null),
+``judge_status`` (``ok``, ``cached``, ``unparseable``, ``failed``, ``not_judged``), ``judge_raw``,
+``judge_backend``, ``judge_model``, ``judge_prompt_version`` and ``judge_key``. Parsed answers
+are cached (Parquet under ``cache``) by the hash of the model, the prompt version and the rendered
+prompt; a re-run joins the rows with the cache in Ray Data and sends only the misses to the model.
+
+Backends (``backend``): ``vllm`` (``ray.data.llm`` engine actors; GPU or CPU), ``openai`` (any
+OpenAI-compatible endpoint through :class:`~lrat_ray.llm_client.ChatClient`), ``transformers`` (a
+local causal LM in Ray Data actors), ``keyword`` (no model: ``NOT_RELEVANT`` exactly when the
+reasoning contains an explicit negative phrase of the rule; a transparent stand-in) and ``none``
+(keep every browse: the paper's naive variant).
 """
 
 from __future__ import annotations
@@ -48,124 +60,294 @@ import re
 import time
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from lrat_ray import storage
 from lrat_ray.config import option
 from lrat_ray.errors import LratError
 
 log = logging.getLogger(__name__)
 BACKENDS = ("none", "keyword", "openai", "transformers", "vllm")
+MODEL_BACKENDS = ("openai", "transformers", "vllm")
 FAILURE_POLICIES = ("relevant", "irrelevant")
-PROMPT_VERSION = "lrat-judge-v1"
-PROMPT_TEMPLATE = """You judge whether a document a research agent opened was useful, from what the agent wrote after reading it.
+LABELS = ("RELEVANT", "NOT_RELEVANT")
 
-Task query: {query}
-Start of the document: {document}
-The agent's reasoning right after reading it:
-{reasoning}
+# The decision rule of the official LRAT judge (src/data_builder.py in Yuqi-Zhou/LRAT, Apache-2.0),
+# verbatim; it sees nothing but the agent's analysis.
+OFFICIAL_RULE = """You are an LLM judge. You will classify whether the AnalysisText suggests the browsing text is relevant or not relevant, using a bias aligned with typical browsing behavior: models often keep searching even when content is relevant, but they only say “not relevant” when it’s clearly off-topic.
 
-Decision rule: answer NOT_RELEVANT only if the reasoning clearly says the document is not relevant, irrelevant, unrelated or off-topic, does not help, has no useful information, cannot answer the question, or is about something else. Otherwise answer RELEVANT: also when the reasoning takes facts or details from the document, finds it partly helpful or useful as background, or decides to keep searching (continuing to search does not mean the document was irrelevant).
+Input
+AnalysisText: another model’s analysis of a browsing page.
+Decision rule (important)
+Output NOT_RELEVANT only if the analysis contains a clear negative judgment of relevance (explicit or unmistakable), such as: “not relevant / irrelevant / unrelated / off-topic / doesn’t help / cannot answer / no useful info,” or it clearly concludes the content is about a different topic and provides no value for the task.
+Otherwise output RELEVANT.
+    - This includes cases where the analysis:
+    - extracts useful facts/steps/details from the page,
+    - says the page is partially helpful,
+    - suggests using it as background/context,
+    - recommends continuing to search for more sources (continuing search does not imply irrelevance).
+Output (strict)
+Return exactly one token:
 
-Answer with exactly one word: RELEVANT or NOT_RELEVANT."""
+RELEVANT
+NOT_RELEVANT
+"""
+PROMPTS = {
+    "lrat-official": ("lrat-official-v1",
+                      OFFICIAL_RULE + "\nClassify this:\nAnalysisText:\n{reasoning}"),
+    "query-document": ("lrat-judge-v2",
+                       OFFICIAL_RULE + "\nClassify this:\nTask query: {query}\nStart of the browsed page: {document}\n"
+                                       "AnalysisText:\n{reasoning}"),
+}
 NEGATIVE_PHRASES = ("not relevant", "irrelevant", "unrelated", "off-topic", "off topic", "doesn't help",
                     "does not help", "not helpful", "no useful information", "no useful info", "cannot answer",
                     "can't answer", "not useful", "nothing useful", "about something else", "different topic")
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+# Every step around the model is light (reading, prompts, parsing, writing): a full CPU each would
+# leave a 2-CPU node with an engine on one core unable to schedule them, and the job would wait forever.
+LIGHT_CPUS = 0.1
+MAX_READ_TASKS = 64  # many small input files are read a group at a time, not one task each
+CACHE_ROWS_PER_FILE = 200_000  # grouping by key leaves one tiny block per key; write them together
+JUDGE_FIELDS = [pa.field("judge_key", pa.string()), pa.field("relevant", pa.bool_()), pa.field("judge_label", pa.bool_()),
+                pa.field("judge_status", pa.string()), pa.field("judge_raw", pa.string()),
+                pa.field("judge_backend", pa.string()), pa.field("judge_model", pa.string()),
+                pa.field("judge_prompt_version", pa.string())]
 
 
 @dataclass
 class JudgeConfig:
     """Options of ``lrat judge``."""
 
-    pairs: str = option(help="mined pairs directory (lrat mine output: DIR or DIR/pairs; local or URI)", path=True)
-    output: str = option(help="output directory: pairs/*.parquet with judge columns, report.json (local or URI; "
-                              "'{version}' is replaced by the version key)")
+    output: str = option(help="output directory: pairs/ (or labels/ for --events) and report.json "
+                              "(local or URI; '{version}' is replaced by the version key)")
+    pairs: str | None = option(None, help="mined pairs to label: a lrat mine output directory, its pairs/ "
+                                          "folder or Parquet files (local or URI)", path=True)
+    events: list[str] = option([], help="trajectory files, directories or globs whose browse events to label "
+                                        "(for lrat mine --labels)", path=True)
+    format: str = option("auto", help="--events: trajectory format (as lrat mine --format)")
     backend: str = option("keyword", choices=BACKENDS, help="which judge (see `lrat judge --help` intro)")
-    model: str = option("", help="judge model: HF name/path (transformers, vllm) or served name (openai)")
+    model: str = option("", help="judge model: HF name or path, 'tiny' = the prepared SmolLM2 "
+                                 "(transformers, vllm), or the served name (openai)")
+    prompt: str = option("lrat-official", choices=tuple(PROMPTS),
+                         help="lrat-official: the official rule, reasoning only; query-document: plus query "
+                              "and document start")
+    guided: bool = option(True, help="force the answer to a label (vLLM guided choice, JSON schema for openai)")
+    thinking: bool = option(False, help="the judge thinks first: parse after the last </think>; an unclosed "
+                                        "<think> is unparseable (needs --no-guided and a large budget)")
+    max_new_tokens: int = option(16, help="generation budget (a thinking judge needs thousands)")
+    temperature: float = option(0.0, help="sampling temperature (the official judge used 0.8 with thinking)")
+    document_chars: int = option(1500, help="query-document prompt: characters of the document shown")
+    on_failure: str = option("relevant", choices=FAILURE_POLICIES,
+                             help="label of unparseable answers and failed calls (official: irrelevant)")
+    cache: str | None = option(None, help="judgment cache directory (default: OUTPUT/../judge-cache)", runtime=True)
     endpoint: str = option("http://127.0.0.1:8000/v1", help="openai: base URL of the chat completions API",
                            runtime=True)
     api_key_env: str = option("OPENAI_API_KEY", help="openai: environment variable holding the API key",
                               runtime=True)
-    concurrency: int = option(8, help="openai: requests in flight; vllm and transformers: engine replicas",
-                              runtime=True)
-    batch_size: int = option(32, help="vllm and transformers: prompts per Ray Data batch", runtime=True)
-    resources: dict = option({}, help="vllm and transformers: custom resources per engine replica, e.g. "
-                                      "{\"gpu_stage\": 1}", runtime=True)
-    accelerator_type: str | None = option(None, help="vllm: GPU type the engines need, e.g. H100", runtime=True)
     timeout_s: float = option(120.0, help="openai: timeout of one call", runtime=True)
     retries: int = option(3, help="openai: retries of a failed call (exponential backoff)", runtime=True)
-    max_new_tokens: int = option(1024, help="tokens the judge may generate (thinking models need many)")
-    document_chars: int = option(1500, help="characters of the document shown to the judge")
-    on_failure: str = option("relevant", choices=FAILURE_POLICIES,
-                             help="label for unparseable answers and failed calls")
-    cache: str | None = option(None, help="judgment cache directory (default: OUTPUT/../judge-cache)", runtime=True)
-    gpus_per_replica: float = option(1.0, help="vllm: GPUs per engine replica (tensor parallel size)", runtime=True)
+    concurrency: int = option(8, help="openai: requests in flight per batch; vllm and transformers: engine "
+                                      "replicas", runtime=True)
+    batch_size: int = option(32, help="rows per Ray Data batch (and per vLLM engine call)", runtime=True)
+    gpus_per_replica: int = option(1, help="vllm: GPUs per engine replica (tensor parallel); 0 runs the "
+                                           "engine on one CPU", runtime=True)
+    accelerator_type: str | None = option(None, help="vllm: GPU type the engines need, e.g. H100", runtime=True)
+    resources: dict = option({}, help="custom resources per engine replica (vllm: added to its first bundle), "
+                                      "e.g. {\"gpu_stage\": 1}", runtime=True)
+    max_model_len: int = option(8192, help="vllm: context length of the engine")
+    engine_kwargs: dict = option({}, help="vllm: extra engine arguments (JSON), e.g. {\"max_num_seqs\": 64}",
+                                 runtime=True)
+    start_timeout_s: float = option(900.0, help="fail if the engines have not started after this long "
+                                                "(instead of waiting forever for resources)", runtime=True)
+    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray",
+                                 runtime=True)
+
+    def __post_init__(self):
+        if bool(self.pairs) == bool(self.events):
+            raise ValueError("give exactly one of --pairs (mined pairs) and --events (trajectories)")
+        if self.backend in MODEL_BACKENDS and not self.model:
+            raise ValueError(f"--backend {self.backend} needs --model")
+        if self.thinking and self.guided:
+            raise ValueError("--thinking needs --no-guided: guided decoding leaves no room to think")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.concurrency < 1:
+            raise ValueError("max_new_tokens, batch_size and concurrency must be at least 1")
+
+    @property
+    def prompt_version(self) -> str:
+        return PROMPTS[self.prompt][0]
+
+    @property
+    def model_label(self) -> str:
+        return self.model if self.backend in MODEL_BACKENDS else self.backend
+
+    @property
+    def output_table(self) -> str:
+        return "labels" if self.events else "pairs"
 
 
-def render_prompt(query: str, document: str | None, reasoning: str, document_chars: int = 1500) -> str:
-    return PROMPT_TEMPLATE.format(query=query, document=(document or "(not shown)")[:document_chars],
-                                  reasoning=reasoning or "(the agent wrote nothing)")
+# ---------------------------------------------------------------------------------------------
+# The pure core: prompts, labels, cache keys
+# ---------------------------------------------------------------------------------------------
+
+def render_prompt(config: JudgeConfig, reasoning: str | None, query: str | None = None,
+                  document: str | None = None) -> str:
+    template = PROMPTS[config.prompt][1]
+    return template.format(reasoning=reasoning or "(the agent wrote nothing)", query=query or "",
+                           document=(document or "(not shown)")[:config.document_chars])
 
 
-def parse_label(answer: str | None) -> bool | None:
+def parse_label(answer: str | None, thinking: bool = False) -> bool | None:
     """``RELEVANT`` -> True, ``NOT_RELEVANT`` -> False, anything else -> None.
 
-    Thinking models' ``<think>...</think>`` is ignored; the verdict is the last label word in the
-    answer, case-insensitive, so "NOT RELEVANT", "**RELEVANT**" and "Answer: NOT_RELEVANT" parse.
+    Only the text after the last ``</think>`` counts; with ``thinking`` an answer without one
+    (thinking cut off by the budget) is unparseable, and so is any answer with an unclosed
+    ``<think>``. The verdict is the last label word, case-insensitive, so "NOT RELEVANT",
+    "**RELEVANT**", ``{"label": "NOT_RELEVANT"}`` and "Answer: irrelevant" parse.
     """
     if not answer:
         return None
-    text = _THINK.sub(" ", answer).upper().replace("NOT RELEVANT", "NOT_RELEVANT").replace("IRRELEVANT", "NOT_RELEVANT")
-    words = re.findall(r"NOT_RELEVANT|RELEVANT", text)
-    if not words:
+    closed = answer.rfind("</think>")
+    if closed >= 0:
+        answer = answer[closed + len("</think>"):]
+    elif thinking or "<think>" in answer:
         return None
-    return words[-1] == "RELEVANT"
+    text = answer.upper().replace("NOT RELEVANT", "NOT_RELEVANT").replace("IRRELEVANT", "NOT_RELEVANT")
+    words = re.findall(r"NOT_RELEVANT|RELEVANT", text)
+    return None if not words else words[-1] == "RELEVANT"
 
 
-def keyword_label(reasoning: str) -> bool:
+def keyword_label(reasoning: str | None) -> bool:
     text = (reasoning or "").lower().replace("’", "'")
     return not any(phrase in text for phrase in NEGATIVE_PHRASES)
 
 
-def cache_key(row: dict, model: str) -> str:
-    parts = [PROMPT_VERSION, model, row["query"], row["positive_id"], row["reasoning"] or ""]
+def judge_key(config: JudgeConfig, prompt: str) -> str:
+    """Cache key: everything that determines the answer."""
+    parts = [config.prompt_version, config.model, config.guided, config.thinking, config.max_new_tokens,
+             config.temperature, prompt]
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()[:32]
 
 
+def _document(row: dict) -> str | None:
+    return row.get("positive_text", row.get("document_text"))
+
+
+def add_prompts(batch: pa.Table, config: JudgeConfig) -> pa.Table:
+    """``judge_prompt`` and ``judge_key`` for each row (pairs or browse events)."""
+    rows = batch.select([c for c in ("query", "reasoning", "positive_text", "document_text")
+                         if c in batch.column_names]).to_pylist()
+    prompts = [render_prompt(config, r.get("reasoning"), r.get("query"), _document(r)) for r in rows]
+    return (batch.append_column("judge_prompt", pa.array(prompts, pa.string()))
+            .append_column("judge_key", pa.array([judge_key(config, p) for p in prompts], pa.string())))
+
+
+def output_schema(input_schema: pa.Schema) -> pa.Schema:
+    """The input's columns (a stage's judge columns replaced), then ``judge_key`` and the judge columns."""
+    replaced = {f.name for f in JUDGE_FIELDS}
+    fields = [f for f in input_schema if f.name not in replaced]
+    return pa.schema(fields + JUDGE_FIELDS)
+
+
+def label_rows(batch: pa.Table, config: JudgeConfig, schema: pa.Schema, labels: list[bool | None],
+               statuses: list[str], raws: list[str | None]) -> pa.Table:
+    """The rows with the judge columns, in ``schema`` (:func:`output_schema`); ``relevant``
+    follows the label, else the failure policy."""
+    fallback = config.on_failure == "relevant"
+    n = batch.num_rows
+    judged = {"relevant": [label if label is not None else (True if status == "not_judged" else fallback)
+                           for label, status in zip(labels, statuses)],
+              "judge_label": labels, "judge_status": statuses, "judge_raw": raws,
+              "judge_backend": [config.backend] * n, "judge_model": [config.model_label] * n,
+              "judge_prompt_version": [config.prompt_version] * n}
+    columns = []
+    for field in schema:
+        if field.name in judged:
+            columns.append(pa.array(judged[field.name], field.type))
+        elif field.name in batch.column_names:
+            # Row-wise engines hand columns back re-inferred (int64, null-typed): restore the input's types.
+            columns.append(batch.column(field.name).cast(field.type))
+        else:
+            columns.append(pa.nulls(n, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def label_without_model(batch: pa.Table, config: JudgeConfig, schema: pa.Schema) -> pa.Table:
+    """The ``none`` and ``keyword`` backends."""
+    n = batch.num_rows
+    if config.backend == "none":
+        return label_rows(batch, config, schema, [None] * n, ["not_judged"] * n, [None] * n)
+    labels = [keyword_label(r) for r in batch.column("reasoning").to_pylist()]
+    return label_rows(batch, config, schema, labels, ["ok"] * n, [None] * n)
+
+
+def label_answers(batch: pa.Table, config: JudgeConfig, schema: pa.Schema) -> pa.Table:
+    """Parse ``judge_answer`` (or count ``judge_error``) of each row."""
+    answers = batch.column("judge_answer").to_pylist()
+    errors = batch.column("judge_error").to_pylist()
+    labels, statuses, raws = [], [], []
+    for answer, error in zip(answers, errors):
+        if error:
+            labels.append(None), statuses.append("failed"), raws.append(error)
+            continue
+        label = parse_label(answer, config.thinking)
+        labels.append(label), statuses.append("ok" if label is not None else "unparseable"), raws.append(answer)
+    return label_rows(batch, config, schema, labels, statuses, raws)
+
+
+def label_cached(batch: pa.Table, config: JudgeConfig, schema: pa.Schema) -> pa.Table:
+    n = batch.num_rows
+    return label_rows(batch, config, schema, batch.column("cached_label").to_pylist(), ["cached"] * n,
+                      batch.column("cached_raw").to_pylist())
+
+
 # ---------------------------------------------------------------------------------------------
-# Backends: a list of prompts in, a list of raw answers (or exceptions) out
+# Model backends: a dataset with judge_prompt in, the same rows with judge_answer/judge_error out
 # ---------------------------------------------------------------------------------------------
 
-async def _openai_answers(prompts: list[str], config: JudgeConfig) -> list[str | Exception]:
-    import httpx
-
-    key = os.environ.get(config.api_key_env, "")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    semaphore = asyncio.Semaphore(config.concurrency)
-
-    async def one(client, prompt):
-        payload = {"model": config.model, "messages": [{"role": "user", "content": prompt}],
-                   "temperature": 0.0, "max_tokens": config.max_new_tokens}
-        last: Exception | None = None
-        for attempt in range(config.retries + 1):
-            async with semaphore:
-                try:
-                    response = await client.post("/chat/completions", json=payload)
-                    if response.status_code < 500 and response.status_code != 429:
-                        response.raise_for_status()
-                        return response.json()["choices"][0]["message"]["content"] or ""
-                    last = RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
-                except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
-                    last = exc
-            await asyncio.sleep(min(2 ** attempt * 0.25, 8))
-        return last
-
-    async with httpx.AsyncClient(base_url=config.endpoint.rstrip("/"), headers=headers,
-                                 timeout=config.timeout_s) as client:
-        return list(await asyncio.gather(*(one(client, p) for p in prompts)))
+def _messages(prompt: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}]
 
 
-class _TransformersJudge:
-    """Ray Data actor: a local causal LM, greedy decoding."""
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:1000]
+
+
+class OpenAIAnswers:
+    """Ray Data UDF: one batch of prompts to an OpenAI-compatible endpoint, ``concurrency`` at a time."""
+
+    def __init__(self, config: dict):
+        from lrat_ray.llm_client import ChatClient, ChatEndpoint
+
+        self.config = JudgeConfig(**config)
+        c = self.config
+        self.client = ChatClient(ChatEndpoint(c.endpoint, c.model, c.api_key_env, c.timeout_s, c.retries))
+        self.params = {"temperature": c.temperature, "max_tokens": c.max_new_tokens}
+        if c.guided:
+            self.params["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "verdict", "strict": True, "schema": {
+                    "type": "object", "properties": {"label": {"type": "string", "enum": list(LABELS)}},
+                    "required": ["label"], "additionalProperties": False}}}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        results = asyncio.run(self._answers(batch.column("judge_prompt").to_pylist()))
+        answers = [r if isinstance(r, str) else None for r in results]
+        errors = [None if isinstance(r, str) else _error_text(r) for r in results]
+        return (batch.append_column("judge_answer", pa.array(answers, pa.string()))
+                .append_column("judge_error", pa.array(errors, pa.string())))
+
+    async def _answers(self, prompts: list[str]) -> list:
+        semaphore = asyncio.Semaphore(self.config.concurrency)
+        async with self.client.async_session() as session:
+            async def one(prompt):
+                async with semaphore:
+                    message = await self.client.chat(_messages(prompt), session, **self.params)
+                    return message.get("content") or ""
+
+            return await asyncio.gather(*(one(p) for p in prompts), return_exceptions=True)
+
+
+class TransformersAnswers:
+    """Ray Data actor: a local causal LM with greedy decoding (chat template when it has one)."""
 
     def __init__(self, model: str, max_new_tokens: int):
         import torch
@@ -177,128 +359,116 @@ class _TransformersJudge:
         self.model.to(self.device)
         self.max_new_tokens = max_new_tokens
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        answers, errors = [], []
+        for prompt in batch.column("judge_prompt").to_pylist():
+            try:
+                answers.append(self._generate(prompt)), errors.append(None)
+            except Exception as exc:  # one bad row is counted as failed, never the whole job
+                answers.append(None), errors.append(_error_text(exc))
+        return (batch.append_column("judge_answer", pa.array(answers, pa.string()))
+                .append_column("judge_error", pa.array(errors, pa.string())))
+
+    def _generate(self, prompt: str) -> str:
         import torch
 
-        answers = []
-        for prompt in batch["prompt"]:
-            if self.tokenizer.chat_template:
-                text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                          add_generation_prompt=True)
-            else:
-                text = prompt + "\nAnswer:"
-            inputs = self.tokenizer(text, return_tensors="pt").to(self.device)
-            with torch.inference_mode():
-                out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-            answers.append(self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-        return {"key": batch["key"], "answer": answers}
+        if self.tokenizer.chat_template:
+            text = self.tokenizer.apply_chat_template(_messages(prompt), tokenize=False, add_generation_prompt=True)
+        else:
+            text = prompt + "\nAnswer:"
+        inputs = self.tokenizer(text, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+        return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def _ray_data_answers(rows: list[dict], config: JudgeConfig) -> dict[str, str | Exception]:
+def vllm_processor_config(config: JudgeConfig, model_path: str):
+    """The ``ray.data.llm`` engine settings for ``config`` (GPU bundles, or one CPU bundle)."""
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    engine_kwargs = {"max_model_len": config.max_model_len}
+    if config.gpus_per_replica:
+        engine_kwargs["tensor_parallel_size"] = config.gpus_per_replica
+        bundles = [{"GPU": 1, "CPU": 1} for _ in range(config.gpus_per_replica)]
+    else:
+        # vLLM on CPU: bf16, no graph capture, a small KV cache (it would claim most of the RAM).
+        engine_kwargs.update(dtype="bfloat16", enforce_eager=True, kv_cache_memory_bytes=256 << 20, max_num_seqs=16)
+        bundles = [{"CPU": 1}]
+    bundles[0] = {**bundles[0], **config.resources}
+    engine_kwargs.update(config.engine_kwargs)
+    light = {"num_cpus": LIGHT_CPUS}
+    return vLLMEngineProcessorConfig(
+        model_source=model_path, batch_size=config.batch_size, concurrency=config.concurrency,
+        accelerator_type=config.accelerator_type if config.gpus_per_replica else None,
+        placement_group_config={"bundles": bundles}, engine_kwargs=engine_kwargs,
+        should_continue_on_error=True,
+        chat_template_stage={"enabled": True, **light}, tokenize_stage={"enabled": True, **light},
+        detokenize_stage={"enabled": True, **light},
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}})
+
+
+def _vllm_request(row: dict, sampling: dict) -> dict:
+    return {**row, "messages": _messages(row["judge_prompt"]), "sampling_params": sampling}
+
+
+def _vllm_result(row: dict) -> dict:
+    error = row.pop("__inference_error__", "") or None
+    answer = None if error else row.get("generated_text")
+    out = {k: v for k, v in row.items() if k not in _VLLM_COLUMNS}
+    return {**out, "judge_answer": answer, "judge_error": error}
+
+
+_VLLM_COLUMNS = {"messages", "sampling_params", "generated_text", "generated_tokens", "prompt", "prompt_token_ids",
+                 "num_generated_tokens", "num_input_tokens", "embeddings", "request_id", "params", "metrics",
+                 "time_taken_llm", "generated_logprobs", "prompt_logprobs", "batch_uuid"}
+
+
+def answer_dataset(ds, config: JudgeConfig):
+    """Run the model backend over ``ds`` (rows with ``judge_prompt``)."""
     import ray
 
-    ds = ray.data.from_items([{"key": r["key"], "prompt": r["prompt"]} for r in rows])
-    if config.backend == "transformers":
-        from lrat_ray.runtime import actor_resources, remote_args
+    from lrat_ray.runtime import actor_resources, remote_args
+    from lrat_ray.tiny_llm import resolve_llm
 
-        per_replica = actor_resources(1, 0, config.resources)
-        ds = ds.map_batches(_TransformersJudge, batch_size=config.batch_size,
-                            compute=ray.data.ActorPoolStrategy(size=config.concurrency),
-                            **remote_args(per_replica),
-                            fn_constructor_kwargs={"model": config.model, "max_new_tokens": config.max_new_tokens})
-    else:
-        ds = _vllm_processor(config)(ds)
-    return {r["key"]: r["answer"] for r in ds.take_all()}
-
-
-def _vllm_processor(config: JudgeConfig):
-    """vLLM engines on GPUs via ray.data.llm; needs vllm (cluster/runtime_env_vllm.yaml installs it)."""
-    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
-
-    processor_config = vLLMEngineProcessorConfig(
-        model_source=config.model, concurrency=config.concurrency, batch_size=config.batch_size,
-        resources_per_bundle={"GPU": 1, **config.resources} if config.resources else None,
-        accelerator_type=config.accelerator_type,
-        engine_kwargs={"max_model_len": 16384, "tensor_parallel_size": max(1, int(config.gpus_per_replica))})
-    return build_processor(
-        processor_config,
-        preprocess=lambda row: {"messages": [{"role": "user", "content": row["prompt"]}],
-                                "sampling_params": {"temperature": 0.0, "max_tokens": config.max_new_tokens},
-                                "key": row["key"]},
-        postprocess=lambda row: {"key": row["key"], "answer": row.get("generated_text", "")},
-    )
-
-
-def answer_prompts(rows: list[dict], config: JudgeConfig) -> dict[str, str | Exception]:
-    """Raw answers by cache key for ``rows`` (each with ``key`` and ``prompt``)."""
-    if not rows:
-        return {}
     if config.backend == "openai":
-        answers = asyncio.run(_openai_answers([r["prompt"] for r in rows], config))
-        return {r["key"]: a for r, a in zip(rows, answers)}
-    if config.backend in ("transformers", "vllm"):
-        from lrat_ray.runtime import init_ray
+        return ds.map_batches(OpenAIAnswers, batch_size=config.batch_size, batch_format="pyarrow",
+                              compute=ray.data.ActorPoolStrategy(size=1), num_cpus=LIGHT_CPUS,
+                              fn_constructor_kwargs={"config": dataclasses.asdict(config)})
+    model = resolve_llm(config.model)
+    if config.backend == "transformers":
+        per_replica = actor_resources(1, 0, config.resources)
+        return ds.map_batches(TransformersAnswers, batch_size=config.batch_size, batch_format="pyarrow",
+                              compute=ray.data.ActorPoolStrategy(size=config.concurrency), **remote_args(per_replica),
+                              fn_constructor_kwargs={"model": model, "max_new_tokens": config.max_new_tokens})
+    from ray.data.llm import build_processor
 
-        init_ray()
-        return _ray_data_answers(rows, config)
-    raise ValueError(f"backend {config.backend!r} does not call a model")
+    sampling = {"temperature": config.temperature, "max_tokens": config.max_new_tokens}
+    if config.guided:
+        sampling["structured_outputs"] = {"choice": list(LABELS)}
+    processor = build_processor(vllm_processor_config(config, model),
+                                preprocess=lambda row: _vllm_request(row, sampling), postprocess=_vllm_result,
+                                preprocess_map_kwargs={"num_cpus": LIGHT_CPUS},
+                                postprocess_map_kwargs={"num_cpus": LIGHT_CPUS})
+    return processor(ds)
 
 
 # ---------------------------------------------------------------------------------------------
 # The stage
 # ---------------------------------------------------------------------------------------------
 
-def judge_rows(rows: list[dict], config: JudgeConfig, cache: dict[str, dict]) -> tuple[list[dict], dict, dict]:
-    """Label ``rows`` (pair dicts); returns (labelled rows, new cache entries, counts)."""
-    counts = {"pairs": len(rows), "ok": 0, "cached": 0, "unparseable": 0, "failed": 0, "not_judged": 0}
-    model = config.model if config.backend in ("openai", "transformers", "vllm") else config.backend
-    fresh: dict[str, dict] = {}
-    pending = []
-    for row in rows:
-        row["judge_backend"], row["judge_model"], row["judge_prompt_version"] = config.backend, model, PROMPT_VERSION
-        if config.backend == "none":
-            row.update(judge_label=None, judge_status="not_judged", judge_raw=None, relevant=True)
-            counts["not_judged"] += 1
-        elif config.backend == "keyword":
-            label = keyword_label(row["reasoning"])
-            row.update(judge_label=label, judge_status="ok", judge_raw=None, relevant=label)
-            counts["ok"] += 1
-        else:
-            key = cache_key(row, model)
-            if key in cache:
-                row.update(judge_label=cache[key]["label"], judge_status="cached", judge_raw=cache[key]["raw"])
-                counts["cached"] += 1
-            else:
-                row["_key"] = key
-                pending.append({"key": key, "prompt": render_prompt(row["query"], row.get("positive_text"),
-                                                                      row["reasoning"], config.document_chars)})
-    answers = answer_prompts(_unique_by_key(pending), config) if pending else {}
-    for row in rows:
-        key = row.pop("_key", None)
-        if key is None:
-            continue
-        answer = answers.get(key)
-        if isinstance(answer, Exception) or answer is None:
-            row.update(judge_label=None, judge_status="failed", judge_raw=repr(answer))
-            counts["failed"] += 1
-            continue
-        label = parse_label(answer)
-        row.update(judge_label=label, judge_status="ok" if label is not None else "unparseable", judge_raw=answer)
-        counts["ok" if label is not None else "unparseable"] += 1
-        if label is not None:
-            fresh[key] = {"label": label, "raw": answer}
-    for row in rows:
-        if row["judge_status"] in ("ok", "cached"):
-            row["relevant"] = row["judge_label"]
-        elif row["judge_status"] in ("unparseable", "failed"):
-            row["relevant"] = config.on_failure == "relevant"
-    counts["relevant"] = sum(1 for r in rows if r["relevant"])
-    counts["irrelevant"] = len(rows) - counts["relevant"]
-    return rows, fresh, counts
-
-
-def _unique_by_key(pending: list[dict]) -> list[dict]:
-    return list({p["key"]: p for p in pending}.values())
+def pairs_source(pairs: str) -> str:
+    """The Parquet files of a mined-pairs input: a stage directory, its pairs/ folder or files."""
+    candidates = [pairs] if pairs.rstrip("/").endswith("/pairs") or pairs.endswith(".parquet") \
+        else [storage.join(pairs, "pairs"), pairs]
+    for candidate in candidates:
+        if storage.exists(candidate):
+            try:
+                storage.expand_inputs([candidate], suffixes=(".parquet",))
+                return candidate
+            except LratError:
+                continue
+    raise LratError(f"no mined pairs at {pairs}: expected a lrat mine output directory, its pairs/ folder "
+                    "or Parquet files")
 
 
 def default_cache(output: str) -> str:
@@ -308,56 +478,195 @@ def default_cache(output: str) -> str:
     return storage.join(parent, "judge-cache")
 
 
-def load_cache(directory: str) -> dict[str, dict]:
-    cache: dict[str, dict] = {}
-    if not storage.exists(directory):
-        return cache
+def _cache_files(cache: str) -> list[str]:
+    if not storage.exists(cache):
+        return []
     try:
-        files = storage.expand_inputs([directory], suffixes=(".jsonl",))
+        return storage.expand_inputs([cache], suffixes=(".parquet",))
     except LratError:  # a cache directory with no entries yet
-        return cache
-    for uri in files:
-        for line in storage.read_bytes(uri).decode("utf-8").split("\n"):
-            if line.strip():
-                entry = json.loads(line)
-                cache[entry["key"]] = entry
-    return cache
+        return []
+
+
+def _files_dataset(files: list[str]):
+    """One row per file. Ray Data's own readers list files in a task that needs a whole CPU, which
+    a small node running an engine never has free; a file list needs none."""
+    import ray
+
+    return ray.data.from_items([{"file": f} for f in files], override_num_blocks=max(1, min(len(files), MAX_READ_TASKS)))
+
+
+def _light(ds, fn, **kwargs):
+    return ds.map_batches(fn, batch_format="pyarrow", num_cpus=LIGHT_CPUS, **kwargs)
+
+
+def read_parquet_files(files: list[str]):
+    """The rows of ``files`` (any pyarrow filesystem) as a Ray Dataset, one file per read."""
+    return _light(_files_dataset(files), _read_tables, batch_size=None)
+
+
+def _read_tables(batch: pa.Table) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    tables = []
+    for uri in batch.column("file").to_pylist():
+        fs, path = storage.resolve(uri)
+        tables.append(pq.read_table(path, filesystem=fs))
+    return pa.concat_tables(tables)
+
+
+def _events_dataset(config: JudgeConfig):
+    return _light(_files_dataset(storage.expand_inputs(config.events)), _file_events, batch_size=None,
+                  fn_kwargs={"fmt": config.format})
+
+
+EVENT_SCHEMA = pa.schema([("trajectory_id", pa.string()), ("browse_turn", pa.int32()), ("doc_id", pa.string()),
+                          ("reasoning", pa.string()), ("document_text", pa.string()), ("query", pa.string()),
+                          ("source", pa.string())])
+
+
+def _file_events(batch: pa.Table, fmt: str) -> pa.Table:
+    from lrat_ray.adapters import read_trajectories
+    from lrat_ray.errors import RecordError
+    from lrat_ray.mining import browse_events
+
+    events = []
+    for uri in batch.column("file").to_pylist():
+        for _, traj in read_trajectories(uri, fmt):
+            if isinstance(traj, RecordError):  # lrat mine counts bad records; there is nothing here to judge
+                continue
+            events.extend({**dataclasses.asdict(e), "source": uri} for e in browse_events(traj))
+    return pa.Table.from_pylist(events, schema=EVENT_SCHEMA)
+
+
+def _input(config: JudgeConfig):
+    """The rows to judge as a Ray Dataset, and their Arrow schema."""
+    import pyarrow.parquet as pq
+
+    if config.events:
+        return _events_dataset(config), EVENT_SCHEMA
+    files = storage.expand_inputs([pairs_source(config.pairs)], suffixes=(".parquet",))
+    fs, path = storage.resolve(files[0])
+    return read_parquet_files(files), pq.read_schema(path, filesystem=fs)
+
+
+def _only(batch: pa.Table, column: str, valid: bool) -> pa.Table:
+    mask = pc.is_valid(batch.column(column))
+    return batch.filter(mask if valid else pc.invert(mask))
+
+
+def _uncached(batch: pa.Table) -> pa.Table:
+    return _only(batch, "cached_label", False).drop_columns(["cached_label", "cached_raw"])
+
+
+def _write(ds, directory: str, prefix: str, min_rows_per_file: int | None = None) -> None:
+    from ray.data.datasource import FilenameProvider
+
+    fs, path = storage.resolve(directory)
+    ds.write_parquet(path, filesystem=fs, filename_provider=FilenameProvider(prefix, "parquet"),
+                     min_rows_per_file=min_rows_per_file, ray_remote_args={"num_cpus": LIGHT_CPUS})
+
+
+def _judge_with_model(items, config: JudgeConfig, schema: pa.Schema, tmp: str, scratch: str) -> int:
+    """Cached rows from the cache, the rest through the model; returns how many were cached before."""
+
+    cache = config.cache or default_cache(config.output)
+    cached = _cache_files(cache)
+    pending = items
+    if cached:
+        joined_dir = storage.join(scratch, "joined")
+        _write(items.join(read_parquet_files(cached), "left_outer", num_partitions=max(1, min(16, len(cached) * 2)),
+                          on=("judge_key",)), joined_dir, "joined")
+        joined = read_parquet_files(storage.expand_inputs([joined_dir], suffixes=(".parquet",)))
+        _write(_light(_light(joined, _only, fn_args=("cached_label", True)), label_cached, fn_args=(config, schema)),
+               tmp, "cached")
+        pending = _light(joined, _uncached)
+        if pending.count() == 0:  # everything was cached: no engine to start
+            return len(cached)
+    answered = answer_dataset(pending, config)
+    _write(_light(answered, label_answers, fn_args=(config, schema)), tmp, "judged")
+    _extend_cache(tmp, cache)
+    return len(cached)
+
+
+def _extend_cache(tmp: str, cache: str) -> None:
+    """New parsed answers -> one more cache file per write task (distinct keys within this run)."""
+
+    files = [f for f in storage.expand_inputs([tmp], suffixes=(".parquet",))
+             if os.path.basename(f).startswith("judged_")]
+    if not files:
+        return
+    fresh = (_light(read_parquet_files(files), _only_ok)
+             .groupby("judge_key").map_groups(_first_entry, batch_format="pyarrow"))
+    staged = storage.temp_sibling(storage.join(cache, "entries"))
+    _write(fresh, staged, "cache", min_rows_per_file=CACHE_ROWS_PER_FILE)
+    for uri in storage.expand_inputs([staged], suffixes=(".parquet",)) if storage.exists(staged) else []:
+        data = storage.read_bytes(uri)
+        storage.write_bytes_atomic(storage.join(cache, os.path.basename(uri)), data)
+    storage.remove_dir(staged)
+
+
+def _only_ok(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.equal(batch.column("judge_status"), "ok")).select(["judge_key", "judge_label", "judge_raw"])
+
+
+def _first_entry(group: pa.Table) -> pa.Table:
+    first = group.slice(0, 1)
+    return pa.table({"judge_key": first.column("judge_key"), "cached_label": first.column("judge_label"),
+                     "cached_raw": first.column("judge_raw")})
+
+
+def _counts(tmp: str) -> dict:
+    files = storage.expand_inputs([tmp], suffixes=(".parquet",))
+    rows = (_light(read_parquet_files(files), lambda t: t.select(["judge_status", "relevant"]))
+            .groupby(["judge_status", "relevant"]).count().take_all())
+    counts = {"rows": 0, "ok": 0, "cached": 0, "unparseable": 0, "failed": 0, "not_judged": 0,
+              "relevant": 0, "irrelevant": 0}
+    for row in rows:
+        n = row["count()"]
+        counts["rows"] += n
+        counts[row["judge_status"]] += n
+        counts["relevant" if row["relevant"] else "irrelevant"] += n
+    return counts
 
 
 def run_judge(config: JudgeConfig) -> dict:
-    """Judge every pair of ``config.pairs``; writes OUTPUT/pairs/*.parquet and OUTPUT/report.json."""
-    import pyarrow as pa
-    import pyarrow.dataset as pads
+    """Judge every pair (or browse event); writes OUTPUT/pairs (or labels) and OUTPUT/report.json."""
+    from ray.data import DataContext
 
-    from lrat_ray.pairs import PAIR_SCHEMA
+    from lrat_ray.runtime import init_ray
 
-    if config.backend in ("openai", "transformers", "vllm") and not config.model:
-        raise LratError(f"--backend {config.backend} needs --model")
     started = time.time()
-    source = config.pairs if config.pairs.rstrip("/").endswith("/pairs") else storage.join(config.pairs, "pairs")
-    if not storage.exists(source):
-        raise LratError(f"no pairs directory at {source}")
-    fs, path = storage.resolve(source)
-    rows = pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pylist()
-    cache_dir = config.cache or default_cache(config.output)
-    cache = load_cache(cache_dir)
-    rows, fresh, counts = judge_rows(rows, config, cache)
-    if fresh:
-        lines = "".join(json.dumps({"key": k, **v}, ensure_ascii=False) + "\n" for k, v in fresh.items())
-        storage.write_bytes_atomic(storage.join(cache_dir, f"{int(time.time() * 1000)}-{os.getpid()}.jsonl"),
-                                   lines.encode())
-    schema = PAIR_SCHEMA
-    for name, kind in (("judge_label", pa.bool_()), ("judge_status", pa.string()), ("judge_raw", pa.string()),
-                       ("judge_backend", pa.string()), ("judge_model", pa.string()),
-                       ("judge_prompt_version", pa.string())):
-        schema = schema.append(pa.field(name, kind))
-    table = pa.Table.from_pylist(rows, schema=schema)
-    tmp = storage.temp_sibling(storage.join(config.output, "pairs"))
-    storage.write_table_atomic(storage.join(tmp, "part-0.parquet"), table)
-    storage.publish_dir(tmp, storage.join(config.output, "pairs"))
-    prompt_hash = hashlib.sha256(PROMPT_TEMPLATE.encode()).hexdigest()[:16]
-    report = {**counts, "backend": config.backend, "model": config.model, "prompt_version": PROMPT_VERSION,
-              "prompt_sha256": prompt_hash, "on_failure": config.on_failure, "cache": cache_dir,
-              "config": dataclasses.asdict(config), "wall_seconds": round(time.time() - started, 2)}
+    if config.pairs:
+        pairs_source(config.pairs)  # fail before Ray on a wrong input
+    else:
+        storage.expand_inputs(config.events)
+    init_ray(config.address)
+    # An engine that cannot be placed (no GPU, too few CPUs) fails the stage instead of waiting forever.
+    DataContext.get_current().wait_for_min_actors_s = config.start_timeout_s
+    final = storage.join(config.output, config.output_table)
+    tmp = storage.temp_sibling(final)
+    scratch = storage.temp_sibling(storage.join(config.output, "scratch"))
+    rows, input_schema = _input(config)
+    schema = output_schema(input_schema)
+    items = _light(rows, add_prompts, fn_args=(config,))
+    cached_entries = 0
+    try:
+        if config.backend in MODEL_BACKENDS:
+            cached_entries = _judge_with_model(items, config, schema, tmp, scratch)
+        else:
+            _write(_light(items, label_without_model, fn_args=(config, schema)), tmp, "judged")
+        if not storage.exists(tmp):  # no rows at all: an empty table still says what the columns are
+            storage.write_table_atomic(storage.join(tmp, "judged_empty.parquet"), schema.empty_table())
+        counts = _counts(tmp)
+    finally:
+        storage.remove_dir(scratch)
+    storage.publish_dir(tmp, final)
+    prompt_hash = hashlib.sha256(PROMPTS[config.prompt][1].encode()).hexdigest()[:16]
+    report = {config.output_table: counts.pop("rows"), **counts, "backend": config.backend,
+              "model": config.model_label, "prompt": config.prompt, "prompt_version": config.prompt_version,
+              "prompt_sha256": prompt_hash, "on_failure": config.on_failure,
+              "cache": (config.cache or default_cache(config.output)) if config.backend in MODEL_BACKENDS else None,
+              "cache_files_before": cached_entries, "config": dataclasses.asdict(config),
+              "wall_seconds": round(time.time() - started, 2)}
     storage.write_json_atomic(storage.join(config.output, "report.json"), report)
     return report

@@ -34,7 +34,8 @@ from lrat_ray import __version__, storage
 from lrat_ray.adapters import FORMATS, read_trajectories
 from lrat_ray.config import option
 from lrat_ray.errors import LratError, RecordError
-from lrat_ray.mining import NEGATIVE_MODES, LengthMeasure, MiningOptions, character_lengths, mine_trajectories
+from lrat_ray.mining import (NEGATIVE_MODES, BrowseEvent, Judge, LengthMeasure, MiningOptions, character_lengths,
+                             mine_trajectories)
 from lrat_ray.pairs import PAIR_SCHEMA, add_weights, iter_lrat_jsonl, pairs_to_table
 from lrat_ray.stats import StatsAccumulator
 from lrat_ray.weighting import ZERO_LENGTH_POLICIES, LengthHistogram, fit_weights
@@ -65,6 +66,8 @@ class MineConfig:
     zero_length: str = option("formula", choices=ZERO_LENGTH_POLICIES,
                               help="pairs with empty reasoning: formula (weight 0) or neutral "
                                    "(weight 1, left out of beta/mu as the official builder does)")
+    labels: str | None = option(None, help="judge labels of the browse events (lrat judge --events output): mine "
+                                           "with them, as the official builder mines with its judge", path=True)
     export: str | None = option(None, choices=("lrat-jsonl",),
                                 help="also write DIR/lrat_pairs.jsonl in the official LRAT release schema")
     corpus: list[str] = option([], help="corpus files (BEIR JSONL or Parquet) giving document texts for "
@@ -92,7 +95,7 @@ class MineConfig:
 
     def content_key(self) -> str:
         """Hash of what determines the staged (unweighted) pairs, for reusing finished groups."""
-        keyed = {k: getattr(self, k) for k in ("format", "negatives", "exclude_browsed", "tokenizer")}
+        keyed = {k: getattr(self, k) for k in ("format", "negatives", "exclude_browsed", "tokenizer", "labels")}
         keyed["version"] = __version__
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -126,12 +129,47 @@ def length_measure(tokenizer: str) -> LengthMeasure:
 # The pure part: one group of files -> staged pairs + summary
 # ---------------------------------------------------------------------------------------------
 
+def labels_source(labels: str) -> str:
+    """The label files of a ``lrat judge --events`` output directory (or its labels/ folder)."""
+    for candidate in (storage.join(labels, "labels"), labels):
+        if storage.exists(candidate):
+            try:
+                storage.expand_inputs([candidate], suffixes=(".parquet",))
+                return candidate
+            except LratError:
+                continue
+    raise LratError(f"no judge labels at {labels}: expected the output of lrat judge --events")
+
+
+def label_judge(labels: str, trajectory_ids: list[str]) -> Judge:
+    """A judge that looks the browse events of ``trajectory_ids`` up in ``labels``; an event the
+    labels lack is an error (the labels were made from other trajectories)."""
+    import pyarrow.dataset as pads
+
+    fs, path = storage.resolve(labels_source(labels))
+    table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
+        columns=["trajectory_id", "browse_turn", "relevant"],
+        filter=pads.field("trajectory_id").isin(sorted(set(trajectory_ids))))
+    known = {(t, int(b)): bool(r) for t, b, r in zip(*(table.column(c).to_pylist()
+                                                         for c in ("trajectory_id", "browse_turn", "relevant")))}
+
+    def judge(event: BrowseEvent) -> bool:
+        try:
+            return known[(event.trajectory_id, event.browse_turn)]
+        except KeyError:
+            raise LratError(f"{labels}: no judge label for trajectory {event.trajectory_id!r} browse turn "
+                            f"{event.browse_turn}; judge these trajectories with lrat judge --events") from None
+
+    return judge
+
+
 def mine_file_group(files: list[str], options: MiningOptions, measure: LengthMeasure,
-                    fmt: str = "auto", strict: bool = False) -> tuple[pa.Table, dict]:
+                    fmt: str = "auto", strict: bool = False, labels: str | None = None) -> tuple[pa.Table, dict]:
     """Mine every record of ``files``; returns the unweighted pairs and a summary.
 
     With ``strict`` a bad record raises :class:`RecordError`; otherwise it is counted under its
-    reason and the first few are kept as examples.
+    reason and the first few are kept as examples. With ``labels`` each browse gets the judge label
+    recorded for it (:func:`label_judge`).
     """
     tables, skipped, examples = [], Counter(), []
     summary = {"records_read": 0, "records_used": 0, "unattributed_browses": 0, "duplicate_browses": 0}
@@ -150,7 +188,8 @@ def mine_file_group(files: list[str], options: MiningOptions, measure: LengthMea
             summary["records_used"] += 1
             stats.add(traj)
             trajectories.append(traj)
-        result = mine_trajectories(trajectories, options, measure)
+        judge = label_judge(labels, [t.id for t in trajectories]) if labels and trajectories else None
+        result = mine_trajectories(trajectories, options, measure, judge)
         summary["unattributed_browses"] += result.unattributed_browses
         summary["duplicate_browses"] += result.duplicate_browses
         histogram = histogram.merge(LengthHistogram.of(p.reasoning_length for p in result.pairs))
@@ -186,8 +225,8 @@ class _MineGroups:
             return json.loads(storage.read_bytes(summary_uri))
         try:
             table, summary = mine_file_group(files, self.config.mining_options, self.measure,
-                                             self.config.format, self.config.strict)
-        except RecordError as exc:
+                                             self.config.format, self.config.strict, self.config.labels)
+        except LratError as exc:
             return {"error": str(exc), "files": files}
         summary["shard"] = storage.join(self.staging, f"{key}.parquet") if table.num_rows else None
         if summary["shard"]:
@@ -213,6 +252,8 @@ def run_mine(config: MineConfig) -> dict:
     started = time.time()
     files = storage.expand_inputs(config.input)
     length_measure(config.tokenizer)  # fail fast, before any Ray work, on a tokenizer that does not load
+    if config.labels:
+        labels_source(config.labels)
     init_ray(config.address)
     per_worker = actor_resources(config.cpus_per_worker, 0, config.resources)
     workers = fit_workers(config.workers, per_worker, "mine")

@@ -66,6 +66,7 @@ class BrowseEvent:
     doc_id: str
     reasoning: str
     document_text: str | None
+    query: str | None = None  # the latest search's query before the browse (None: no search yet)
 
 
 @dataclass
@@ -131,6 +132,19 @@ def post_browse_reasoning(steps: Sequence[Step], browse_turn: int) -> str:
     if nxt < len(steps) and steps[nxt].kind == THINK:
         return steps[nxt].text or ""
     return ""
+
+
+def browse_events(traj: Trajectory) -> list[BrowseEvent]:
+    """Every browse of ``traj`` as a judge sees it, whether or not it becomes a pair: what
+    ``lrat judge --events`` labels and ``lrat mine --labels`` looks up by (trajectory, browse turn)."""
+    events, query = [], None
+    for turn, step in enumerate(traj.steps):
+        if step.kind == SEARCH:
+            query = step.query
+        elif step.kind == BROWSE:
+            events.append(BrowseEvent(traj.id, turn, step.doc_id, post_browse_reasoning(traj.steps, turn),
+                                      step.text, query))
+    return events
 
 
 def attribute(searches: Sequence[tuple[int, Step]], doc_id: str) -> tuple[int, Step, int] | None:
