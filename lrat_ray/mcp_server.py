@@ -28,9 +28,11 @@ def build_mcp_server(config: McpConfig):
     import httpx
     from mcp.server.mcpserver import MCPServer
 
+    from lrat_ray.llm_client import bearer_headers
+
     server = MCPServer(name="lrat-retriever",
                        instructions="search: ranked documents for a query; get_document: a full document")
-    headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
+    headers = bearer_headers(config.token)
 
     async def call(method: str, path: str, **kwargs) -> str:
         async with httpx.AsyncClient(base_url=config.url, headers=headers, timeout=config.timeout_s) as client:

@@ -86,6 +86,24 @@ class AgentConfig:
     model: str = option("", help="llm: model name at the endpoint")
     api_key_env: str = option("OPENAI_API_KEY", help="llm: environment variable holding the API key")
     timeout_s: float = option(120.0, help="timeout of one HTTP call")
+    retries: int = option(3, help="llm: retries of a failed call (backoff; Retry-After honoured)")
+    temperature: float = option(0.7, help="llm: sampling temperature")
+    max_tokens: int = option(384, help="llm: tokens per turn (a bounded tool call needs ~100-300)")
+    document_chars: int = option(2000, help="llm: characters of a document shown to the agent")
+    task_prompt: str = option("{question}", help="llm: the user message; {question} is the task text")
+    min_reads: int = option(1, help="llm: documents read before the answer tool is offered (a research agent "
+                                    "reads before it answers; the last turn always answers)")
+    read_after_search: bool = option(True, help="llm: after a search the next call reads one of its results "
+                                                "(small models otherwise search until the budget runs out)")
+    answer_with: str = option("text", choices=("text", "docid"),
+                              help="gold answers: text (the task's answer) or docid (the ids of its evidence "
+                                   "documents, for corpora whose tasks have no short answer, e.g. SciFact)")
+    grader: dict = option({}, help="GraderConfig fields: kind (none/exact/llm), contains, endpoint, model")
+
+    def grader_config(self):
+        from lrat_ray.grading import GraderConfig
+
+        return GraderConfig(**self.grader)
 
 
 @dataclass
@@ -129,8 +147,9 @@ class RetrieverClient:
     def __init__(self, url: str, token: str | None = None, timeout_s: float = 120.0):
         import httpx
 
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout_s)
+        from lrat_ray.llm_client import bearer_headers
+
+        self.http = httpx.Client(base_url=url, headers=bearer_headers(token), timeout=timeout_s)
 
     def search(self, query: str, k: int) -> list[dict]:
         response = self.http.post("/search", json={"query": query[:2000] or "?", "k": k})
@@ -161,11 +180,13 @@ class RunRecorder:
         self.counts = {"search": 0, "get_document": 0}
         self.retrieved: set[str] = set()
         self.metadata = metadata
+        self.last_hits: list[str] | None = None
 
     def think(self, text: str) -> None:
         self.items.append({"type": "reasoning", "tool_name": None, "arguments": None, "output": text})
 
     def search(self, query: str, hits: list[dict]) -> None:
+        self.last_hits = [h["docid"] for h in hits]
         self.counts["search"] += 1
         self.retrieved.update(h["docid"] for h in hits)
         output = json.dumps([{"docid": h["docid"], "score": h["score"], "snippet": h["snippet"]} for h in hits],
@@ -264,45 +285,88 @@ def run_simulated(task: Task, client: RetrieverClient, config: AgentConfig) -> d
 # The LLM ReAct agent
 # ---------------------------------------------------------------------------------------------
 
-TOOLS = [
-    {"type": "function", "function": {
-        "name": "search", "description": "Search the corpus; returns the top results with docid and snippet.",
-        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}},
-    {"type": "function", "function": {
-        "name": "get_document", "description": "Read one document in full by its docid.",
-        "parameters": {"type": "object", "properties": {"docid": {"type": "string"}}, "required": ["docid"]}}},
-]
-SYSTEM_PROMPT = ("You are a deep-research agent. Use the search tool to find documents and get_document to "
-                 "read them in full. Think before each step. When you are confident, answer concisely.")
+def _tool(name: str, description: str, argument: str, argument_help: str, max_length: int,
+          choices: list[str] | None = None) -> dict:
+    # Every tool also takes the agent's thought, so the reasoning written after reading a document
+    # (what LRAT weighs and judges) exists even for models that write no free text around a call.
+    # maxLength bounds each string: small models otherwise loop inside an argument until max_tokens.
+    value = {"type": "string", "enum": choices} if choices else {"type": "string", "maxLength": max_length}
+    return {"type": "function", "function": {
+        "name": name, "description": description, "strict": True,
+        "parameters": {"type": "object", "additionalProperties": False, "required": ["thought", argument],
+                       "properties": {
+                           "thought": {"type": "string", "maxLength": 400,
+                                       "description": "what you learned so far and why you take this step"},
+                           argument: {**value, "description": argument_help}}}}}
+
+
+SEARCH_TOOL = _tool("search", "Search the corpus; returns the top results with docid and snippet.", "query",
+                    "the search query", 300)
+ANSWER_TOOL = _tool("answer", "Give the final answer and stop.", "answer", "the final answer, short", 300)
+BROWSABLE = 20  # docids get_document accepts: those of the latest search results
+
+
+def tools_for(shown: list[str], may_answer: bool, must_read: bool) -> list[dict]:
+    """The tools of one turn. get_document takes only docids the agent has been shown (an enum,
+    enforced by servers that decode tool calls against their schema): an agent opens documents it
+    found, as in the logs LRAT mines, and a small model cannot invent ids. ``answer`` is offered
+    once the agent has read enough (``min_reads``); with ``must_read`` (right after a search, when
+    ``read_after_search``) reading one of the results is the only move."""
+    browse = [_tool("get_document", "Read one document in full by its docid.", "docid",
+                    "a docid from the search results", 64, list(dict.fromkeys(reversed(shown)))[:BROWSABLE])]
+    if must_read and shown:
+        return browse
+    return [SEARCH_TOOL] + (browse if shown else []) + ([ANSWER_TOOL] if may_answer else [])
+SYSTEM_PROMPT = ("You are a deep-research agent. Use search to find documents and get_document to read the "
+                 "promising ones in full. In every call, write your thought: what the last result told you. "
+                 "When you are confident, call answer.")
 
 
 def run_llm(task: Task, client: RetrieverClient, config: AgentConfig) -> dict:
-    import httpx
+    """The ReAct loop: one tool call per turn (tool choice required), ``max_turns`` searches and
+    reads, then a forced ``answer``; the final answer is graded against the task's gold answer."""
+    from lrat_ray.grading import Grader
+    from lrat_ray.llm_client import ChatClient, ChatEndpoint
 
-    key = os.environ.get(config.api_key_env, "")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    llm = ChatClient(ChatEndpoint(config.endpoint, config.model, config.api_key_env, config.timeout_s, config.retries))
     recorder = RunRecorder(task, {"agent": "llm", "model": config.model, "endpoint": config.endpoint})
     messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT},
-                                      {"role": "user", "content": task.question}]
-    with httpx.Client(base_url=config.endpoint.rstrip("/"), headers=headers, timeout=config.timeout_s) as llm:
-        for _ in range(config.max_turns + 1):
-            response = llm.post("/chat/completions", json={"model": config.model, "messages": messages,
-                                                           "tools": TOOLS, "temperature": 0.7})
-            response.raise_for_status()
-            message = response.json()["choices"][0]["message"]
-            thinking = "\n".join(t for t in (message.get("reasoning_content"), message.get("content")
-                                             if message.get("tool_calls") else None) if t)
-            if thinking:
-                recorder.think(thinking)
+                                      {"role": "user", "content": config.task_prompt.format(question=task.question)}]
+    params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+    final = None
+    shown: list[str] = []
+    previous = None
+    with llm.session() as http:
+        for turn in range(config.max_turns + 1):
+            last = turn == config.max_turns
+            must_read = config.read_after_search and previous == "search"
+            tools = [ANSWER_TOOL] if last else tools_for(shown, recorder.counts["get_document"] >= config.min_reads,
+                                                         must_read)
+            choice = {"type": "function", "function": {"name": "answer"}} if last else "required"
+            message = llm.chat_sync(messages, http, tools=tools, tool_choice=choice, **params)
             calls = message.get("tool_calls") or []
-            messages.append({k: v for k, v in message.items() if k in ("role", "content", "tool_calls")})
-            if not calls:
-                return recorder.answer(message.get("content") or "", None)
-            for call in calls[:1]:  # one tool call per turn keeps the trajectory linear
-                name, args = call["function"]["name"], _arguments(call["function"].get("arguments"))
-                messages.append({"role": "tool", "tool_call_id": call["id"],
-                                 "content": _run_tool(name, args, client, recorder, config)})
-    return recorder.answer("(turn budget exhausted)", None)
+            if not calls:  # a model that answers in plain text has answered
+                final = message.get("content") or ""
+                break
+            call = calls[0]  # one call per turn keeps the trajectory linear
+            name, args = call["function"]["name"], _arguments(call["function"].get("arguments"))
+            thought = "\n".join(t for t in (message.get("reasoning_content"), message.get("content"),
+                                            args.get("thought")) if t)
+            if thought:
+                recorder.think(thought)
+            if name == "answer":
+                final = str(args.get("answer") or "")
+                break
+            messages.append({"role": "assistant", "content": message.get("content") or "",
+                             "tool_calls": [{"id": call.get("id") or f"call-{turn}", "type": "function",
+                                             "function": {"name": name, "arguments": json.dumps(args)}}]})
+            messages.append({"role": "tool", "tool_call_id": call.get("id") or f"call-{turn}",
+                             "content": _run_tool(name, args, client, recorder, config)})
+            if name == "search" and recorder.last_hits is not None:
+                shown.extend(recorder.last_hits)
+            previous = name
+    grader = Grader(config.grader_config(), config.endpoint, config.model)
+    return recorder.answer(final or "", grader.grade(task.question, final, task.answer))
 
 
 def _arguments(raw) -> dict:
@@ -316,15 +380,15 @@ def _arguments(raw) -> dict:
 
 
 def _run_tool(name: str, args: dict, client: RetrieverClient, recorder: RunRecorder, config: AgentConfig) -> str:
-    if name == "search" and isinstance(args.get("query"), str):
+    if name == "search" and isinstance(args.get("query"), str) and args["query"].strip():
         hits = client.search(args["query"], config.k)
         recorder.search(args["query"], hits)
         return json.dumps([{"docid": h["docid"], "snippet": h["snippet"]} for h in hits], ensure_ascii=False)
-    if name == "get_document" and args.get("docid") is not None:
-        document = client.document(str(args["docid"]))
-        recorder.browse(str(args["docid"]), document)
-        return _doc_text(document) or "document not found"
-    return f"unknown tool call {name}({args})"
+    if name == "get_document" and str(args.get("docid") or "").strip():
+        document = client.document(str(args["docid"]).strip())
+        recorder.browse(str(args["docid"]).strip(), document)
+        return _doc_text(document)[:config.document_chars] or "document not found"
+    return f"invalid tool call {name}({json.dumps(args)[:200]}): use search(query), get_document(docid) or answer"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,19 +450,29 @@ def run_rollouts(url: str, tasks: list[Task], config: AgentConfig, output: str, 
 
 def run_rollout_config(config: RolloutConfig) -> dict:
     """``lrat rollout``: the tasks of ``config.queries`` (those with judgments when qrels are given)."""
-    from lrat_ray.evaluate import load_qrels, load_queries
+    from lrat_ray.evaluate import load_answers, load_qrels, load_queries
     from lrat_ray.runtime import actor_resources
 
     queries = load_queries(config.queries)
     qrels = load_qrels(config.qrels) if config.qrels else {}
     ids = sorted(q for q in queries if not qrels or q in qrels)[:config.limit]
     per_worker = actor_resources(config.cpus_per_worker, 0, config.resources)
-    return run_rollouts(config.url, load_tasks(queries, qrels, ids), config.agent_config(), config.output,
-                        config.workers, config.token, per_worker)
+    agent = config.agent_config()
+    tasks = load_tasks(queries, qrels, ids, load_answers(config.queries), agent.answer_with, agent.evidence_grade)
+    return run_rollouts(config.url, tasks, agent, config.output, config.workers, config.token, per_worker)
 
 
-def load_tasks(queries: dict[str, str], qrels: dict[str, dict[str, int]], ids: list[str]) -> list[Task]:
-    return [Task(id=q, question=queries[q], judgments=qrels.get(q, {})) for q in ids]
+def load_tasks(queries: dict[str, str], qrels: dict[str, dict[str, int]], ids: list[str],
+               answers: dict[str, str] | None = None, answer_with: str = "text", evidence_grade: int = 1) -> list[Task]:
+    """Tasks with their judgments and gold answers: ``answers`` by id, or with ``answer_with='docid'``
+    the ids of the task's evidence documents as alternatives (``"id1 | id2"``)."""
+    def gold(q: str) -> str | None:
+        if answer_with == "docid":
+            evidence = sorted(d for d, g in qrels.get(q, {}).items() if g >= evidence_grade)
+            return " | ".join(evidence) or None
+        return (answers or {}).get(q)
+
+    return [Task(id=q, question=queries[q], answer=gold(q), judgments=qrels.get(q, {})) for q in ids]
 
 
 def split_task_ids(ids: list[str], held_out_fraction: float, seed: int) -> tuple[list[str], list[str]]:

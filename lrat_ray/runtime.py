@@ -76,3 +76,13 @@ def remote_args(per_worker: dict) -> dict:
     if custom:
         args["resources"] = custom
     return args
+
+
+def gpus_or_cpu(requested: int | None) -> int:
+    """GPUs per LLM engine: ``requested``, or when unset 1 on a cluster with GPUs and 0 (an engine
+    on one CPU) on one without."""
+    import ray
+
+    if requested is not None:
+        return requested
+    return 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0

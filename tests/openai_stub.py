@@ -4,10 +4,13 @@ It answers ``POST /v1/chat/completions`` by rules on the last user message, so t
 that our clients send the right requests and handle every kind of answer:
 
 * judge prompts: reasoning containing "useless" -> ``NOT_RELEVANT``; "garbage" -> an answer with
-  no label; "flaky" -> HTTP 500 on the first attempt, then ``RELEVANT``; otherwise a thinking-model
-  style ``<think>...</think>RELEVANT``;
+  no label; "flaky" -> HTTP 500 on the first attempt, then ``RELEVANT``; "busy" -> HTTP 503 with
+  ``Retry-After`` on the first attempt; otherwise a thinking-model style ``<think>...</think>RELEVANT``;
+* grader prompts (with ``[correct_answer]``): ``{"correct": "yes"}`` when the response contains the
+  correct answer, else ``"no"``;
 * agent conversations (requests with ``tools``): first a ``search`` tool call with the question,
-  then a ``get_document`` call for the first docid in the search result, then a final answer.
+  then a ``get_document`` call for the first docid in the search result, then an ``answer`` call
+  naming that docid.
 """
 
 import json
@@ -25,6 +28,7 @@ class ScriptedOpenAI:
     def __init__(self):
         self.calls = 0
         self.seen_flaky: set[str] = set()
+        self.last_docid = None
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self.complete)
         with socket.socket() as s:
@@ -55,10 +59,17 @@ class ScriptedOpenAI:
         if body.get("tools"):
             return self._message(self._agent_turn(body["messages"]))
         prompt = body["messages"][-1]["content"]
-        reasoning = prompt.split("right after reading it:\n", 1)[1].split("\n\nDecision rule", 1)[0]
-        if "flaky" in reasoning and reasoning not in self.seen_flaky:
-            self.seen_flaky.add(reasoning)
-            return JSONResponse({"error": "overloaded"}, status_code=500)
+        if "[correct_answer]" in prompt:
+            response = prompt.split("[response]: ", 1)[1].split("\n\n[correct_answer]: ", 1)
+            gold = response[1].split("\n", 1)[0]
+            verdict = "yes" if any(g in response[0] for g in gold.split(" or ")) else "no"
+            return self._message({"role": "assistant", "content": json.dumps({"extracted_final_answer": response[0],
+                                                                                "correct": verdict})})
+        reasoning = prompt.split("AnalysisText:\n", 1)[1]
+        for trigger, status in (("flaky", 500), ("busy", 503)):
+            if trigger in reasoning and reasoning not in self.seen_flaky:
+                self.seen_flaky.add(reasoning)
+                return JSONResponse({"error": "overloaded"}, status_code=status, headers={"Retry-After": "0.1"})
         if "useless" in reasoning:
             return self._message({"role": "assistant", "content": "NOT_RELEVANT"})
         if "garbage" in reasoning:
@@ -69,15 +80,16 @@ class ScriptedOpenAI:
         tool_messages = [m for m in messages if m["role"] == "tool"]
         question = next(m["content"] for m in messages if m["role"] == "user")
         if not tool_messages:
-            call = {"name": "search", "arguments": json.dumps({"query": question})}
-            return {"role": "assistant", "reasoning_content": "I should search first.", "content": None,
-                    "tool_calls": [{"id": "call-1", "type": "function", "function": call}]}
-        if len(tool_messages) == 1:
-            found = re.search(r'"docid": "([^"]+)"', tool_messages[0]["content"])
-            call = {"name": "get_document", "arguments": json.dumps({"docid": found.group(1)})}
-            return {"role": "assistant", "reasoning_content": "The first hit looks right; open it.", "content": None,
-                    "tool_calls": [{"id": "call-2", "type": "function", "function": call}]}
-        return {"role": "assistant", "reasoning_content": "The document answers it.", "content": "Final answer."}
+            call = {"name": "search", "arguments": json.dumps({"thought": "I should search first.", "query": question})}
+        elif len(tool_messages) == 1:
+            self.last_docid = re.search(r'"docid": "([^"]+)"', tool_messages[0]["content"]).group(1)
+            call = {"name": "get_document", "arguments": json.dumps({"thought": "The first hit looks right; open it.",
+                                                                     "docid": self.last_docid})}
+        else:
+            call = {"name": "answer", "arguments": json.dumps({"thought": "The document answers it.",
+                                                               "answer": f"docid {self.last_docid}"})}
+        return {"role": "assistant", "content": None,
+                "tool_calls": [{"id": f"call-{len(tool_messages)}", "type": "function", "function": call}]}
 
     @staticmethod
     def _message(message):

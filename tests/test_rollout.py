@@ -65,17 +65,31 @@ def test_simulated_agent_answers_after_evidence_and_is_seeded():
     assert again["result"] == run["result"]  # same seed, same retriever: same trajectory
 
 
-def test_llm_agent_against_a_scripted_openai_server():
+@pytest.mark.parametrize("grader", [{"kind": "exact"}, {"kind": "llm"}])
+def test_llm_agent_against_a_scripted_openai_server(grader):
+    first_hit = StubRetriever().search("Which document?", 10)[0]["docid"]
     with ScriptedOpenAI() as server:
-        config = AgentConfig(kind="llm", endpoint=server.url, model="scripted", max_turns=4)
-        run = run_llm(Task(id="q1", question="Which document?"), StubRetriever(), config)
+        config = AgentConfig(kind="llm", endpoint=server.url, model="scripted", max_turns=4, grader=grader)
+        run = run_llm(Task(id="q1", question="Which document?", answer=f"zz | {first_hit}"), StubRetriever(), config)
+        wrong = run_llm(Task(id="q2", question="Which document?", answer="d999"), StubRetriever(), config)
     traj = parse_trajectory(run)
     assert [s.kind for s in traj.steps] == ["think", "search", "think", "browse", "think", "answer"]
     assert traj.steps[1].query == "Which document?" and len(traj.steps[1].results) == 10
-    assert traj.steps[3].doc_id == traj.steps[1].result_ids[0]
+    assert traj.steps[3].doc_id == traj.steps[1].result_ids[0] == first_hit
     (pair,) = mine_trajectory(traj).pairs
     assert pair.reasoning == "The document answers it." and pair.rank == 1
     assert json.loads(json.dumps(run))["tool_call_counts"] == {"search": 1, "get_document": 1}
+    assert traj.final_answer == f"docid {first_hit}" and run["correct"] is True and wrong["correct"] is False
+
+
+def test_exact_match_grader():
+    from lrat_ray.grading import exact_match, parse_verdict
+
+    assert exact_match("The Eiffel Tower!", "eiffel tower") and exact_match("It is docid 4983.", "12 | 4983")
+    assert not exact_match("docid 49830", "4983") and not exact_match("", "x")
+    assert not exact_match("It is docid 4983.", "4983", contains=False) and exact_match("4983", "4983", contains=False)
+    assert parse_verdict('{"correct": "yes"}') is True and parse_verdict("correct: no") is False
+    assert parse_verdict("maybe") is None
 
 
 def test_task_split_is_deterministic_and_disjoint():
