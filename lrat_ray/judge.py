@@ -462,17 +462,7 @@ def answer_dataset(ds, config: JudgeConfig):
 
 def pairs_source(pairs: str) -> str:
     """The Parquet files of a mined-pairs input: a stage directory, its pairs/ folder or files."""
-    candidates = [pairs] if pairs.rstrip("/").endswith("/pairs") or pairs.endswith(".parquet") \
-        else [storage.join(pairs, "pairs"), pairs]
-    for candidate in candidates:
-        if storage.exists(candidate):
-            try:
-                storage.expand_inputs([candidate], suffixes=(".parquet",))
-                return candidate
-            except LratError:
-                continue
-    raise LratError(f"no mined pairs at {pairs}: expected a lrat mine output directory, its pairs/ folder "
-                    "or Parquet files")
+    return storage.parquet_source(pairs, "pairs", "a lrat mine output directory, its pairs/ folder or Parquet files")
 
 
 def default_cache(output: str) -> str:

@@ -54,6 +54,10 @@ def _delay(endpoint: ChatEndpoint, attempt: int, retry_after: str | None) -> flo
     return min(endpoint.backoff_s * 2 ** attempt, 30.0) * (0.5 + random.random())
 
 
+def _retry_reason(response) -> tuple[str, str | None]:
+    return f"HTTP {response.status_code}: {response.text[:200]}", response.headers.get("retry-after")
+
+
 def _message(payload: dict) -> dict:
     try:
         return payload["choices"][0]["message"]
@@ -84,12 +88,12 @@ class ChatClient:
                 response = await client.post("/chat/completions", json=self._body(messages, params))
                 if not _retryable(response.status_code):
                     return self._answer(response)
-                last, retry_after = f"HTTP {response.status_code}: {response.text[:200]}", response.headers.get("retry-after")
+                last, retry_after = _retry_reason(response)
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"
             if attempt < self.endpoint.retries:
                 await asyncio.sleep(_delay(self.endpoint, attempt, retry_after))
-        raise ChatError(f"{self.endpoint.base_url}: gave up after {self.endpoint.retries + 1} attempts: {last}")
+        raise self._gave_up(last)
 
     def chat_sync(self, messages: list[dict], client=None, **params) -> dict:
         """Blocking :meth:`chat`; pass a shared ``httpx.Client`` from :meth:`session` when sending many."""
@@ -105,12 +109,15 @@ class ChatClient:
                 response = client.post("/chat/completions", json=self._body(messages, params))
                 if not _retryable(response.status_code):
                     return self._answer(response)
-                last, retry_after = f"HTTP {response.status_code}: {response.text[:200]}", response.headers.get("retry-after")
+                last, retry_after = _retry_reason(response)
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"
             if attempt < self.endpoint.retries:
                 time.sleep(_delay(self.endpoint, attempt, retry_after))
-        raise ChatError(f"{self.endpoint.base_url}: gave up after {self.endpoint.retries + 1} attempts: {last}")
+        raise self._gave_up(last)
+
+    def _gave_up(self, last: str) -> ChatError:
+        return ChatError(f"{self.endpoint.base_url}: gave up after {self.endpoint.retries + 1} attempts: {last}")
 
     def _answer(self, response) -> dict:
         if response.status_code >= 400:

@@ -131,14 +131,7 @@ def length_measure(tokenizer: str) -> LengthMeasure:
 
 def labels_source(labels: str) -> str:
     """The label files of a ``lrat judge --events`` output directory (or its labels/ folder)."""
-    for candidate in (storage.join(labels, "labels"), labels):
-        if storage.exists(candidate):
-            try:
-                storage.expand_inputs([candidate], suffixes=(".parquet",))
-                return candidate
-            except LratError:
-                continue
-    raise LratError(f"no judge labels at {labels}: expected the output of lrat judge --events")
+    return storage.parquet_source(labels, "labels", "the output of lrat judge --events")
 
 
 def label_judge(labels: str, trajectory_ids: list[str]) -> Judge:

@@ -223,6 +223,21 @@ def publish_dir(tmp_uri: str, final_uri: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def parquet_source(path: str, table: str, what: str) -> str:
+    """Where the Parquet files of a stage's ``table`` are: ``path`` is the stage directory, its
+    ``table/`` folder or Parquet files; ``what`` names the expected input in the error."""
+    candidates = [path] if path.rstrip("/").endswith("/" + table) or path.endswith(".parquet") \
+        else [join(path, table), path]
+    for candidate in candidates:
+        if exists(candidate):
+            try:
+                expand_inputs([candidate], suffixes=(".parquet",))
+                return candidate
+            except LratError:
+                continue
+    raise LratError(f"no {table} at {path}: expected {what}")
+
+
 def remove_dir(uri: str) -> None:
     fs, path = resolve(uri)
     if fs.get_file_info(path).type == pafs.FileType.Directory:
