@@ -15,7 +15,6 @@ bundles instead (tensor parallel over them).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -103,6 +102,3 @@ def undeploy_llm() -> None:
 
     serve.delete(APP_NAME)
 
-
-def settings_dict(config: LLMServeConfig) -> dict:
-    return dataclasses.asdict(config)

@@ -10,9 +10,10 @@ of the tasks).
 
 Two agent kinds:
 
-``llm``: a ReAct agent driven by any OpenAI-compatible chat endpoint (a vLLM or SGLang server, a
-    hosted API) with function calling: tools ``search(query)`` and ``get_document(docid)``, the
-    model's reasoning (``reasoning_content``) kept, a budget of ``max_turns`` tool calls.
+``llm``: a ReAct agent driven by any OpenAI-compatible chat endpoint (a vLLM or SGLang server, Ray
+    Serve LLM, a hosted API) with function calling: tools ``search(query)``, ``get_document(docid)``
+    and ``answer(answer)``, each with a ``thought``; the model's reasoning (``reasoning_content``) is
+    kept, ``max_turns`` tool calls at most, and the final answer is graded (:mod:`lrat_ray.grading`).
 
 ``simulated``: for machines without an LLM and for fleet-scale simulation. It works on a corpus
     with relevance judgments (qrels) and models what LRAT measured about real agents:
