@@ -561,7 +561,7 @@ def _write(ds, directory: str, prefix: str, min_rows_per_file: int | None = None
 
 
 def _judge_with_model(items, config: JudgeConfig, schema: pa.Schema, tmp: str, scratch: str) -> int:
-    """Cached rows from the cache, the rest through the model; returns how many were cached before."""
+    """Cached rows from the cache, the rest through the model; returns the number of cache files found."""
 
     cache = config.cache or default_cache(config.output)
     cached = _cache_files(cache)
