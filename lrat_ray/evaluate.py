@@ -209,6 +209,23 @@ def paired_comparison(a: Mapping[str, dict], b: Mapping[str, dict], metric: str,
             "permutation_p": (extreme + 1) / (permutations + 1)}
 
 
+def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+                       ) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean over tasks (scipy.stats.bootstrap); None for fewer
+    than two values. Over tasks, not seeds: it says how much the task sample alone could move the
+    mean, not how much another run of the whole experiment would."""
+    from scipy import stats
+
+    values = np.asarray([v for v in values if v is not None], dtype=float)
+    if len(values) < 2:
+        return None
+    if np.all(values == values[0]):
+        return float(values[0]), float(values[0])
+    result = stats.bootstrap((values,), np.mean, confidence_level=confidence, n_resamples=resamples,
+                             method="percentile", rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
 # ---------------------------------------------------------------------------------------------
 # lrat eval
 # ---------------------------------------------------------------------------------------------

@@ -40,8 +40,9 @@ from lrat_ray.errors import LratError
 
 log = logging.getLogger(__name__)
 RESOURCE_STAGES = ("index", "rollout", "mine", "train", "serve")
-RESULT_COLUMNS = ("iteration", "model", "success_rate", "evidence_recall", "avg_steps", "ndcg@10",
-                  "recall@100", "train_pairs", "judged_relevant")
+INTERVAL_METRICS = ("success_rate", "evidence_recall", "avg_steps", "ndcg@10", "recall@100")
+RESULT_COLUMNS = ("iteration", "model", *INTERVAL_METRICS, *(f"{m}_{end}" for m in INTERVAL_METRICS for end in ("lo", "hi")),
+                  "ndcg@10_p_vs_0", "train_pairs", "judged_relevant")
 
 
 @dataclass
@@ -259,15 +260,40 @@ def _evaluate(state: FlywheelState, iteration: int, url: str) -> dict:
     evidence = {q: {d: 1 for d, g in state.qrels.get(q, {}).items() if g >= evidence_grade} for q in state.heldout_ids}
     agent_metrics = score_trajectories(runs, evidence)
     run = retrieve(_index_dir(state, iteration), {q: state.queries[q] for q in state.heldout_ids}, 100)
-    ir = score_run(run, {q: state.qrels[q] for q in state.heldout_ids}, [10, 100])["metrics"]
+    scored = score_run(run, {q: state.qrels[q] for q in state.heldout_ids}, [10, 100])
+    ir = scored["metrics"]
     metrics = {"iteration": iteration, "model": _model_of(state, iteration),
                "success_rate": agent_metrics["success_rate"], "evidence_recall": agent_metrics["evidence_recall"],
                "avg_steps": agent_metrics["avg_steps"], "ndcg@10": ir["ndcg@10"], "recall@100": ir["recall@100"],
+               **_intervals(agent_metrics["per_task"], scored["per_query"]),
                "heldout_tasks": len(state.heldout_ids), "rollout": summary}
+    storage.write_json_atomic(os.path.join(path, "per_query.json"), scored["per_query"])
+    base_path = os.path.join(_stage(state, 0, "eval"), "per_query.json")
+    if iteration > 0 and os.path.isfile(base_path):
+        from lrat_ray.evaluate import paired_comparison
+
+        with open(base_path) as fh:
+            metrics["ndcg@10_p_vs_0"] = paired_comparison(json.load(fh), scored["per_query"], "ndcg@10")["t_test_p"]
     storage.write_json_atomic(os.path.join(path, "metrics.json"), metrics)
     _mark(path)
     _stop_here(state, iteration, "eval")
     return metrics
+
+
+def _intervals(per_task: dict, per_query: dict) -> dict:
+    """95% bootstrap intervals over the held-out tasks of every reported metric."""
+    from lrat_ray.evaluate import bootstrap_interval
+
+    values = {"success_rate": [None if r["correct"] is None else float(r["correct"]) for r in per_task.values()],
+              "evidence_recall": [r.get("evidence_recall") for r in per_task.values()],
+              "avg_steps": [r["steps"] for r in per_task.values()],
+              "ndcg@10": [m["ndcg@10"] for m in per_query.values()],
+              "recall@100": [m["recall@100"] for m in per_query.values()]}
+    out = {}
+    for name, series in values.items():
+        interval = bootstrap_interval(series)
+        out[f"{name}_lo"], out[f"{name}_hi"] = interval if interval else (None, None)
+    return out
 
 
 def _train_iteration(state: FlywheelState, iteration: int, url: str) -> dict:
@@ -389,11 +415,16 @@ def results_table(rows: list[dict]) -> str:
     def fmt(value):
         return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
 
-    header = ("iteration", "success_rate", "evidence_recall", "avg_steps", "ndcg@10", "recall@100",
-              "train_pairs", "judged_relevant")
+    def cell(row, name):
+        if name not in INTERVAL_METRICS or row.get(f"{name}_lo") is None:
+            return fmt(row.get(name))
+        return f"{fmt(row.get(name))} [{row[f'{name}_lo']:.3f}, {row[f'{name}_hi']:.3f}]"
+
+    header = ("iteration", *INTERVAL_METRICS, "ndcg@10_p_vs_0", "train_pairs", "judged_relevant")
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
-    lines += ["| " + " | ".join(fmt(row.get(h)) for h in header) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    lines += ["| " + " | ".join(cell(row, h) for h in header) + " |" for row in rows]
+    return ("\n".join(lines) + "\n\n[lo, hi]: 95% bootstrap interval over the held-out tasks (one run, one seed); "
+            "ndcg@10_p_vs_0: paired t-test of per-task nDCG@10 against iteration 0.\n")
 
 
 def _plot(output: str, rows: list[dict]) -> None:
@@ -408,9 +439,16 @@ def _plot(output: str, rows: list[dict]) -> None:
                             (axes[1], ("avg_steps",), "steps per task"),
                             (axes[2], ("ndcg@10", "recall@100"), "held-out IR metrics")):
         for key in keys:
-            ax.plot(iterations, [r.get(key) for r in rows], marker="o", label=key)
+            shown = [(i, r[key], r.get(f"{key}_lo"), r.get(f"{key}_hi")) for i, r in zip(iterations, rows)
+                     if r.get(key) is not None]
+            if not shown:
+                continue
+            xs, values, lows, highs = zip(*shown)
+            errors = [[v - (lo if lo is not None else v) for v, lo in zip(values, lows)],
+                      [(hi if hi is not None else v) - v for v, hi in zip(values, highs)]]
+            ax.errorbar(xs, values, yerr=errors, marker="o", capsize=4, label=key)
         ax.set_xlabel("iteration")
-        ax.set_title(title)
+        ax.set_title(f"{title}\n(95% bootstrap CI over tasks)", fontsize=9)
         ax.set_xticks(iterations)
         ax.legend()
     fig.tight_layout()

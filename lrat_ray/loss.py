@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 NORMALIZATIONS = ("mean", "weight_sum")
-ABLATIONS = ("naive", "filter", "reweight")
+ABLATIONS = ("naive", "filter", "reweight-unfiltered", "reweight")
 
 
 def weighted_info_nce(queries: torch.Tensor, documents: torch.Tensor, weights: torch.Tensor,
@@ -114,10 +114,17 @@ def ablation_weights(weights: Sequence[float], relevant: Sequence[bool | None], 
     """Weights and a keep-mask for LRAT's ablations (paper Fig. 7).
 
     ``naive``: every browsed pair, weight 1 (no judge filter). ``filter``: drop pairs the judge
-    marked irrelevant, weight 1. ``reweight``: drop them and use the reasoning-length weights.
+    marked irrelevant, weight 1. ``reweight-unfiltered``: every pair, reasoning-length weights.
+    ``reweight`` (LRAT): drop them and use the weights. Weights are rescaled to mean 1 over the
+    pairs kept, so an arm that filters does not train with a larger effective learning rate than
+    one that does not (mining fitted ``mu`` over all pairs, filtered or not).
     """
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
-    keep = [True if ablation == "naive" else r is not False for r in relevant]
-    values = list(weights) if ablation == "reweight" else [1.0] * len(weights)
-    return values, keep
+    filtered = ablation in ("filter", "reweight")
+    keep = [r is not False if filtered else True for r in relevant]
+    if not ablation.startswith("reweight"):
+        return [1.0] * len(keep), keep
+    kept = [w for w, k in zip(weights, keep) if k]
+    mean = sum(kept) / len(kept) if kept else 1.0
+    return [w / mean if mean > 0 else 1.0 for w in weights], keep

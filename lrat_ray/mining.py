@@ -37,6 +37,7 @@ it (:mod:`lrat_ray.mine_job`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -96,6 +97,7 @@ class MiningResult:
     pairs: list[MinedPair] = field(default_factory=list)
     unattributed_browses: int = 0
     duplicate_browses: int = 0
+    failed_browses: int = 0
 
 
 Judge = Callable[[BrowseEvent], bool]
@@ -124,6 +126,17 @@ def mine_trajectories(trajectories: Iterable[Trajectory], options: MiningOptions
     for pair, length in zip(result.pairs, lengths):
         pair.reasoning_length = int(length)
     return result
+
+
+_FAILED_BROWSE = re.compile(r"\s*\[?\s*(document not found|not found|error\b|failed to (fetch|load|retrieve))",
+                            re.IGNORECASE)
+
+
+def failed_browse(step: Step) -> bool:
+    """A browse that returned nothing to read: an empty output or a "Document not found" / error
+    message. The agent saw no document, so it never yields a positive (counted as
+    ``failed_browses``). A browse whose output was not logged (``text`` None) is not failed."""
+    return step.text is not None and (not step.text.strip() or bool(_FAILED_BROWSE.match(step.text[:80])))
 
 
 def post_browse_reasoning(steps: Sequence[Step], browse_turn: int) -> str:
@@ -197,6 +210,9 @@ def _mine_attributed(traj: Trajectory, options: MiningOptions, judge: Judge | No
             continue
         if step.kind != BROWSE:
             continue
+        if failed_browse(step):
+            result.failed_browses += 1
+            continue
         source = attribute(searches, step.doc_id)
         if source is None:
             result.unattributed_browses += 1
@@ -232,6 +248,8 @@ def _mine_since_last_positive(traj: Trajectory, options: MiningOptions, judge: J
             turn += 1
             continue
         run, turn = _collect_run(traj, turn, judge)
+        result.failed_browses += sum(b["failed"] for b in run)
+        run = [b for b in run if not b["failed"]]
         relevant = [b for b in run if b["relevant"] is not False]
         irrelevant = [b["doc_id"] for b in run if b["relevant"] is False]
         kept = {b["doc_id"] for b in relevant}
@@ -270,8 +288,9 @@ def _collect_run(traj: Trajectory, start: int, judge: Judge | None) -> tuple[lis
     while turn < len(steps) and steps[turn].kind == BROWSE:
         step = steps[turn]
         reasoning = post_browse_reasoning(steps, turn)
-        run.append({"turn": turn, "doc_id": step.doc_id, "reasoning": reasoning, "text": step.text,
-                    "relevant": _label(judge, traj, turn, step, reasoning)})
+        failed = failed_browse(step)
+        run.append({"turn": turn, "doc_id": step.doc_id, "reasoning": reasoning, "text": step.text, "failed": failed,
+                    "relevant": None if failed else _label(judge, traj, turn, step, reasoning)})
         turn += 2 if turn + 1 < len(steps) and steps[turn + 1].kind == THINK else 1
     return run, turn
 

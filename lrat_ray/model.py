@@ -73,12 +73,62 @@ def spec_for(model: str, **overrides) -> EncoderSpec:
         saved = json.loads((path / SPEC_FILE).read_text())
         saved["model"] = model
         spec = EncoderSpec(**saved)
-    elif (path / "1_Pooling" / "config.json").is_file():
-        pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
-        mode = "cls" if pooling.get("pooling_mode_cls_token") else (
-            "last" if pooling.get("pooling_mode_lasttoken") else "mean")
-        spec = replace(spec, pooling=mode)
+    else:
+        spec = replace(spec, **_sentence_transformers_settings(path))
     return replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _sentence_transformers_settings(path: Path) -> dict:
+    """Pooling and the query/document prompts a sentence-transformers model ships with: an
+    instruction-tuned embedder (e.g. Qwen3-Embedding) is compared before and after training with
+    the same instruction only if the untrained model's index uses it too."""
+    settings: dict = {}
+    if (path / "1_Pooling" / "config.json").is_file():
+        pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
+        settings["pooling"] = "cls" if pooling.get("pooling_mode_cls_token") else (
+            "last" if pooling.get("pooling_mode_lasttoken") else "mean")
+    if (path / "config_sentence_transformers.json").is_file():
+        prompts = json.loads((path / "config_sentence_transformers.json").read_text()).get("prompts") or {}
+        if prompts.get("query"):
+            settings["query_prefix"] = prompts["query"]
+        if prompts.get("document") or prompts.get("passage"):
+            settings["document_prefix"] = prompts.get("document") or prompts["passage"]
+    return settings
+
+
+def load_tokenizer(path: str, spec: EncoderSpec):
+    """The model's tokenizer; for last-token pooling, one that ends every text with EOS.
+
+    A decoder embedder (Qwen3-Embedding) is trained to summarise a text in the hidden state of a
+    final EOS token. Its tokenizer appends one; a plain causal LM's (SmolLM2, Llama) does not,
+    and pooling would then read an ordinary word. Here that is checked, and when EOS is missing
+    the tokenizer's post-processor is set to append it, so the saved tokenizer does the same for
+    sentence-transformers and anyone else who loads the model."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # causal LMs ship without one; the mask hides it
+    if spec.pooling != "last" or _ends_with_eos(tokenizer):
+        return tokenizer
+    from tokenizers import processors
+
+    eos, bos = tokenizer.eos_token, tokenizer.bos_token
+    starts_with_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+    head = f"{bos}:0 " if starts_with_bos else ""
+    special = [(eos, tokenizer.eos_token_id)] + ([(bos, tokenizer.bos_token_id)] if starts_with_bos else [])
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{head}$A:0 {eos}:0", pair=f"{head}$A:0 {eos}:0 $B:1 {eos}:1", special_tokens=special)
+    if not _ends_with_eos(tokenizer):
+        raise LratError(f"{path}: last-token pooling needs texts to end with EOS, and its tokenizer could not be "
+                        "made to append one")
+    return tokenizer
+
+
+def _ends_with_eos(tokenizer) -> bool:
+    if tokenizer.eos_token_id is None:
+        raise LratError(f"{tokenizer.name_or_path}: last-token pooling needs an EOS token; the tokenizer has none")
+    return tokenizer("a test sentence")["input_ids"][-1] == tokenizer.eos_token_id
 
 
 def model_fingerprint(model: str) -> str:
@@ -111,18 +161,26 @@ class Encoder:
 
     def __init__(self, spec: EncoderSpec, device: str | None = None, batch_size: int = 64):
         import torch
-        from transformers import AutoTokenizer
 
         self.spec = spec
         self.batch_size = batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         path = resolve_model(spec.model)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.tokenizer = load_tokenizer(path, spec)
             self.model = load_transformer(path).to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise LratError(f"model {spec.model!r} does not load: {exc}") from None
         self.dimension = int(self.model.config.hidden_size)
+
+    @classmethod
+    def wrap(cls, spec: EncoderSpec, model, tokenizer, batch_size: int = 64) -> "Encoder":
+        """An encoder over an already loaded (e.g. just trained) model."""
+        encoder = cls.__new__(cls)
+        encoder.spec, encoder.batch_size, encoder.model, encoder.tokenizer = spec, batch_size, model.eval(), tokenizer
+        encoder.device = str(next(model.parameters()).device)
+        encoder.dimension = int(model.config.hidden_size)
+        return encoder
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode([self.spec.format_query(t) for t in texts], self.spec.query_max_length)
@@ -146,15 +204,18 @@ class Encoder:
 
 
 def load_transformer(path: str):
-    """``AutoModel`` without BERT's unused pooler head (it gets no gradient, which breaks DDP)."""
+    """``AutoModel`` without BERT's unused pooler head (it gets no gradient, which breaks DDP), in
+    float32 whatever dtype the checkpoint was saved in: the optimizer needs float32 weights, and
+    reduced precision is chosen at run time (bf16 autocast), not inherited from a file."""
+    import torch
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the dropped pooler weights are expected, not worth a warning table
     try:
-        return AutoModel.from_pretrained(path, add_pooling_layer=False)
+        return AutoModel.from_pretrained(path, add_pooling_layer=False, dtype=torch.float32)
     except TypeError:
-        return AutoModel.from_pretrained(path)
+        return AutoModel.from_pretrained(path, dtype=torch.float32)
 
 
 def embed(model, batch, spec: EncoderSpec, padding_side: str = "right"):
@@ -200,12 +261,21 @@ def save_sentence_transformers_files(directory: str, spec: EncoderSpec, dimensio
     }, indent=2))
     (root / "sentence_bert_config.json").write_text(json.dumps(
         {"max_seq_length": spec.document_max_length, "do_lower_case": False}, indent=2))
-    prompts = {"query": spec.query_prefix} if spec.query_prefix and "{}" not in spec.query_prefix else {}
+    prompts = {name: prompt for name, prompt in (("query", _as_prompt(spec.query_prefix)),
+                                                 ("document", _as_prompt(spec.document_prefix))) if prompt}
     (root / "config_sentence_transformers.json").write_text(json.dumps(
         {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2))
     spec_dict = asdict(spec)
     spec_dict.pop("model")
     (root / SPEC_FILE).write_text(json.dumps(spec_dict, indent=2))
+
+
+def _as_prompt(prefix: str) -> str | None:
+    """sentence-transformers prompts are prepended: a template ending in ``{}`` is one; text after
+    ``{}`` has no sentence-transformers form (our ``lrat_encoder.json`` keeps it)."""
+    if not prefix or ("{}" in prefix and not prefix.endswith("{}")):
+        return None
+    return prefix[:-2] if prefix.endswith("{}") else prefix
 
 
 def save_encoder(model, tokenizer, spec: EncoderSpec, directory: str) -> None:

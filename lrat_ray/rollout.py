@@ -57,7 +57,7 @@ from lrat_ray import storage
 from lrat_ray.config import option
 
 log = logging.getLogger(__name__)
-AGENTS = ("simulated", "llm")
+AGENTS = ("simulated", "simulated-judged", "llm")
 ACTOR_CPUS = 0.25  # an agent mostly waits on HTTP (retriever, LLM endpoint)
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9-]{3,}")
 _STOP = frozenset("this that with from have were been their which there these those than into also more most "
@@ -69,15 +69,24 @@ _STOP = frozenset("this that with from have were been their which there these th
 class AgentConfig:
     """How the agents behave (see the module docstring for the simulated agent's model)."""
 
-    kind: str = option("simulated", choices=AGENTS, help="simulated (needs qrels) or llm (needs an endpoint)")
+    kind: str = option("simulated", choices=AGENTS,
+                       help="simulated (browses from snippets; needs qrels), simulated-judged (browses from the "
+                            "judgments; the earlier agent, for comparison) or llm (needs an endpoint)")
     k: int = option(10, help="results per search")
     max_turns: int = option(6, help="simulated: searches per task; llm: tool calls per task")
     position_bias: float = option(0.3, help="simulated: examine rank r with probability r ** -position_bias")
-    p_browse_relevant: float = option(0.85, help="simulated: browse an examined relevant document")
-    p_browse_irrelevant: float = option(0.08, help="simulated: browse an examined non-relevant document")
-    reasoning_words_relevant: int = option(120, help="simulated: mean reasoning words after a relevant browse")
-    reasoning_words_irrelevant: int = option(30, help="simulated: mean reasoning words after another browse")
-    p_state_irrelevant: float = option(0.7, help="simulated: say explicitly that a useless document is irrelevant")
+    browse_midpoint: float = option(0.4, help="simulated: share of the task's content words in a result's title "
+                                              "and snippet at which an examined result is browsed with "
+                                              "probability 0.5")
+    browse_slope: float = option(12.0, help="simulated: slope of the logistic browse probability in that share")
+    p_browse_relevant: float = option(0.85, help="simulated-judged: browse an examined relevant document")
+    p_browse_irrelevant: float = option(0.08, help="simulated-judged: browse an examined non-relevant document")
+    reasoning_words_relevant: int = option(120, help="simulated: mean reasoning words after reading a useful document")
+    reasoning_words_irrelevant: int = option(30, help="simulated: mean reasoning words after reading another one")
+    p_state_irrelevant: float = option(0.7, help="simulated: dismiss a useless document explicitly in the reasoning")
+    reasoning_signal: bool = option(True, help="simulated: reasoning reflects the document's usefulness (false: the "
+                                               "control agent, whose reasoning style is drawn at random)")
+    control_p_useful_style: float = option(0.3, help="simulated control agent: chance of useful-looking reasoning")
     evidence_grade: int = option(1, help="simulated: minimum judgment grade of an evidence document")
     evidence_needed: int = option(1, help="simulated: evidence documents browsed before answering")
     p_correct_with_evidence: float = option(0.95, help="simulated: answer correctly after finding evidence")
@@ -168,6 +177,29 @@ class RetrieverClient:
         self.http.close()
 
 
+class LocalRetriever:
+    """The same two tools over a FAISS index and encoder in this process (no HTTP, no Serve), with
+    the served API's result shape: for experiments that roll out many agents on one index
+    (``lrat ablation``)."""
+
+    def __init__(self, index, encoder, snippet_chars: int = 300):
+        self.index, self.encoder, self.snippet_chars = index, encoder, snippet_chars
+
+    def search(self, query: str, k: int) -> list[dict]:
+        hits = self.index.search(self.encoder.encode_queries([query[:2000] or "?"]), k)[0]
+        results = []
+        for doc_id, score in hits:
+            document = self.index.document(doc_id)
+            results.append({"docid": doc_id, "score": score, "title": document.get("title"),
+                            "snippet": (document.get("text") or "")[:self.snippet_chars]})
+        return results
+
+    def document(self, doc_id: str) -> dict | None:
+        document = self.index.document(doc_id)
+        return None if document is None else {"docid": doc_id, "title": document.get("title"),
+                                              "text": document.get("text")}
+
+
 # ---------------------------------------------------------------------------------------------
 # The run file being written
 # ---------------------------------------------------------------------------------------------
@@ -217,11 +249,23 @@ def _doc_text(document: dict | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# The simulated agent
+# The simulated agents
 # ---------------------------------------------------------------------------------------------
 
 def task_rng(seed: int, task_id: str) -> random.Random:
     return random.Random(f"{seed}:{task_id}")
+
+
+def content_terms(text: str | None) -> set[str]:
+    """Lower-cased content words (4+ letters, not stop words, a plural 's' dropped): what a reader
+    matches between a task and a snippet."""
+    return {w.lower().removesuffix("s") for w in _WORD.findall(text or "") if w.lower() not in _STOP}
+
+
+def claim_overlap(question: str, snippet: str | None) -> float:
+    """Share of the task's content words that the snippet contains (0..1)."""
+    wanted = content_terms(question)
+    return len(wanted & content_terms(snippet)) / len(wanted) if wanted else 0.0
 
 
 def reformulate(question: str, snippet: str | None, rng: random.Random) -> str:
@@ -233,9 +277,47 @@ def reformulate(question: str, snippet: str | None, rng: random.Random) -> str:
     return " ".join(kept)
 
 
-def _reasoning(doc_text: str, relevant: bool, config: AgentConfig, rng: random.Random) -> str:
+# Ways a reader sets a useless document aside. Only some use the words a keyword judge looks for
+# (lrat_ray.judge.NEGATIVE_PHRASES): a judge has to read, and a simple one misses the rest.
+DISMISSALS = (
+    "This document is not relevant to the claim.",
+    "Irrelevant: the abstract is about a different topic.",
+    "This does not help with the claim; moving on.",
+    "Not useful here, the study answers another question.",
+    "The abstract is unrelated to what the claim asserts.",
+    "Nothing useful for the claim in this one.",
+    "The population and outcome here differ from the claim's, so it cannot settle it.",
+    "This reports a different mechanism; I still need direct evidence.",
+    "Interesting, but it measures something else entirely.",
+    "The paper concerns another condition, so I will look further.",
+)
+NEUTRAL_OPENINGS = ("The abstract describes:", "Reading the full text:", "Notes on this document:")
+USEFUL_OPENINGS = ("This document addresses the claim directly. Key details:",
+                   "The abstract bears on the claim; the relevant findings:",
+                   "This is evidence for deciding the claim. It reports:")
+
+
+def _length(mean: int, rng: random.Random) -> int:
+    return max(3, int(rng.gauss(mean, mean * 0.25)))
+
+
+def _quote(doc_text: str, question: str, words: int, rng: random.Random) -> list[str]:
+    """About ``words`` words of the document, the sentences sharing most terms with the task first."""
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", doc_text) if s.strip()]
+    wanted = content_terms(question)
+    ranked = sorted(sentences, key=lambda s: (-len(wanted & content_terms(s)), rng.random()))
+    out: list[str] = []
+    for sentence in ranked:
+        if len(out) >= words:
+            break
+        out.extend(sentence.split())
+    return out[:words]
+
+
+def _reasoning_judged(doc_text: str, relevant: bool, config: AgentConfig, rng: random.Random) -> str:
+    """The ``simulated-judged`` agent's reasoning: fixed wording, length set by the judgment."""
     mean = config.reasoning_words_relevant if relevant else config.reasoning_words_irrelevant
-    target = max(3, int(rng.gauss(mean, mean * 0.25)))
+    target = _length(mean, rng)
     doc_words = doc_text.split()
     if relevant:
         opening = "This document addresses the claim directly. Key details:"
@@ -249,11 +331,32 @@ def _reasoning(doc_text: str, relevant: bool, config: AgentConfig, rng: random.R
     return " ".join(words[:max(target, len(opening.split()))])
 
 
+def _reasoning_read(question: str, doc_text: str, useful: bool, config: AgentConfig, rng: random.Random) -> str:
+    """The ``simulated`` agent's reasoning after reading a document it chose from its snippet.
+
+    With ``reasoning_signal`` the reasoning reflects what the document holds: a useful one gets a
+    long note quoting its most claim-like sentences, a useless one a short note that dismisses it
+    (in varied words) with probability ``p_state_irrelevant``. Without it (the control agent) the
+    style is drawn at random, useful-looking with probability ``control_p_useful_style``, whatever
+    the document holds."""
+    looks_useful = useful if config.reasoning_signal else rng.random() < config.control_p_useful_style
+    if looks_useful:
+        target = _length(config.reasoning_words_relevant, rng)
+        opening = rng.choice(USEFUL_OPENINGS).split()
+    else:
+        target = _length(config.reasoning_words_irrelevant, rng)
+        dismiss = rng.random() < config.p_state_irrelevant
+        opening = (rng.choice(DISMISSALS) if dismiss else rng.choice(NEUTRAL_OPENINGS)).split()
+    return " ".join(opening + _quote(doc_text, question, max(0, target - len(opening)), rng))
+
+
 def run_simulated(task: Task, client: RetrieverClient, config: AgentConfig) -> dict:
+    """One task with a simulated agent (``simulated`` or ``simulated-judged``, see the module doc)."""
     rng = task_rng(config.seed, task.id)
-    recorder = RunRecorder(task, {"agent": "simulated", **dataclasses.asdict(config)})
+    recorder = RunRecorder(task, {"agent": config.kind, **dataclasses.asdict(config)})
     evidence = {d for d, g in task.judgments.items() if g >= config.evidence_grade}
-    relevant = {d for d, g in task.judgments.items() if g > 0}
+    useful = {d for d, g in task.judgments.items() if g > 0}
+    reads_snippets = config.kind == "simulated"
     browsed: set[str] = set()
     found = 0
     best_snippet = None
@@ -267,19 +370,29 @@ def run_simulated(task: Task, client: RetrieverClient, config: AgentConfig) -> d
         for rank, hit in enumerate(hits, start=1):
             if hit["docid"] in browsed or rng.random() > rank ** -config.position_bias:
                 continue
-            is_relevant = hit["docid"] in relevant
-            if rng.random() > (config.p_browse_relevant if is_relevant else config.p_browse_irrelevant):
+            is_useful = hit["docid"] in useful
+            if rng.random() > _browse_probability(task.question, hit, is_useful, reads_snippets, config):
                 continue
             document = client.document(hit["docid"])
             recorder.browse(hit["docid"], document)
             browsed.add(hit["docid"])
-            recorder.think(_reasoning(_doc_text(document), is_relevant, config, rng))
+            text = _doc_text(document)
+            recorder.think(_reasoning_read(task.question, text, is_useful, config, rng) if reads_snippets
+                           else _reasoning_judged(text, is_useful, config, rng))
             found += hit["docid"] in evidence
             if found >= config.evidence_needed:
                 correct = rng.random() < config.p_correct_with_evidence
                 return recorder.answer("Answer supported by the documents read.", correct)
     correct = rng.random() < config.p_correct_without_evidence
     return recorder.answer("Best guess without supporting evidence.", correct)
+
+
+def _browse_probability(question: str, hit: dict, is_useful: bool, reads_snippets: bool,
+                        config: AgentConfig) -> float:
+    if not reads_snippets:  # simulated-judged: the judgments decide
+        return config.p_browse_relevant if is_useful else config.p_browse_irrelevant
+    overlap = claim_overlap(question, f"{hit.get('title') or ''} {hit.get('snippet') or ''}")
+    return 1.0 / (1.0 + math.exp(-config.browse_slope * (overlap - config.browse_midpoint)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +517,7 @@ class RolloutWorker:
         self.client = RetrieverClient(url, token, self.config.timeout_s)
 
     def run(self, tasks: list[dict], output: str) -> list[dict]:
-        agent = run_simulated if self.config.kind == "simulated" else run_llm
+        agent = run_llm if self.config.kind == "llm" else run_simulated
         summaries = []
         for task_dict in tasks:
             task = Task(**task_dict)

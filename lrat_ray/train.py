@@ -41,6 +41,7 @@ from lrat_ray.model import POOLINGS
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).with_name("configs")
 BACKENDS = ("ddp", "deepspeed")
+SHUFFLE_BUFFER = 4096  # rows each worker reshuffles at a time after the first epoch
 
 
 @dataclass
@@ -52,8 +53,11 @@ class TrainConfig:
     output: str = option(help="directory for the trained model (Hugging Face + sentence-transformers format; "
                               "local or URI; '{version}' is replaced by the version key)")
     model: str = option("embedded", help="model to start from: Hugging Face name or path, or 'embedded'", path=True)
-    corpus: list[str] = option([], help="corpus files giving document texts by id (else the pairs' texts)",
-                               path=True)
+    corpus: list[str] = option([], help="corpus files giving document texts by id (else the pairs' texts: the "
+                                        "browsed text for positives, cut to the snippets' length, and snippets "
+                                        "for negatives)", path=True)
+    require_corpus: bool = option(False, help="refuse to train without --corpus (recipes set it: positives and "
+                                              "negatives then have the same form)")
     workers: int = option(2, help="data-parallel training workers (the global batch grows with them)")
     use_gpu: bool = option(False, help="one GPU per worker")
     cpus_per_worker: float = option(1.0, help="CPUs reserved per training worker", runtime=True)
@@ -75,7 +79,9 @@ class TrainConfig:
     normalization: str = option("mean", choices=NORMALIZATIONS,
                                 help="mean: 1/N as in the paper; weight_sum: 1/sum(w) as the official code")
     ablation: str = option("reweight", choices=ABLATIONS,
-                           help="naive (w=1, no judge filter), filter (drop judge-irrelevant), reweight (use w)")
+                           help="naive (w=1, no judge filter), filter (drop judge-irrelevant, w=1), "
+                                "reweight-unfiltered (all pairs, w), reweight (LRAT: drop judge-irrelevant, w); "
+                                "weights are rescaled to mean 1 over the pairs kept")
     grad_cache_chunk: int | None = option(None, help="GradCache: texts per re-encoded chunk (off when unset)")
     lora_rank: int | None = option(None, help="train LoRA adapters of this rank instead of all weights (peft)")
     gradient_checkpointing: bool = option(False, help="recompute activations in backward to save memory")
@@ -98,6 +104,9 @@ class TrainConfig:
             raise ValueError("group_size, per_device_batch, workers and epochs must be at least 1")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
+        if self.require_corpus and not self.corpus:
+            raise ValueError("this recipe requires --corpus: without it positives are full browsed texts and "
+                             "negatives 300-character snippets, a length shortcut the model learns instead")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,27 +139,37 @@ def load_examples(config: TrainConfig) -> list[dict]:
             rows.append({"query": row["query"], "positive_id": row["positive_id"],
                          "positive_text": row.get("positive_text"), "negative_ids": row["negative_ids"] or [],
                          "negative_texts": row.get("negative_texts") or [], "weight": row["weight"],
-                         "relevant": row.get("relevant"), "source": spec})
+                         "relevant": row.get("relevant"), "source": spec, "snippets": True})
     if not rows:
         raise LratError(f"no pairs in {config.pairs}")
-    weights, keep = ablation_weights([r["weight"] for r in rows], [r["relevant"] for r in rows], config.ablation)
-    examples = []
-    for row, weight, kept in zip(rows, weights, keep):
+    for row in rows:
+        weight = row["weight"]
         if weight is None or not math.isfinite(weight) or weight < 0:
             raise LratError(f"{row['source']}: pair for query {row['query']!r:.60} has weight {weight}; "
                             "weights must be finite and non-negative")
-        if not kept:
-            continue
-        positive = (texts or {}).get(row["positive_id"]) or row["positive_text"]
-        if not positive:
-            raise LratError(f"{row['source']}: no text for positive {row['positive_id']!r}; pass --corpus")
-        shown = dict(zip(row["negative_ids"], row["negative_texts"]))
-        negatives = [t for t in ((texts or {}).get(d) or shown.get(d) for d in row["negative_ids"]) if t]
-        examples.append({"query": row["query"], "positive": positive, "negatives": negatives,
-                         "weight": float(weight)})
+    weights, keep = ablation_weights([r["weight"] for r in rows], [r["relevant"] for r in rows], config.ablation)
+    examples = [_example(row, float(weight), texts) for row, weight, kept in zip(rows, weights, keep) if kept]
     if not examples:
         raise LratError(f"every pair was filtered out by ablation {config.ablation!r}")
     return examples
+
+
+def _example(row: dict, weight: float, texts: dict[str, str] | None) -> dict:
+    """One example. Corpus texts when a corpus is given; else what the pairs carry, and for mined
+    pairs (negatives are snippets) the positive is cut to the snippets' length, so the two have
+    the same form and length is not a shortcut."""
+    shown = dict(zip(row["negative_ids"], row["negative_texts"]))
+    if texts is not None:
+        positive = texts.get(row["positive_id"]) or row["positive_text"]
+        negatives = [t for t in (texts.get(d) or shown.get(d) for d in row["negative_ids"]) if t]
+    else:
+        negatives = [t for t in (shown.get(d) for d in row["negative_ids"]) if t]
+        positive = row["positive_text"]
+        if positive and negatives and row.get("snippets"):
+            positive = positive[:max(len(t) for t in negatives)]
+    if not positive:
+        raise LratError(f"{row['source']}: no text for positive {row['positive_id']!r}; pass --corpus")
+    return {"query": row["query"], "positive": positive, "negatives": negatives, "weight": weight}
 
 
 def _official_rows(path: str) -> list[dict]:
@@ -194,6 +213,37 @@ def group_texts(batch: dict, group_size: int, rng: random.Random, with_replaceme
             documents.append(doc if doc is not None else "")
             mask.append(doc is not None)
     return queries, documents, mask, [float(w) for w in batch["weight"]]
+
+
+class RandomState:
+    """torch's CPU (and current CUDA device's) random state, to replay a forward pass exactly."""
+
+    def __init__(self, cpu, cuda, device):
+        self.cpu, self.cuda, self.device = cpu, cuda, device
+
+    @classmethod
+    def capture(cls, device) -> "RandomState":
+        import torch
+
+        cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        return cls(torch.get_rng_state(), cuda, device)
+
+    def replay(self):
+        """A context in which torch draws the same numbers as after :meth:`capture`; the global
+        state is restored afterwards."""
+        import contextlib
+
+        import torch
+
+        @contextlib.contextmanager
+        def replaying():
+            with torch.random.fork_rng(devices=[self.device] if self.cuda is not None else []):
+                torch.set_rng_state(self.cpu)
+                if self.cuda is not None:
+                    torch.cuda.set_rng_state(self.cuda, self.device)
+                yield
+
+        return replaying()
 
 
 class StepRunner:
@@ -280,21 +330,28 @@ class StepRunner:
         from lrat_ray.loss import distributed_loss
 
         q_chunks, d_chunks = self._chunks(queries, documents)
+        chunks = q_chunks + d_chunks
+        # Each chunk's random state (dropout) is saved before its first pass and replayed in the
+        # second, so the re-encoded representations are the ones the loss was differentiated at.
+        states = []
         with torch.no_grad(), self._autocast():
-            q = torch.cat([self._embed(t, n) for t, n in q_chunks]).float()
-            d = torch.cat([self._embed(t, n) for t, n in d_chunks]).float()
+            reps = []
+            for texts, max_length in chunks:
+                states.append(RandomState.capture(self.device))
+                reps.append(self._embed(texts, max_length).float())
+        q = torch.cat(reps[:len(q_chunks)])
+        d = torch.cat(reps[len(q_chunks):])
         q.requires_grad_(True)
         d.requires_grad_(True)
         value, loss = distributed_loss(q, d, weights, mask, self.config.temperature, self.config.group_size,
                                        self.config.normalization)
         value.backward()
         grads = torch.cat([q.grad, d.grad])
-        chunks = q_chunks + d_chunks
         offset = 0
-        for index, (texts, max_length) in enumerate(chunks):
+        for index, ((texts, max_length), state) in enumerate(zip(chunks, states)):
             last = index == len(chunks) - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            with sync, self._autocast():
+            with sync, state.replay(), self._autocast():
                 reps = self._embed(texts, max_length).float()
                 surrogate = (reps * grads[offset:offset + len(texts)]).sum()
             backward(surrogate)
@@ -315,10 +372,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
     import torch
-    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
-
-    from lrat_ray.embedded import resolve_model
-    from lrat_ray.model import load_transformer
 
     config = TrainConfig(**loop_config["config"])
     total_steps = loop_config["total_steps"]
@@ -327,13 +380,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(config.seed)
     device = ray.train.torch.get_device() if config.use_gpu else torch.device("cpu")
 
-    spec = _encoder_spec(config)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model))
-    model = load_transformer(resolve_model(config.model))
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if config.lora_rank:
-        model = _with_lora(model, config.lora_rank)
+    spec, tokenizer, model = _starting_model(config)
 
     start_step, start_epoch, skip_batches = 0, 0, 0
     checkpoint = ray.train.get_checkpoint()
@@ -344,9 +391,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.load_state_dict(state["model"])
         start_step, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), max(total_steps, 1))
+    params, optimizer, scheduler = _optimizer(model, config, total_steps)
     if config.backend == "deepspeed":
         engine = _deepspeed_engine(model, optimizer, scheduler, config)
         model_for_forward = engine
@@ -368,7 +413,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         batches = 0
         micro = 0
         window_loss, window_examples, window_start = 0.0, 0, time.time()
-        for batch in shard.iter_batches(batch_size=config.per_device_batch, batch_format="numpy"):
+        # The driver shuffled the pairs once; later epochs reshuffle (seeded, so a restart sees
+        # the same order and skips exactly the batches already done).
+        shuffle = {} if epoch == 0 else {"local_shuffle_buffer_size": SHUFFLE_BUFFER,
+                                         "local_shuffle_seed": config.seed * 1000 + epoch * 10 + rank}
+        for batch in shard.iter_batches(batch_size=config.per_device_batch, batch_format="numpy", **shuffle):
             if epoch == start_epoch and batches < skip_batches:
                 batches += 1  # done before the restart: same order, skip it
                 continue
@@ -411,6 +460,75 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if done:
                 return
         skip_batches = 0
+
+
+def _starting_model(config: TrainConfig):
+    """The encoder spec, tokenizer and model to train (with LoRA adapters and checkpointing)."""
+    from lrat_ray.embedded import resolve_model
+    from lrat_ray.model import load_tokenizer, load_transformer
+
+    spec = _encoder_spec(config)
+    tokenizer = load_tokenizer(resolve_model(config.model), spec)
+    model = load_transformer(resolve_model(config.model))
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if config.lora_rank:
+        model = _with_lora(model, config.lora_rank)
+    return spec, tokenizer, model
+
+
+def _optimizer(model, config: TrainConfig, total_steps: int):
+    """Trainable parameters, AdamW and the linear warmup-then-decay schedule."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), max(total_steps, 1))
+    return params, optimizer, scheduler
+
+
+def fit_in_process(config: TrainConfig, examples: list[dict], steps: int, output: str | None = None) -> dict:
+    """Train in this process, no Ray: exactly ``steps`` optimizer steps of ``per_device_batch`` x
+    ``grad_accumulation`` examples, cycling through ``examples`` reshuffled on every pass. The
+    step is the Ray Train worker's (:class:`StepRunner`); experiments that train many small
+    models (``lrat ablation``) use it so that every arm trains the same number of steps from the
+    same start without a worker group's start-up cost. Writes the model to ``output`` if given.
+    Returns the losses and the (unwrapped) model, tokenizer and spec."""
+    import torch
+
+    from lrat_ray.model import save_encoder
+
+    torch.manual_seed(config.seed)
+    spec, tokenizer, model = _starting_model(config)
+    params, optimizer, scheduler = _optimizer(model, config, steps)
+    model.train()
+    runner = StepRunner(model, tokenizer, spec, config, torch.device("cpu"))
+    order_rng = random.Random(config.seed)
+    stream: list[dict] = []
+    losses = []
+    for step in range(steps):
+        for micro in range(config.grad_accumulation):
+            while len(stream) < config.per_device_batch:
+                stream.extend(order_rng.sample(examples, len(examples)))
+            batch, stream = stream[:config.per_device_batch], stream[config.per_device_batch:]
+            columns = {name: [e[name] for e in batch] for name in EXAMPLE_COLUMNS}
+            rng = random.Random(hash((config.seed, step, micro)))
+            queries, documents, mask, weights = group_texts(columns, config.group_size, rng,
+                                                            config.negatives_with_replacement)
+            loss = runner.run(queries, documents, mask, weights,
+                              lambda value: (value / config.grad_accumulation).backward())
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {step}: lower the learning rate or check weights")
+            losses.append(loss)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    if output:
+        save_encoder(model, tokenizer, spec, output)
+    return {"losses": losses, "model": model, "tokenizer": tokenizer, "spec": spec}
 
 
 def _report_with_checkpoint(metrics, model, optimizer, scheduler, step, epoch, batches, rank, spec, tokenizer,

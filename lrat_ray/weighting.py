@@ -12,9 +12,9 @@ are whole numbers: tokens or characters), the histograms are merged, and the exa
 come out of the merged histogram, equal to what one process would compute on all pairs.
 
 ``zero_length`` says what to do with pairs whose reasoning is empty (the agent browsed and moved
-on without writing anything): ``"formula"`` (default) applies the formula, giving weight 0, and
-counts them in ``beta`` and ``mu_raw``; ``"neutral"`` leaves them out of both and gives them weight
-1, as the official LRAT builder does.
+on without writing anything): ``"neutral"`` (``lrat mine``'s default) leaves them out of both and
+gives them weight 1, as the official LRAT builder does; ``"formula"`` applies the formula, giving
+weight 0, and counts them in ``beta`` and ``mu_raw`` (the mining report counts those pairs).
 """
 
 from __future__ import annotations

@@ -35,10 +35,14 @@ def test_choices_are_enforced_on_the_command_line():
 def test_shipped_training_recipes_load():
     from lrat_ray.train import CONFIG_DIR, TrainConfig
 
-    paper = resolve(TrainConfig, {"pairs": ["p"], "output": "o"},
+    with pytest.raises(LratError, match="requires --corpus"):
+        resolve(TrainConfig, {"pairs": ["p"], "output": "o"}, str(CONFIG_DIR / "train_lrat_qwen3_embedding_0.6b.yaml"),
+                "train")
+    paper = resolve(TrainConfig, {"pairs": ["p"], "output": "o", "corpus": ["c"]},
                     str(CONFIG_DIR / "train_lrat_qwen3_embedding_0.6b.yaml"), "train")
     assert (paper.model, paper.pooling, paper.temperature, paper.group_size, paper.epochs) == (
         "Qwen/Qwen3-Embedding-0.6B", "last", 0.02, 10, 2)
-    assert paper.query_prefix.endswith("\nQuery:{}") and paper.learning_rate == 1e-6
-    cpu = resolve(TrainConfig, {"pairs": ["p"], "output": "o"}, str(CONFIG_DIR / "train_cpu_minilm.yaml"), "train")
+    assert paper.query_prefix.endswith("\nQuery:") and paper.learning_rate == 1e-6
+    cpu = resolve(TrainConfig, {"pairs": ["p"], "output": "o", "corpus": ["c"]}, str(CONFIG_DIR / "train_cpu_minilm.yaml"),
+                  "train")
     assert cpu.model == "embedded" and cpu.workers == 2

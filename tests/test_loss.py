@@ -83,4 +83,8 @@ def test_sampling_and_ablations():
     w, rel = [0.5, 1.5, 1.0], [True, False, None]
     assert ablation_weights(w, rel, "naive") == ([1.0, 1.0, 1.0], [True, True, True])
     assert ablation_weights(w, rel, "filter") == ([1.0, 1.0, 1.0], [True, False, True])
-    assert ablation_weights(w, rel, "reweight") == (w, [True, False, True])
+    # Weights are rescaled to mean 1 over the pairs actually trained on.
+    assert ablation_weights(w, rel, "reweight-unfiltered") == ([0.5, 1.5, 1.0], [True, True, True])
+    weights, keep = ablation_weights(w, rel, "reweight")
+    assert keep == [True, False, True] and weights[0] / weights[2] == pytest.approx(0.5)
+    assert (weights[0] + weights[2]) / 2 == pytest.approx(1.0)

@@ -76,6 +76,22 @@ def test_unattributed_and_duplicate_browses():
     assert browsed_ranks(traj) == [1, 1]
 
 
+@pytest.mark.parametrize("negatives", ["attributed", "since-last-positive"])
+def test_failed_browses_never_become_positives(negatives):
+    """A browse that returned nothing ("Document not found", an error, an empty page) gives no pair
+    in either mode and is counted; a browse whose output was not logged still counts as a read."""
+    traj = Trajectory(id="f", steps=(
+        search("q", "a", "b", "c", "d"),
+        Step("browse", doc_id="a", text="[Document not found] docid=a"), think("nothing there"),
+        Step("browse", doc_id="b", text="   "), think("empty"),
+        Step("browse", doc_id="c", text="Error: fetch failed"), think("error"),
+        Step("browse", doc_id="d"), think("read, output not logged"),
+    ))
+    result = mine_trajectory(traj, MiningOptions(negatives))
+    assert [p.positive_id for p in result.pairs] == ["d"]
+    assert result.failed_browses == 3
+
+
 def test_since_last_positive_without_judge_by_hand():
     result = mine_trajectory(HAND, MiningOptions("since-last-positive"))
     assert summary(result.pairs) == [

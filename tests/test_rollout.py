@@ -1,12 +1,14 @@
 import json
+import math
 import random
 import statistics
 
 import pytest
 
 from lrat_ray.adapters import parse_trajectory
+from lrat_ray.judge import keyword_label
 from lrat_ray.mining import mine_trajectory
-from lrat_ray.rollout import AgentConfig, Task, run_llm, run_simulated, split_task_ids
+from lrat_ray.rollout import AgentConfig, Task, claim_overlap, run_llm, run_simulated, split_task_ids
 from openai_stub import ScriptedOpenAI
 
 
@@ -26,8 +28,8 @@ class StubRetriever:
         return {"docid": doc_id, "title": f"T{doc_id}", "text": " ".join(f"w{doc_id}x{i}" for i in range(400))}
 
 
-def test_simulated_agent_statistics_match_its_parameters():
-    config = AgentConfig(max_turns=1, evidence_needed=10 ** 6, position_bias=0.5, p_browse_relevant=0.8,
+def test_judgment_driven_agent_statistics_match_its_parameters():
+    config = AgentConfig(kind="simulated-judged", max_turns=1, evidence_needed=10 ** 6, position_bias=0.5, p_browse_relevant=0.8,
                          p_browse_irrelevant=0.1, reasoning_words_relevant=100, reasoning_words_irrelevant=20)
     client = StubRetriever()
     relevant_docs = {f"d{i}" for i in range(0, 200, 2)}  # half the corpus is judged relevant
@@ -54,9 +56,73 @@ def test_simulated_agent_statistics_match_its_parameters():
     assert statistics.mean(lengths[False]) == pytest.approx(20, rel=0.2)
 
 
+class TextRetriever:
+    """Results whose snippets share a chosen share of the task's words; usefulness (the judgments)
+    is assigned independently of the text, so the agent can only go by what it reads."""
+
+    WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+        self.shown: dict[str, float] = {}
+
+    def search(self, query, k):
+        hits = []
+        for rank in range(k):
+            share = self.rng.choice([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+            doc = f"d{len(self.shown)}"
+            self.shown[doc] = share
+            words = self.WORDS[:int(share * 10)] + ["other"] * (10 - int(share * 10))
+            hits.append({"docid": doc, "score": 1.0 / (rank + 1), "title": "", "snippet": " ".join(words)})
+        return hits
+
+    def document(self, doc_id):
+        return {"docid": doc_id, "title": "", "text": "Sentence one is here. " * 80}
+
+
+def test_snippet_reading_agent_browses_by_overlap_not_by_judgment_and_its_notes_follow_usefulness():
+    question = " ".join(TextRetriever.WORDS)
+    assert claim_overlap(question, "alpha bravo other") == pytest.approx(0.2)
+    results = {}
+    for signal in (True, False):
+        config = AgentConfig(kind="simulated", max_turns=1, evidence_needed=10 ** 6, position_bias=0.0,
+                             reasoning_signal=signal, reasoning_words_relevant=100, reasoning_words_irrelevant=20)
+        client = TextRetriever()
+        examined, opened, lengths, dismissals = {}, {}, {True: [], False: []}, {True: 0, False: 0}
+        for t in range(600):
+            useful = {f"d{i}" for i in range(len(client.shown), len(client.shown) + 10) if random.Random(i).random() < 0.3}
+            run = run_simulated(Task(id=f"t{t}", question=question, judgments={d: 1 for d in useful}), client, config)
+            traj = parse_trajectory(run)
+            hits = traj.steps[1].results
+            browsed = {s.doc_id for s in traj.steps if s.kind == "browse"}
+            for hit in hits:
+                key = (client.shown[hit.doc_id], hit.doc_id in useful)
+                examined[key] = examined.get(key, 0) + 1
+                opened[key] = opened.get(key, 0) + (hit.doc_id in browsed)
+            for pair in mine_trajectory(traj).pairs:
+                is_useful = pair.positive_id in useful
+                lengths[is_useful].append(len(pair.reasoning.split()))
+                dismissals[is_useful] += not keyword_label(pair.reasoning)
+        results[signal] = lengths, dismissals
+        for share in (0.2, 0.4, 0.6):
+            expected = 1 / (1 + math.exp(-config.browse_slope * (share - config.browse_midpoint)))
+            for is_useful in (True, False):  # the judgments do not move the browse rate
+                rate = opened[(share, is_useful)] / examined[(share, is_useful)]
+                assert rate == pytest.approx(expected, abs=0.08), (share, is_useful, rate)
+    (lengths, dismissals), (control_lengths, control_dismissals) = results[True], results[False]
+    assert statistics.mean(lengths[True]) == pytest.approx(100, rel=0.1)
+    assert statistics.mean(lengths[False]) == pytest.approx(20, rel=0.25)
+    assert dismissals[True] == 0 and dismissals[False] / len(lengths[False]) > 0.3
+    # The control agent's notes do not depend on what it read.
+    assert statistics.mean(control_lengths[True]) == pytest.approx(statistics.mean(control_lengths[False]), rel=0.15)
+    control_rate = {u: control_dismissals[u] / len(control_lengths[u]) for u in (True, False)}
+    assert control_rate[True] == pytest.approx(control_rate[False], abs=0.07)
+
+
 def test_simulated_agent_answers_after_evidence_and_is_seeded():
     client = StubRetriever(docs=12)
-    config = AgentConfig(max_turns=5, position_bias=0.0, p_browse_relevant=1.0, p_correct_with_evidence=1.0)
+    config = AgentConfig(kind="simulated-judged", max_turns=5, position_bias=0.0, p_browse_relevant=1.0,
+                         p_correct_with_evidence=1.0)
     task = Task(id="t", question="what is it", judgments={"d3": 1})
     run = run_simulated(task, client, config)
     assert run["correct"] is True and run["result"][-1]["type"] == "output_text"

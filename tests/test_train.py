@@ -19,7 +19,8 @@ def test_official_lrat_jsonl_examples():
     examples = load_examples(TrainConfig(pairs=[str(SAMPLE)], output="x"))
     records = [json.loads(l) for l in SAMPLE.read_text().split("\n") if l.strip()]
     assert len(examples) == len(records) == 10
-    assert [e["weight"] for e in examples] == [r["reweight_rate"] for r in records]
+    rates = [r["reweight_rate"] for r in records]  # rescaled to mean 1 over the pairs trained on
+    assert [e["weight"] for e in examples] == pytest.approx([w * len(rates) / sum(rates) for w in rates])
     assert examples[0]["positive"] == records[0]["pos"][0] and examples[0]["negatives"] == records[0]["neg"]
     naive = load_examples(TrainConfig(pairs=[str(SAMPLE)], output="x", ablation="naive"))
     assert {e["weight"] for e in naive} == {1.0}
@@ -38,14 +39,20 @@ def test_mined_pairs_use_corpus_texts_and_ablations(tmp_path):
     corpus.write_text('{"_id": "p", "title": "P", "text": "positive text"}\n{"_id": "n1", "text": "neg one"}\n')
     pairs = _pairs_dir(tmp_path, [
         {"query": "q1", "positive_id": "p", "negative_ids": ["n1", "n2"], "negative_texts": [None, "snippet n2"],
-         "weight": 1.5, "relevant": True, "positive_text": "shown text"},
+         "weight": 1.5, "relevant": True, "positive_text": "shown text, much longer than a snippet"},
         {"query": "q2", "positive_id": "p", "negative_ids": [], "weight": 0.5, "relevant": False},
     ])
     reweight = load_examples(TrainConfig(pairs=[str(pairs)], output="x", corpus=[str(corpus)]))
     assert reweight == [{"query": "q1", "positive": "P\npositive text", "negatives": ["neg one", "snippet n2"],
-                         "weight": 1.5}]
+                         "weight": 1.0}]  # the one pair kept: its weight rescaled to mean 1
     assert len(load_examples(TrainConfig(pairs=[str(pairs)], output="x", ablation="naive",
                                          corpus=[str(corpus)]))) == 2
+    unfiltered = load_examples(TrainConfig(pairs=[str(pairs)], output="x", ablation="reweight-unfiltered",
+                                           corpus=[str(corpus)]))
+    assert [e["weight"] for e in unfiltered] == [1.5, 0.5]
+    # Without a corpus the positive is cut to the snippets' length: no length shortcut.
+    shown = load_examples(TrainConfig(pairs=[str(pairs)], output="x"))
+    assert shown[0]["positive"] == "shown text" and shown[0]["negatives"] == ["snippet n2"]
 
 
 def test_bad_training_input(tmp_path):
@@ -95,6 +102,41 @@ def test_grad_cache_equals_no_caching():
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-6)
+
+
+def test_grad_cache_replays_dropout_so_it_equals_the_big_batch_gradient():
+    """With dropout on (training mode), GradCache's second pass must see the random masks of the
+    first: then its gradient equals one differentiable pass over the same chunks."""
+    import random
+
+    from lrat_ray.loss import distributed_loss
+
+    examples = load_examples(TrainConfig(pairs=[str(SAMPLE)], output="x"))[:4]
+    batch = {k: [e[k] for e in examples] for k in ("query", "positive", "negatives", "weight")}
+    queries, documents, mask, weights = group_texts(batch, 3, random.Random(0), True)
+    config = TrainConfig(pairs=["x"], output="x", group_size=3, grad_cache_chunk=3)
+
+    def cached(seed):
+        runner, model = _runner(config)
+        model.train()
+        torch.manual_seed(seed)
+        runner.run(queries, documents, mask, weights, backward=lambda v: v.backward())
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    runner, model = _runner(config)
+    model.train()
+    torch.manual_seed(7)
+    q_chunks, d_chunks = runner._chunks(queries, documents)
+    reps = [runner._embed(texts, length).float() for texts, length in q_chunks + d_chunks]
+    value, _ = distributed_loss(torch.cat(reps[:len(q_chunks)]), torch.cat(reps[len(q_chunks):]),
+                                torch.tensor(weights), torch.tensor(mask), config.temperature, 3)
+    value.backward()
+    direct = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    replayed = cached(7)
+    for name in direct:
+        torch.testing.assert_close(replayed[name], direct[name], rtol=1e-3, atol=1e-6)
+    other = cached(8)  # other dropout masks: the comparison above is not vacuous
+    assert any(not torch.allclose(other[n], direct[n], rtol=1e-3, atol=1e-6) for n in direct)
 
 
 def _gathered_worker(rank, world, port, out):
