@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -55,7 +54,7 @@ def main() -> int:
 
     from lrat_ray.index import IndexConfig, RetrievalIndex, run_index
     from lrat_ray.model import Encoder
-    from lrat_ray.runtime import init_ray
+    from lrat_ray.runtime import free_port, init_ray
     from lrat_ray.serving import ServeConfig, deploy
 
     init_ray(num_cpus=2)
@@ -73,9 +72,7 @@ def main() -> int:
     print(f"index {args.index}: {len(index.doc_ids)} documents; bare in-process query "
           f"(encode + search): {bare * 1000:.1f} ms = {1 / bare:.0f} queries/s")
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = deploy(ServeConfig(index=args.index, port=port))
     asyncio.run(load(url, queries, 4, 40))  # warm up replica and connections
     print("\n| clients | requests | p50 ms | p99 ms | requests/s | p50 / bare | failed |\n|---:|---:|---:|---:|---:|---:|---:|")

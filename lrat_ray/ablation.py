@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lrat_ray import __version__, storage
-from lrat_ray.config import option
+from lrat_ray.config import checked, option
 from lrat_ray.errors import LratError
 from lrat_ray.loss import ABLATIONS
 
@@ -60,6 +60,7 @@ ARM_LABELS = {"oracle": "oracle (qrels filter)", "naive": "naive", "filter": "+f
 
 
 @dataclass
+@checked
 class AblationConfig:
     """Options of ``lrat ablation`` (YAML: an ``ablation:`` section; ``agent:`` sets AgentConfig fields)."""
 

@@ -36,6 +36,30 @@ def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | No
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
+def checked(cls: type[T]) -> type[T]:
+    """Class decorator (put it under ``@dataclass``): every instance checks its ``choices`` when it is
+    built, wherever the values came from (command line, YAML, a flywheel section, Python), then
+    runs the class's own ``__post_init__`` checks."""
+    own = cls.__dict__.get("__post_init__")
+
+    def __post_init__(self):
+        check_choices(self)
+        if own is not None:
+            own(self)
+
+    cls.__post_init__ = __post_init__
+    return cls
+
+
+def check_choices(config: Any) -> None:
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices and value is not None and value not in choices:
+            raise ValueError(f"option {f.name} (--{f.name.replace('_', '-')}): {value!r} is not one of "
+                             f"{list(choices)}")
+
+
 def _json_mapping(text: str) -> dict:
     try:
         value = json.loads(text)

@@ -27,7 +27,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from lrat_ray import storage
-from lrat_ray.config import option
+from lrat_ray.config import checked, option
 from lrat_ray.errors import LratError, RecordError
 
 Qrels = dict[str, dict[str, int]]
@@ -36,6 +36,7 @@ DEFAULT_KS = (1, 5, 10, 20, 100)
 
 
 @dataclass
+@checked
 class EvalConfig:
     """Options of ``lrat eval``."""
 
@@ -282,6 +283,7 @@ def run_eval(config: EvalConfig) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
+@checked
 class EvalRunsConfig:
     """Options of ``lrat eval-runs``."""
 

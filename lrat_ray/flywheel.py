@@ -30,12 +30,11 @@ import json
 import logging
 import os
 import random
-import socket
 import time
 from dataclasses import dataclass
 
 from lrat_ray import storage
-from lrat_ray.config import option
+from lrat_ray.config import checked, option
 from lrat_ray.errors import LratError
 
 log = logging.getLogger(__name__)
@@ -46,6 +45,7 @@ RESULT_COLUMNS = ("iteration", "model", *INTERVAL_METRICS, *(f"{m}_{end}" for m 
 
 
 @dataclass
+@checked
 class FlywheelConfig:
     """Options of ``lrat flywheel`` (YAML: a ``flywheel:`` section; ``agent:`` and ``train:``
     sub-mappings set AgentConfig and TrainConfig fields)."""
@@ -91,6 +91,26 @@ class FlywheelConfig:
         unknown = sorted(set(self.resources) - set(RESOURCE_STAGES))
         if unknown:
             raise ValueError(f"resources: unknown stage(s) {unknown}; known: {list(RESOURCE_STAGES)}")
+        self._check_sections()
+
+    def _check_sections(self) -> None:
+        """Build every sub-stage's config once, so a wrong option in any section fails when the
+        flywheel config is built, before any work, with the section and option named."""
+        from lrat_ray.llm_serve import LLMServeConfig
+        from lrat_ray.rollout import AgentConfig
+        from lrat_ray.train import TrainConfig
+
+        checks = (("train", lambda: TrainConfig(pairs=[self.output], output=self.output, corpus=self.corpus,
+                                                **self.train)),
+                  ("judge", lambda: self.judge_config(self.output, pairs=self.output)),
+                  ("mine", lambda: self.mine_config([self.output], self.output, None)),
+                  ("agent", lambda: AgentConfig(**self.agent).grader_config()),
+                  ("agent_llm", lambda: LLMServeConfig(**self.agent_llm)))
+        for section, build in checks:
+            try:
+                build()
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"flywheel section {section}: {exc}") from None
 
     def resources_of(self, stage: str) -> dict:
         return dict(self.resources.get(stage) or {})
@@ -188,11 +208,12 @@ def _build_index(state: FlywheelState, iteration: int) -> None:
 
 
 def _deploy(state: FlywheelState, iteration: int) -> str:
+    from lrat_ray.runtime import free_port
     from lrat_ray.serving import ServeConfig, deploy, swap_index
 
     index = _index_dir(state, iteration)
     if state.serve_settings is None:
-        port = state.config.port or _free_port()
+        port = state.config.port or free_port()
         # The replica reserves no CPU: it shares the machine with the stages (rollouts use it; training
         # and indexing run while it is idle), and a reservation would starve a 2-CPU machine.
         state.serve_settings = ServeConfig(index=index, port=port, replica_cpus=0,
@@ -203,12 +224,6 @@ def _deploy(state: FlywheelState, iteration: int) -> str:
         state.serve_settings = swap_index(state.serve_settings, index)
         url = f"http://{state.serve_settings.host}:{state.serve_settings.port}"
     return url
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rollout(state: FlywheelState, url: str, ids: list[str], path: str) -> dict:
@@ -338,22 +353,6 @@ def _train_iteration(state: FlywheelState, iteration: int, url: str) -> dict:
     return info
 
 
-def _check_sections(config: FlywheelConfig) -> None:
-    """Build every sub-stage's config once, so a wrong option fails before iteration 0 starts."""
-    from lrat_ray.llm_serve import LLMServeConfig
-    from lrat_ray.rollout import AgentConfig
-    from lrat_ray.train import TrainConfig
-
-    try:
-        TrainConfig(pairs=[config.output], output=config.output, **config.train)
-        config.judge_config(config.output, pairs=config.output)
-        config.mine_config([config.output], config.output, None)
-        AgentConfig(**config.agent).grader_config()
-        LLMServeConfig(**config.agent_llm)
-    except (TypeError, ValueError) as exc:
-        raise LratError(f"flywheel configuration: {exc}") from None
-
-
 def _relevant_pairs(pairs_dir: str) -> int:
     import pyarrow.dataset as pads
 
@@ -367,7 +366,6 @@ def run_flywheel(config: FlywheelConfig) -> list[dict]:
     from lrat_ray.runtime import init_ray
 
     started = time.time()
-    _check_sections(config)
     # Rollout actors, Train workers and Serve replicas do not share the driver's directory.
     config = dataclasses.replace(config, output=os.path.abspath(config.output),
                                  corpus=[c if storage.is_remote(c) else os.path.abspath(c) for c in config.corpus])

@@ -23,7 +23,7 @@ import re
 import string
 from dataclasses import dataclass
 
-from lrat_ray.config import option
+from lrat_ray.config import checked, option
 
 GRADERS = ("none", "exact", "llm")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -43,6 +43,7 @@ VERDICT_SCHEMA = {"type": "json_schema", "json_schema": {"name": "grade", "stric
 
 
 @dataclass
+@checked
 class GraderConfig:
     """How final answers are graded (``grader:`` inside agent settings)."""
 

@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from lrat_ray import __version__, storage
-from lrat_ray.config import option
+from lrat_ray.config import checked, option
 from lrat_ray.corpus import document_text, iter_documents
 from lrat_ray.errors import LratError
 from lrat_ray.model import POOLINGS, EncoderSpec, model_fingerprint, spec_for
@@ -43,6 +43,7 @@ INDEX_TYPES = ("flat", "ivf", "hnsw")
 
 
 @dataclass
+@checked
 class IndexConfig:
     """Options of ``lrat index``."""
 

@@ -64,8 +64,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lrat_ray import storage
-from lrat_ray.config import option
+from lrat_ray.config import checked, option
 from lrat_ray.errors import LratError
+from lrat_ray.pairs import pairs_source
 
 log = logging.getLogger(__name__)
 BACKENDS = ("none", "keyword", "openai", "transformers", "vllm")
@@ -115,6 +116,7 @@ JUDGE_FIELDS = [pa.field("judge_key", pa.string()), pa.field("relevant", pa.bool
 
 
 @dataclass
+@checked
 class JudgeConfig:
     """Options of ``lrat judge``."""
 
@@ -459,11 +461,6 @@ def answer_dataset(ds, config: JudgeConfig):
 # ---------------------------------------------------------------------------------------------
 # The stage
 # ---------------------------------------------------------------------------------------------
-
-def pairs_source(pairs: str) -> str:
-    """The Parquet files of a mined-pairs input: a stage directory, its pairs/ folder or files."""
-    return storage.parquet_source(pairs, "pairs", "a lrat mine output directory, its pairs/ folder or Parquet files")
-
 
 def default_cache(output: str) -> str:
     """``judge-cache`` beside the output directory, so reruns into new directories share it."""

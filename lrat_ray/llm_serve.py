@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from lrat_ray.config import option
+from lrat_ray.config import checked, option
 from lrat_ray.errors import LratError
 
 APP_NAME = "lrat-llm"
@@ -26,6 +26,7 @@ ROUTE_PREFIX = "/llm"
 
 
 @dataclass
+@checked
 class LLMServeConfig:
     """The served chat model (``agent_llm:`` in flywheel YAML)."""
 

@@ -10,10 +10,11 @@ answer the same.
 import json
 from dataclasses import dataclass
 
-from lrat_ray.config import option
+from lrat_ray.config import checked, option
 
 
 @dataclass
+@checked
 class McpConfig:
     """Options of ``lrat mcp``."""
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from lrat_ray import __version__, storage
 from lrat_ray.adapters import FORMATS, read_trajectories
-from lrat_ray.config import option
+from lrat_ray.config import checked, option
 from lrat_ray.errors import LratError, RecordError
 from lrat_ray.mining import (NEGATIVE_MODES, BrowseEvent, Judge, LengthMeasure, MiningOptions, character_lengths,
                              mine_trajectories)
@@ -45,6 +45,7 @@ MAX_EXAMPLES = 20
 
 
 @dataclass
+@checked
 class MineConfig:
     """Options of ``lrat mine`` (also the ``mine:`` section of a YAML config)."""
 

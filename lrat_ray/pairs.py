@@ -53,6 +53,15 @@ PAIR_SCHEMA = pa.schema([
 UNWEIGHTED_SCHEMA = PAIR_SCHEMA.remove(PAIR_SCHEMA.get_field_index("weight"))
 
 
+def pairs_source(path: str) -> str:
+    """The Parquet files of a mined-pairs input, given the way every stage accepts it: a stage
+    directory (``lrat mine`` or ``lrat judge`` output), its ``pairs/`` folder or Parquet files."""
+    from lrat_ray import storage
+
+    return storage.parquet_source(path, "pairs", "a lrat mine or judge output directory, its pairs/ folder "
+                                                 "or Parquet files")
+
+
 def pairs_to_table(pairs: Iterable[MinedPair], source: str) -> pa.Table:
     """Mined pairs as an Arrow table without the ``weight`` column (weights need global stats)."""
     rows = [{

@@ -12,11 +12,13 @@ import dataclasses
 from dataclasses import dataclass
 
 from lrat_ray import storage
-from lrat_ray.config import option
+from lrat_ray.config import checked, option
+from lrat_ray.corpus import document_text
 from lrat_ray.errors import LratError
 
 
 @dataclass
+@checked
 class PairsFromQrelsConfig:
     """Options of ``lrat pairs-from-qrels``."""
 
@@ -58,8 +60,8 @@ def run_pairs_from_qrels(config: PairsFromQrelsConfig) -> dict:
                 "trajectory_id": f"qrels:{qid}", "turn": 0, "browse_turn": 0, "query": queries[qid],
                 "positive_id": positive, "negative_ids": negatives, "reasoning": "", "reasoning_length": 0,
                 "rank": ranked.index(positive) + 1 if positive in ranked else None, "correct": None,
-                "relevant": True, "weight": 1.0, "positive_text": _text(doc),
-                "negative_texts": [_text(index.document(d)) for d in negatives], "source": config.qrels,
+                "relevant": True, "weight": 1.0, "positive_text": document_text(doc),
+                "negative_texts": [document_text(index.document(d)) for d in negatives], "source": config.qrels,
             })
     table = pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
     storage.write_table_atomic(storage.join(config.output, "pairs", "part-0.parquet"), table)
@@ -67,8 +69,3 @@ def run_pairs_from_qrels(config: PairsFromQrelsConfig) -> dict:
               "config": dataclasses.asdict(config), "index_model": index.manifest["model"]}
     storage.write_json_atomic(storage.join(config.output, "report.json"), report)
     return report
-
-
-def _text(doc: dict) -> str:
-    return "\n".join(p for p in (doc["title"], doc["text"]) if p)
-

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lrat_ray import storage
-from lrat_ray.config import option
+from lrat_ray.config import checked, option
 
 log = logging.getLogger(__name__)
 AGENTS = ("simulated", "simulated-judged", "llm")
@@ -66,6 +66,7 @@ _STOP = frozenset("this that with from have were been their which there these th
 
 
 @dataclass
+@checked
 class AgentConfig:
     """How the agents behave (see the module docstring for the simulated agent's model)."""
 
@@ -117,6 +118,7 @@ class AgentConfig:
 
 
 @dataclass
+@checked
 class RolloutConfig:
     """Options of ``lrat rollout`` (agent behaviour: the ``agent:`` YAML mapping, AgentConfig fields)."""
 
@@ -243,9 +245,9 @@ class RunRecorder:
 
 
 def _doc_text(document: dict | None) -> str:
-    if not document:
-        return ""
-    return "\n".join(p for p in (document.get("title"), document.get("text")) if p)
+    from lrat_ray.corpus import document_text
+
+    return document_text(document) if document else ""
 
 
 # ---------------------------------------------------------------------------------------------

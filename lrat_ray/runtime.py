@@ -86,3 +86,12 @@ def gpus_or_cpu(requested: int | None) -> int:
     if requested is not None:
         return requested
     return 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

@@ -29,13 +29,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from lrat_ray.config import option
+from lrat_ray.config import checked, option
 
 log = logging.getLogger(__name__)
 APP_NAME = "lrat-retriever"
 
 
 @dataclass
+@checked
 class ServeConfig:
     """Options of ``lrat serve`` (the deployment's settings; ``index`` is its user_config)."""
 

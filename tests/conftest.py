@@ -116,8 +116,6 @@ def scifact_slice(tmp_path_factory):
 @pytest.fixture(scope="session")
 def serve_port() -> int:
     """One HTTP port for every Ray Serve app of the session: Serve keeps the port it started with."""
-    import socket
+    from lrat_ray.runtime import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()

@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,11 +21,8 @@ from pathlib import Path
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from lrat_ray.llm_client import bearer_headers
+from lrat_ray.runtime import free_port
 
 
 class LocalCluster:
@@ -53,7 +49,7 @@ class LocalCluster:
 
     @property
     def headers(self) -> dict:
-        return {"Authorization": f"Bearer {self.token}"}
+        return bearer_headers(self.token)
 
     def _start(self, name: str, args: list[str]) -> None:
         log = open(self.root / f"{name}.log", "w")

@@ -15,13 +15,14 @@ that our clients send the right requests and handle every kind of answer:
 
 import json
 import re
-import socket
 import threading
 import time
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from lrat_ray.runtime import free_port
 
 
 class ScriptedOpenAI:
@@ -31,9 +32,7 @@ class ScriptedOpenAI:
         self.last_docid = None
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self.complete)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

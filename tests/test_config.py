@@ -32,6 +32,22 @@ def test_choices_are_enforced_on_the_command_line():
         build_parser().parse_args(["mine", "--input", "x", "--output", "y", "--negatives", "random"])
 
 
+def test_choices_are_enforced_in_yaml_and_in_every_flywheel_section(tmp_path):
+    from lrat_ray.flywheel import FlywheelConfig
+    from lrat_ray.judge import JudgeConfig
+
+    config = tmp_path / "c.yaml"
+    config.write_text("judge:\n  pairs: p\n  output: o\n  backend: vlm\n")
+    with pytest.raises(LratError, match=r"option backend \(--backend\): 'vlm' is not one of"):
+        resolve(JudgeConfig, {}, str(config), "judge")
+    base = {"corpus": ["c"], "queries": "q", "train_qrels": "t"}
+    for section, value, named in (("judge", {"backend": "vlm"}, "backend"), ("mine", {"negatives": "random"}, "negatives"),
+                                  ("train", {"backend": "horovod"}, "backend"), ("agent", {"kind": "robot"}, "kind"),
+                                  ("train", {"learning_rat": 1}, "learning_rat")):
+        with pytest.raises(LratError, match=f"flywheel section {section}: .*{named}"):
+            resolve(FlywheelConfig, {**base, section: value})
+
+
 def test_shipped_training_recipes_load():
     from lrat_ray.train import CONFIG_DIR, TrainConfig
 

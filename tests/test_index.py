@@ -6,6 +6,7 @@ import pytest
 
 from conftest import jsonl_lines
 
+from lrat_ray.corpus import document_text
 from lrat_ray.errors import LratError, RecordError
 from lrat_ray.index import IndexConfig, RetrievalIndex, build_faiss, run_index
 from lrat_ray.model import Encoder, EncoderSpec, spec_for
@@ -27,7 +28,7 @@ def test_index_round_trip_equals_brute_force(msmarco_index, msmarco_slice):
         np.testing.assert_allclose([s for _, s in ranked], row[expected], rtol=1e-5)
     # the stored vectors are the encoder's vectors of each document's title + text
     doc = index.document(index.doc_ids[0])
-    text = "\n".join(p for p in (doc["title"], doc["text"]) if p)
+    text = document_text(doc)
     np.testing.assert_allclose(Encoder(index.spec).encode_documents([text])[0], vectors[0], atol=1e-5)
 
 

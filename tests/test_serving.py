@@ -1,6 +1,5 @@
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections import Counter
@@ -9,15 +8,11 @@ import httpx
 import pytest
 
 from conftest import jsonl_lines
+from lrat_ray.llm_client import bearer_headers
+from lrat_ray.runtime import free_port
 from lrat_ray.serving import RequestError, parse_search_request
 
 TOKEN = "s3cret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("content_type, body, status", [
@@ -66,7 +61,7 @@ def server(ray_session, msmarco_index, serve_port):
 
     settings = ServeConfig(index=str(msmarco_index), port=serve_port, token=TOKEN, replica_cpus=0.5)
     url = deploy(settings)
-    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    client = httpx.Client(base_url=url, headers=bearer_headers(TOKEN), timeout=60)
     yield settings, url, client
     client.close()
     serve.shutdown()
@@ -103,7 +98,7 @@ def test_concurrent_requests_are_batched_and_all_answered(server):
     _, url, _ = server
 
     async def burst():
-        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"},
+        async with httpx.AsyncClient(base_url=url, headers=bearer_headers(TOKEN),
                                      timeout=60) as client:
             return await asyncio.gather(*(client.post("/search", json={"query": f"query number {i}", "k": 3})
                                           for i in range(24)))
@@ -129,7 +124,7 @@ def test_bad_inputs_get_json_4xx(server, request_kwargs, status):
 def test_bearer_token_is_required(server):
     _, url, _ = server
     assert httpx.post(f"{url}/search", json={"query": "x"}).status_code == 401
-    wrong = httpx.post(f"{url}/search", json={"query": "x"}, headers={"Authorization": "Bearer nope"})
+    wrong = httpx.post(f"{url}/search", json={"query": "x"}, headers=bearer_headers("nope"))
     assert wrong.status_code == 401 and wrong.json()["error"]
     assert httpx.get(f"{url}/documents/x").status_code == 401
 
@@ -141,7 +136,7 @@ def test_mcp_tools_answer_like_http(server):
     from lrat_ray.mcp_server import McpConfig, build_mcp_server
 
     _, url, client = server
-    port = _free_port()
+    port = free_port()
     app = build_mcp_server(McpConfig(url=url, port=port, token=TOKEN)).streamable_http_app(host="127.0.0.1")
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
@@ -175,7 +170,7 @@ def test_swap_index_under_load_drops_no_request(server, second_index):
     stop = threading.Event()
 
     def agent():
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as c:
+        with httpx.Client(base_url=url, headers=bearer_headers(TOKEN), timeout=60) as c:
             while not stop.is_set():
                 try:
                     r = c.post("/search", json={"query": "what is an axon terminal", "k": 3})

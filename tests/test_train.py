@@ -10,6 +10,7 @@ import torch
 from conftest import SHARED_DATA
 from lrat_ray.errors import LratError
 from lrat_ray.pairs import PAIR_SCHEMA
+from lrat_ray.runtime import free_port
 from lrat_ray.train import StepRunner, TrainConfig, deepspeed_config, group_texts, load_examples, run_train
 
 SAMPLE = SHARED_DATA / "lrat" / "train_pairs_sample.jsonl"
@@ -53,6 +54,16 @@ def test_mined_pairs_use_corpus_texts_and_ablations(tmp_path):
     # Without a corpus the positive is cut to the snippets' length: no length shortcut.
     shown = load_examples(TrainConfig(pairs=[str(pairs)], output="x"))
     assert shown[0]["positive"] == "shown text" and shown[0]["negatives"] == ["snippet n2"]
+
+
+def test_pairs_are_accepted_as_a_stage_directory_its_pairs_folder_or_files(tmp_path):
+    pairs = _pairs_dir(tmp_path, [{"query": "q", "positive_id": "p", "negative_ids": [], "weight": 1.0,
+                                   "positive_text": "text"}])
+    (tmp_path / "report.json").write_text("{}")  # a stage directory holds more than Parquet
+    for spec in (tmp_path, pairs, pairs / "part-0.parquet"):
+        assert [e["query"] for e in load_examples(TrainConfig(pairs=[str(spec)], output="x"))] == ["q"]
+    with pytest.raises(LratError, match=f"no pairs at {tmp_path / 'nowhere'}"):
+        load_examples(TrainConfig(pairs=[str(tmp_path / "nowhere")], output="x"))
 
 
 def test_bad_training_input(tmp_path):
@@ -166,7 +177,6 @@ def _linear_batch():
 
 
 def test_two_worker_gathered_loss_and_gradient_equal_one_process():
-    import socket
 
     from lrat_ray.loss import weighted_info_nce
 
@@ -177,9 +187,7 @@ def test_two_worker_gathered_loss_and_gradient_equal_one_process():
     d = torch.nn.functional.normalize(xd @ w_proj, dim=-1)
     single = weighted_info_nce(q, d, weights, 0.1, 2)
     single.backward()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_gathered_worker, args=(r, 2, port, out)) for r in range(2)]
@@ -234,7 +242,7 @@ def test_lora_trains_only_adapters_and_merges_on_save(tmp_path):
 
     from lrat_ray.embedded import embedded_model_path
     from lrat_ray.model import Encoder, load_transformer, save_encoder, spec_for
-    from lrat_ray.train import _with_lora
+    from lrat_ray.train.worker import _with_lora
 
     model = _with_lora(load_transformer(embedded_model_path()), rank=4)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}

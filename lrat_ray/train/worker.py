@@ -1,0 +1,206 @@
+"""The loop every Ray Train worker runs: model and optimizer, the data shard epoch by epoch,
+accumulation, checkpoints (and resuming from them), DDP or DeepSpeed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from lrat_ray.errors import LratError
+from lrat_ray.train.config import CONFIG_DIR, TrainConfig
+from lrat_ray.train.data import group_texts
+from lrat_ray.train.step import StepRunner
+
+SHUFFLE_BUFFER = 4096  # rows each worker reshuffles at a time after the first epoch
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import torch
+
+    config = TrainConfig(**loop_config["config"])
+    total_steps = loop_config["total_steps"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(config.seed)
+    device = ray.train.torch.get_device() if config.use_gpu else torch.device("cpu")
+
+    spec, tokenizer, model = _starting_model(config)
+
+    start_step, start_epoch, skip_batches = 0, 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    state = None
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(os.path.join(directory, "state.pt"), map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        start_step, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
+
+    params, optimizer, scheduler = _optimizer(model, config, total_steps)
+    if config.backend == "deepspeed":
+        engine = _deepspeed_engine(model, optimizer, scheduler, config)
+        model_for_forward = engine
+        backward = engine.backward
+    else:
+        model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": False}) \
+            if world > 1 else model.to(device)
+        model_for_forward, backward, engine = model, (lambda value: value.backward()), None
+    if state is not None:
+        if state["optimizer"] is not None and engine is None:
+            optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    model_for_forward.train()
+    runner = StepRunner(model_for_forward, tokenizer, spec, config, device)
+
+    shard = ray.train.get_dataset_shard("train")
+    step = start_step
+    for epoch in range(start_epoch, config.epochs):
+        batches = 0
+        micro = 0
+        window_loss, window_examples, window_start = 0.0, 0, time.time()
+        # The driver shuffled the pairs once; later epochs reshuffle (seeded, so a restart sees
+        # the same order and skips exactly the batches already done).
+        shuffle = {} if epoch == 0 else {"local_shuffle_buffer_size": SHUFFLE_BUFFER,
+                                         "local_shuffle_seed": config.seed * 1000 + epoch * 10 + rank}
+        for batch in shard.iter_batches(batch_size=config.per_device_batch, batch_format="numpy", **shuffle):
+            if epoch == start_epoch and batches < skip_batches:
+                batches += 1  # done before the restart: same order, skip it
+                continue
+            batches += 1
+            rng = random.Random(hash((config.seed, epoch, batches, rank)))
+            queries, documents, mask, weights = group_texts(batch, config.group_size, rng,
+                                                            config.negatives_with_replacement)
+            scale = 1.0 / config.grad_accumulation
+
+            def scaled_backward(value):  # DeepSpeed scales for accumulation itself
+                backward(value * scale) if engine is None else backward(value)
+
+            loss = runner.run(queries, documents, mask, weights, scaled_backward)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {step}: lower the learning rate or check weights")
+            window_loss += loss
+            window_examples += len(queries) * world
+            micro += 1
+            if engine is not None:
+                engine.step()  # an optimizer step only at accumulation boundaries
+            if micro % config.grad_accumulation:
+                continue
+            if engine is None:
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            step += 1
+            elapsed = max(time.time() - window_start, 1e-9)
+            metrics = {"step": step, "epoch": epoch, "loss": window_loss / config.grad_accumulation,
+                       "lr": scheduler.get_last_lr()[0], "examples_per_s": window_examples / elapsed,
+                       "resumed_from_step": start_step if checkpoint else None}
+            window_loss, window_examples, window_start = 0.0, 0, time.time()
+            done = step >= total_steps
+            if step % config.checkpoint_every == 0 or done:
+                _report_with_checkpoint(metrics, model_for_forward, None if engine else optimizer, scheduler,
+                                        step, epoch, batches, rank, spec, tokenizer, final=done)
+            else:
+                ray.train.report(metrics)
+            if done:
+                return
+        skip_batches = 0
+
+
+def _encoder_spec(config: TrainConfig):
+    from lrat_ray.model import spec_for
+
+    return spec_for(config.model, pooling=config.pooling, query_prefix=config.query_prefix,
+                    query_max_length=config.query_max_length, document_max_length=config.document_max_length)
+
+
+def _starting_model(config: TrainConfig):
+    """The encoder spec, tokenizer and model to train (with LoRA adapters and checkpointing)."""
+    from lrat_ray.embedded import resolve_model
+    from lrat_ray.model import load_tokenizer, load_transformer
+
+    spec = _encoder_spec(config)
+    tokenizer = load_tokenizer(resolve_model(config.model), spec)
+    model = load_transformer(resolve_model(config.model))
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if config.lora_rank:
+        model = _with_lora(model, config.lora_rank)
+    return spec, tokenizer, model
+
+
+def _optimizer(model, config: TrainConfig, total_steps: int):
+    """Trainable parameters, AdamW and the linear warmup-then-decay schedule."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), max(total_steps, 1))
+    return params, optimizer, scheduler
+
+
+def _report_with_checkpoint(metrics, model, optimizer, scheduler, step, epoch, batches, rank, spec, tokenizer,
+                            final: bool) -> None:
+    import ray.train
+    import torch
+
+    from lrat_ray.model import save_encoder
+
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            unwrapped = getattr(model, "module", model)
+            # With DeepSpeed the optimizer state is partitioned: a restart keeps the weights and
+            # schedule and starts the optimizer moments afresh.
+            torch.save({"model": unwrapped.state_dict(),
+                        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                        "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
+                        "batches_in_epoch": batches}, os.path.join(directory, "state.pt"))
+            if final:
+                merged = unwrapped.merge_and_unload() if hasattr(unwrapped, "merge_and_unload") else unwrapped
+                save_encoder(merged, tokenizer, spec, os.path.join(directory, "model"))
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _with_lora(model, rank: int):
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise LratError("--lora-rank needs peft: pip install peft") from None
+    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                            target_modules="all-linear"))
+
+
+def _deepspeed_engine(model, optimizer, scheduler, config: TrainConfig):
+    try:
+        import deepspeed
+    except ImportError:
+        raise LratError("--backend deepspeed needs the 'gpu' extra (or DS_BUILD_OPS=0 pip install deepspeed)") from None
+    ds_config = deepspeed_config(config)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config, dist_init_required=False)
+    return engine
+
+
+def deepspeed_config(config: TrainConfig) -> dict:
+    """The DeepSpeed JSON config with batch sizes, precision and clipping filled in from ``config``."""
+    path = Path(config.deepspeed_config) if config.deepspeed_config else CONFIG_DIR / "deepspeed_zero2.json"
+    try:
+        ds = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LratError(f"DeepSpeed config {path}: {exc}") from None
+    ds["train_micro_batch_size_per_gpu"] = config.per_device_batch
+    ds["gradient_accumulation_steps"] = config.grad_accumulation
+    ds["train_batch_size"] = config.per_device_batch * config.grad_accumulation * config.workers
+    ds.setdefault("gradient_clipping", 1.0)
+    ds["bf16"] = {"enabled": bool(config.bf16)}
+    ds["zero_allow_untested_optimizer"] = True  # the optimizer is torch's AdamW, built by us
+    return ds
