@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo demo-llm test bench venv clean
+.PHONY: demo demo-llm test test-fast bench venv clean
 
 $(BIN)/lrat: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo-llm: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# Everyday work: no multi-node, object storage, DeepSpeed, real LLM or long end-to-end tests.
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: venv
 	$(BIN)/python benchmarks/bench_mining.py

@@ -18,8 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from lrat_ray import __version__, storage
-from lrat_ray.config import add_arguments, resolve
+from lrat_ray import __version__
+from lrat_ray.config import add_arguments, check_inputs, resolve
 from lrat_ray.errors import LratError
 from lrat_ray.mine_job import MineConfig, run_mine
 
@@ -42,7 +42,8 @@ def _shared_data() -> Path:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrat", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"lrat-ray {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log debug messages and show Ray's own logs (else in /tmp/ray/session_latest/logs)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for name, cls, module, handler, summary in _stages():
@@ -115,7 +116,10 @@ def _section(path: str | None, name: str) -> str | None:
 
 
 def _config(args: argparse.Namespace):
-    return resolve(args.config_class, args, args.config, _section(args.config, args.command))
+    """The stage's config from defaults, YAML and the command line, its inputs checked to exist."""
+    config = resolve(args.config_class, args, args.config, _section(args.config, args.command))
+    check_inputs(config)
+    return config
 
 
 def _staged(args: argparse.Namespace, run, local_only: bool = False, config=None):
@@ -194,15 +198,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from lrat_ray.outputs import VERSION_PLACEHOLDER, stage_key
     from lrat_ray.train import run_train
 
-    config = _config(args)
-    if not config.storage_path:  # checkpoints must outlive a scratch directory and be shared by all nodes
-        output = config.output.replace(VERSION_PLACEHOLDER, stage_key("train", config)).rstrip("/")
-        config = dataclasses.replace(config, storage_path=output + ".ray" if storage.is_remote(output)
-                                     else os.path.abspath(output) + ".ray")
-    summary, config = _staged(args, run_train, local_only=True, config=config)
+    summary, config = _staged(args, run_train, local_only=True)
     metrics = summary["final_metrics"]
     print(f"trained {summary['steps']} steps on {summary['examples']} examples in {summary['wall_seconds']}s; "
           f"final loss {metrics.get('loss', float('nan')):.4f}, {metrics.get('examples_per_s', 0):.1f} examples/s "
@@ -338,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it reports every CPU-specific build it lacks
+    from lrat_ray.runtime import quiet_ray_console
+
+    quiet_ray_console(not args.verbose)
     try:
         return args.handler(args)
     except LratError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import types
 import typing
 from typing import Any, TypeVar
@@ -58,6 +59,29 @@ def check_choices(config: Any) -> None:
         if choices and value is not None and value not in choices:
             raise ValueError(f"option {f.name} (--{f.name.replace('_', '-')}): {value!r} is not one of "
                              f"{list(choices)}")
+
+
+MODEL_FIELDS = ("model", "tokenizer")  # may name a Hugging Face model or 'embedded'/'tiny' instead of a path
+
+
+def check_inputs(config: Any) -> None:
+    """Raise :class:`LratError` naming the option and the path of the first local input that does
+    not exist, so a command fails in one line before it starts Ray or any work. Remote URIs and
+    globs are left to the stage (checking them may need credentials or a listing)."""
+    from lrat_ray import storage
+
+    for f in dataclasses.fields(config):
+        if not f.metadata.get("path"):
+            continue
+        value = getattr(config, f.name)
+        for path in value if isinstance(value, list) else [value]:
+            if not isinstance(path, str) or not path or storage.is_remote(path) or any(c in path for c in "*?["):
+                continue
+            if "{version}" in path or os.path.exists(path):
+                continue
+            if f.name in MODEL_FIELDS and not path.startswith((".", "/", "~")):
+                continue  # a model name, resolved (and checked) by the stage
+            raise LratError(f"--{f.name.replace('_', '-')}: {path} does not exist")
 
 
 def _json_mapping(text: str) -> dict:

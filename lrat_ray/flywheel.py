@@ -14,9 +14,12 @@ Each later iteration ``i``:
    task) plus the index's IR metrics on the held-out queries.
 
 Tasks are split by query id into training and held-out sets with a fixed seed (or taken from
-separate judgment files); held-out tasks never feed training. Every stage writes into its own
-directory under ``output/iter-<i>/`` and marks completion with a ``_SUCCESS`` file; a restarted
-flywheel skips finished stages and resumes at the first unfinished one. Results accumulate in
+separate judgment files); held-out tasks never feed training. Every sub-stage runs under
+:func:`lrat_ray.outputs.run_stage` in its own directory ``output/iter-<i>/<stage>/``, like a stage
+run from the command line: a ``_lrat_stage.json`` manifest whose version key chains from its
+inputs' keys (rollouts and evaluations from the index their agents searched), so a restarted
+flywheel skips finished stages, resumes the unfinished one, and refuses to mix in a stage
+finished with other options. Results accumulate in
 ``output/results.csv``, ``output/results.md`` and ``output/results.png``.
 """
 
@@ -149,12 +152,53 @@ class FlywheelState:
     serve_settings: object = None
 
 
-def _done(path: str) -> bool:
-    return os.path.exists(os.path.join(path, "_SUCCESS"))
+@dataclass
+@checked
+class AgentStage:
+    """What a flywheel rollout (or held-out evaluation) is, for its version key: the agents, the
+    tasks and the index they search (a finished stage: its key chains into this one's)."""
+
+    output: str = option(help="stage directory")
+    index: str = option(help="index the served retriever searches", path=True)
+    tasks: list[str] = option(help="task ids")
+    agent: dict = option(help="AgentConfig fields")
 
 
-def _mark(path: str, info: dict | None = None) -> None:
-    storage.write_json_atomic(os.path.join(path, "_SUCCESS"), info or {})
+def _run(state: FlywheelState, iteration: int, name: str, config, run) -> dict:
+    """One sub-stage under :func:`lrat_ray.outputs.run_stage` (manifest, version key chained from
+    its inputs, resume or skip), then the ``stop_after`` check."""
+    from lrat_ray.outputs import run_stage
+
+    started = time.time()
+    staged = run_stage(name, config, run)
+    done = "already done" if staged.skipped else f"{time.time() - started:.0f}s"
+    log.info("iter-%d %-7s %s (%s)", iteration, name, stage_summary(name, staged.result), done)
+    _stop_here(state, iteration, name)
+    return staged.result
+
+
+def stage_summary(name: str, result: dict) -> str:
+    """What a finished sub-stage did, in one line of counts (and rates where they mean something)."""
+    r = result or {}
+    if name == "rollout":
+        return f"{r.get('completed')} of {r.get('tasks')} tasks rolled out, {r.get('failed')} failed"
+    if name == "mine":
+        return (f"{r.get('records_used')} trajectories -> {r.get('pairs')} pairs "
+                f"({r.get('unattributed_browses', 0)} unattributed, {r.get('failed_browses', 0)} failed browses)")
+    if name == "judge":
+        table = "labels" if "labels" in r else "pairs"
+        return (f"{r.get(table)} {table} judged by {r.get('backend')}: {r.get('relevant')} relevant, "
+                f"{r.get('irrelevant')} not ({r.get('cached', 0)} from cache, {r.get('failed', 0)} failed)")
+    if name == "train":
+        metrics = r.get("final_metrics") or {}
+        return (f"{r.get('steps')} steps on {r.get('examples')} examples, loss {metrics.get('loss', float('nan')):.3f}, "
+                f"{metrics.get('examples_per_s', 0):.1f} examples/s")
+    if name == "index":
+        return f"{r.get('count')} documents encoded in {r.get('encode_seconds', 0):.0f}s"
+    if name == "eval":
+        return (f"held-out nDCG@10 {r.get('ndcg@10', 0):.4f}, evidence recall {r.get('evidence_recall') or 0:.4f}, "
+                f"success {r.get('success_rate') or 0:.3f}")
+    return ""
 
 
 def _split(config: FlywheelConfig, queries: dict[str, str]) -> tuple[list[str], list[str], dict]:
@@ -198,13 +242,10 @@ def _index_dir(state: FlywheelState, iteration: int) -> str:
 def _build_index(state: FlywheelState, iteration: int) -> None:
     from lrat_ray.index import IndexConfig, run_index
 
-    path = _index_dir(state, iteration)
-    if not _done(path):
-        run_index(IndexConfig(corpus=state.config.corpus, output=path, model=_model_of(state, iteration),
-                              document_max_length=state.config.document_max_length,
-                              workers=state.config.index_workers, resources=state.config.resources_of("index")))
-        _mark(path)
-    _stop_here(state, iteration, "index")
+    _run(state, iteration, "index", IndexConfig(
+        corpus=state.config.corpus, output=_index_dir(state, iteration), model=_model_of(state, iteration),
+        document_max_length=state.config.document_max_length, workers=state.config.index_workers,
+        resources=state.config.resources_of("index")), run_index)
 
 
 def _deploy(state: FlywheelState, iteration: int) -> str:
@@ -224,6 +265,11 @@ def _deploy(state: FlywheelState, iteration: int) -> str:
         state.serve_settings = swap_index(state.serve_settings, index)
         url = f"http://{state.serve_settings.host}:{state.serve_settings.port}"
     return url
+
+
+def _agent_stage(state: FlywheelState, iteration: int, name: str, ids: list[str]) -> AgentStage:
+    return AgentStage(output=_stage(state, iteration, name), index=_index_dir(state, iteration - (name == "rollout")),
+                      tasks=ids, agent={"seed": state.config.seed, **state.config.agent, "llm": state.config.agent_llm})
 
 
 def _rollout(state: FlywheelState, url: str, ids: list[str], path: str) -> dict:
@@ -259,12 +305,15 @@ def _agent_llm(state: FlywheelState, agent):
 
 
 def _evaluate(state: FlywheelState, iteration: int, url: str) -> dict:
+
+    return _run(state, iteration, "eval", _agent_stage(state, iteration, "eval", state.heldout_ids),
+                lambda stage: _score_heldout(state, iteration, url, stage.output))
+
+
+def _score_heldout(state: FlywheelState, iteration: int, url: str, path: str) -> dict:
     from lrat_ray.adapters import read_trajectories
     from lrat_ray.evaluate import retrieve, score_run, score_trajectories
 
-    path = _stage(state, iteration, "eval")
-    if _done(path):
-        return json.loads(open(os.path.join(path, "metrics.json")).read())
     summary = _rollout(state, url, state.heldout_ids, path)
     runs = [traj for uri in storage.expand_inputs([os.path.join(path, "runs")])
             for _, traj in read_trajectories(uri)]
@@ -290,8 +339,6 @@ def _evaluate(state: FlywheelState, iteration: int, url: str) -> dict:
         with open(base_path) as fh:
             metrics["ndcg@10_p_vs_0"] = paired_comparison(json.load(fh), scored["per_query"], "ndcg@10")["t_test_p"]
     storage.write_json_atomic(os.path.join(path, "metrics.json"), metrics)
-    _mark(path)
-    _stop_here(state, iteration, "eval")
     return metrics
 
 
@@ -318,37 +365,28 @@ def _train_iteration(state: FlywheelState, iteration: int, url: str) -> dict:
 
     config = state.config
     info: dict = {}
-    rollout_dir = _stage(state, iteration, "rollout")
-    if not _done(rollout_dir):
-        ids = state.train_ids
-        if config.train_tasks:
-            ids = sorted(random.Random(config.seed * 1000 + iteration).sample(ids, min(config.train_tasks, len(ids))))
-        _mark(rollout_dir, _rollout(state, url, ids, rollout_dir))
-    _stop_here(state, iteration, "rollout")
+    ids = state.train_ids
+    if config.train_tasks:
+        ids = sorted(random.Random(config.seed * 1000 + iteration).sample(ids, min(config.train_tasks, len(ids))))
+    rollout = _agent_stage(state, iteration, "rollout", ids)
+    _run(state, iteration, "rollout", rollout, lambda stage: _rollout(state, url, ids, stage.output))
     mine_dir, judge_dir = _stage(state, iteration, "mine"), _stage(state, iteration, "judge")
-    runs = [os.path.join(rollout_dir, "runs")]
-    steps = (("judge", lambda: run_judge(config.judge_config(judge_dir, events=runs))),
-             ("mine", lambda: run_mine(config.mine_config(runs, mine_dir, judge_dir)))) if config.judges_events else (
-        ("mine", lambda: run_mine(config.mine_config(runs, mine_dir, None))),
-        ("judge", lambda: run_judge(config.judge_config(judge_dir, pairs=mine_dir))))
-    for name, run in steps:
-        path = _stage(state, iteration, name)
-        if not _done(path):
-            run()
-            _mark(path)
-        _stop_here(state, iteration, name)
+    runs = [os.path.join(rollout.output, "runs")]
+    if config.judges_events:
+        _run(state, iteration, "judge", config.judge_config(judge_dir, events=runs), run_judge)
+        _run(state, iteration, "mine", config.mine_config(runs, mine_dir, judge_dir), run_mine)
+    else:
+        _run(state, iteration, "mine", config.mine_config(runs, mine_dir, None), run_mine)
+        _run(state, iteration, "judge", config.judge_config(judge_dir, pairs=mine_dir), run_judge)
     pairs_dir = mine_dir if config.judges_events else judge_dir
     judged = json.loads(open(os.path.join(pairs_dir, "report.json")).read())
     info.update(train_pairs=judged["pairs"], judged_relevant=_relevant_pairs(pairs_dir))
-    train_dir = _stage(state, iteration, "train")
-    if not _done(train_dir):
-        overrides = {"document_max_length": config.document_max_length, "seed": config.seed + iteration,
-                     "resources": config.resources_of("train"), **config.train}
-        run_train(TrainConfig(pairs=[os.path.join(pairs_dir, "pairs")], output=train_dir,
-                              model=_model_of(state, iteration - 1), corpus=config.corpus,
-                              storage_path=os.path.abspath(os.path.join(config.output, "ray-train")), **overrides))
-        _mark(train_dir)
-    _stop_here(state, iteration, "train")
+    overrides = {"document_max_length": config.document_max_length, "seed": config.seed + iteration,
+                 "resources": config.resources_of("train"), **config.train}
+    _run(state, iteration, "train", TrainConfig(
+        pairs=[pairs_dir], output=_stage(state, iteration, "train"), model=_model_of(state, iteration - 1),
+        corpus=config.corpus, **overrides),
+        run_train)
     _build_index(state, iteration)
     return info
 

@@ -88,11 +88,15 @@ def read_json(uri: str) -> dict | None:
 
 
 def run_stage(stage: str, config: C, run: Callable[[C], Any], local_only: bool = False) -> StageResult:
-    """Run ``run(config)`` under the rules above; ``config.output`` names the directory."""
+    """Run ``run(config)`` under the rules above; ``config.output`` names the directory. A config
+    with a ``storage_path`` option (training's checkpoints) gets ``OUTPUT.ray`` when unset: beside
+    the final output, so checkpoints outlive a scratch directory and every node reaches them."""
     content = content_of(config)  # lists every input once: they may be many files on object storage
     key = _key(stage, content)
     output = config.output.replace(VERSION_PLACEHOLDER, key)
     config = dataclasses.replace(config, output=output)
+    if getattr(config, "storage_path", False) is None:
+        config = dataclasses.replace(config, storage_path=default_storage_path(output))
     finished = read_json(storage.join(output, storage.STAGE_MANIFEST))
     if finished is not None:
         _check_same(finished, stage, key, output, "holds")
@@ -125,6 +129,12 @@ def run_stage(stage: str, config: C, run: Callable[[C], Any], local_only: bool =
     storage.write_bytes_atomic(storage.join(output, storage.STAGE_MANIFEST),
                                (json.dumps(manifest, indent=2, default=str) + "\n").encode())
     return StageResult(json.loads(json.dumps(result, default=str)), output, key, skipped=False)
+
+
+def default_storage_path(output: str) -> str:
+    """Where a training stage keeps its Ray Train checkpoints: ``OUTPUT.ray`` (absolute if local)."""
+    base = output.rstrip("/")
+    return base + ".ray" if storage.is_remote(base) else os.path.abspath(base) + ".ray"
 
 
 def _check_same(recorded: dict, stage: str, key: str, output: str, verb: str) -> None:

@@ -11,6 +11,20 @@ from lrat_ray.errors import LratError
 log = logging.getLogger(__name__)
 
 
+def quiet_ray_console(quiet: bool = True) -> None:
+    """Keep Ray's own output (worker logs streamed to the driver, its INFO lines) in Ray's log files
+    (``/tmp/ray/session_latest/logs``), so the console shows the stages; ``lrat -v`` shows it all.
+    Errors still reach the console: a failed task raises in the driver."""
+    global _LOG_TO_DRIVER
+    _LOG_TO_DRIVER = not quiet
+    level = logging.WARNING if quiet else logging.INFO
+    for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "ray.llm", "vllm"):
+        logging.getLogger(name).setLevel(level)
+
+
+_LOG_TO_DRIVER = True
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``); without one, start Ray locally.
 
@@ -26,12 +40,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     runtime_env = {"env_vars": env_vars} if env_vars else None
     if address:
         log.info("connecting to Ray at %s", address)
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=_LOG_TO_DRIVER)
     else:
         log.info("starting a local Ray")
         # "local": a new Ray of our own, never one that `ray start` left on this machine.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
-                 logging_level=logging.WARNING)
+                 logging_level=logging.WARNING, log_to_driver=_LOG_TO_DRIVER)
 
 
 def actor_resources(num_cpus: float, num_gpus: float = 0.0, custom: dict | None = None) -> dict:

@@ -40,7 +40,7 @@ APP_NAME = "lrat-retriever"
 class ServeConfig:
     """Options of ``lrat serve`` (the deployment's settings; ``index`` is its user_config)."""
 
-    index: str = option(help="index directory built by `lrat index`")
+    index: str = option(help="index directory built by `lrat index`", path=True)
     host: str = option("127.0.0.1", help="address to bind; 127.0.0.1 keeps the server local")
     port: int = option(8000, help="HTTP port")
     token: str | None = option(None, help="if set, requests need 'Authorization: Bearer <token>'")

@@ -26,6 +26,22 @@ def real_trajectory_files() -> list[Path]:
     return files
 
 
+SLOW_MODULES = {"test_multinode", "test_object_storage", "test_llm_real", "test_decoder_embedder", "test_ablation",
+                "test_flywheel", "test_judged_mining"}
+SLOW_TESTS = {"test_deepspeed_zero2_trains_on_cpu_workers", "test_lora_trains_only_adapters_and_merges_on_save",
+              "test_two_worker_gathered_loss_and_gradient_equal_one_process"}
+
+
+def pytest_collection_modifyitems(items):
+    """The tiers: ``-m "not slow"`` is the fast one (``make test-fast``); ``ray`` marks every test
+    that needs the session's Ray."""
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray for the whole session (2 CPUs, like the machines this runs on)."""

@@ -27,3 +27,12 @@ def test_one_flywheel_iteration_in_one_process(ray_session, scifact_slice, serve
     assert set(per_query) == set(json.loads((out / "tasks.json").read_text())["heldout"])
     mined = json.loads((out / "iter-1" / "mine" / "report.json").read_text())
     assert mined["zero_length"] == "neutral" and "failed_browses" in mined
+    # Every sub-stage has a manifest whose key chains from its inputs' keys.
+    def manifest(iteration, stage):
+        return json.loads((out / f"iter-{iteration}" / stage / "_lrat_stage.json").read_text())
+
+    assert manifest(1, "rollout")["inputs"]["index"] == f"stage:{manifest(0, 'index')['key']}"
+    assert manifest(1, "judge")["inputs"]["pairs"] == f"stage:{manifest(1, 'mine')['key']}"
+    assert manifest(1, "train")["inputs"]["pairs"] == [f"stage:{manifest(1, 'judge')['key']}"]
+    assert manifest(1, "index")["inputs"]["model"] == f"stage:{manifest(1, 'train')['key']}"
+    assert manifest(1, "eval")["inputs"]["index"] == f"stage:{manifest(1, 'index')['key']}"

@@ -175,12 +175,15 @@ def test_flywheel_job_stopped_and_resubmitted_skips_finished_stages(cluster, sci
     first = submit(cluster, "flywheel", "--config", str(config_file), "--stop-after", "iter-1/mine")
     assert wait(cluster, first) == "FAILED"
     assert "stopping after iter-1/mine" in logs(cluster, first)
-    finished = {s: (out / "iter-1" / s / "_SUCCESS").stat().st_mtime for s in ("rollout", "mine")}
+    finished = {s: (out / "iter-1" / s / "_lrat_stage.json").stat().st_mtime for s in ("rollout", "mine")}
     assert not (out / "iter-1" / "judge").exists()
 
     second = submit(cluster, "flywheel", "--config", str(config_file))
     assert wait(cluster, second) == "SUCCEEDED", logs(cluster, second)[-4000:]
-    assert {s: (out / "iter-1" / s / "_SUCCESS").stat().st_mtime for s in finished} == finished
+    assert {s: (out / "iter-1" / s / "_lrat_stage.json").stat().st_mtime for s in finished} == finished
+    judge = json.loads((out / "iter-1" / "judge" / "_lrat_stage.json").read_text())
+    mine = json.loads((out / "iter-1" / "mine" / "_lrat_stage.json").read_text())
+    assert judge["inputs"]["pairs"] == f"stage:{mine['key']}"  # keys chain from stage to stage
     rows = json.loads((out / "_lrat_stage.json").read_text())["result"]
     assert [r["iteration"] for r in rows] == [0, 1]
     assert 0 < rows[1]["judged_relevant"] <= rows[1]["train_pairs"]

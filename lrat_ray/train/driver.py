@@ -12,6 +12,7 @@ import time
 
 from lrat_ray import __version__, storage
 from lrat_ray.errors import LratError
+from lrat_ray.outputs import default_storage_path
 from lrat_ray.train.config import TrainConfig
 from lrat_ray.train.data import EXAMPLE_COLUMNS, group_texts, load_examples
 from lrat_ray.train.step import StepRunner
@@ -44,7 +45,7 @@ def run_train(config: TrainConfig) -> dict:
     # Keep whole batches only, so every worker takes the same number of steps (no hang at the end).
     usable = steps_per_epoch * per_step
     dataset = ray.data.from_items(examples[:usable])
-    storage_path = config.storage_path or os.path.abspath(config.output.rstrip("/") + ".ray")
+    storage_path = config.storage_path or default_storage_path(config.output)
     if not storage.is_remote(storage_path):
         os.makedirs(storage_path, exist_ok=True)
     trainer = TorchTrainer(
