@@ -74,10 +74,12 @@ def parse_trajectory(obj: Any, fmt: str = "auto") -> Trajectory:
     raise ValueError(f"unknown trajectory format {fmt!r}; choose one of {FORMATS}")
 
 
-def read_trajectories(uri: str, fmt: str = "auto") -> Iterator[tuple[str | None, Trajectory | RecordError]]:
-    """Every record of one file as ``(position, trajectory)``; a record that cannot be used comes as
-    ``(position, RecordError)`` naming the file, so callers count it (or stop) instead of losing it."""
-    for position, record in storage.iter_records(uri):
+def read_trajectories(uri: str, fmt: str = "auto", line_range: storage.LineRange | None = None
+                      ) -> Iterator[tuple[str | None, Trajectory | RecordError]]:
+    """Every record of one file (or of a line range of a JSONL file) as ``(position, trajectory)``;
+    a record that cannot be used comes as ``(position, RecordError)`` naming the file, so callers
+    count it (or stop) instead of losing it."""
+    for position, record in storage.iter_records(uri, line_range):
         try:
             if isinstance(record, RecordError):
                 raise record

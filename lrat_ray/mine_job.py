@@ -80,6 +80,9 @@ class MineConfig:
                                       "mining on the CPU node group", runtime=True)
     files_per_task: int | None = option(None, help="input files per Ray task; default: spread the "
                                                   "files over about 4 tasks per worker", runtime=True)
+    split_bytes: int = option(64 << 20, help="JSONL files larger than this are mined in line-aligned byte ranges "
+                                             "of about this size, each its own task (many actors share one file)",
+                              runtime=True)
     address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray",
                                  runtime=True)
 
@@ -88,6 +91,8 @@ class MineConfig:
             raise ValueError("input: give at least one file, directory or glob")
         if self.workers is not None and self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.split_bytes < 1:
+            raise ValueError("split_bytes must be at least 1")
         MiningOptions(self.negatives, self.exclude_browsed)  # validates the mode
 
     @property
@@ -157,9 +162,11 @@ def label_judge(labels: str, trajectory_ids: list[str]) -> Judge:
     return judge
 
 
-def mine_file_group(files: list[str], options: MiningOptions, measure: LengthMeasure,
+def mine_file_group(files: list, options: MiningOptions, measure: LengthMeasure,
                     fmt: str = "auto", strict: bool = False, labels: str | None = None) -> tuple[pa.Table, dict]:
-    """Mine every record of ``files``; returns the unweighted pairs and a summary.
+    """Mine every record of ``files``; returns the unweighted pairs and a summary. An entry is a
+    path, or a piece ``{"uri": path, "range": [start, end, first_line]}`` of a large JSONL file
+    (:func:`lrat_ray.storage.iter_records`).
 
     With ``strict`` a bad record raises :class:`RecordError`; otherwise it is counted under its
     reason and the first few are kept as examples. With ``labels`` each browse gets the judge label
@@ -169,9 +176,10 @@ def mine_file_group(files: list[str], options: MiningOptions, measure: LengthMea
     summary = {"records_read": 0, "records_used": 0, "unattributed_browses": 0, "duplicate_browses": 0,
                "failed_browses": 0}
     histogram, stats = LengthHistogram(), StatsAccumulator()
-    for uri in files:
+    for entry in files:
+        uri, line_range = (entry, None) if isinstance(entry, str) else (entry["uri"], entry.get("range"))
         trajectories = []
-        for _, traj in read_trajectories(uri, fmt):
+        for _, traj in read_trajectories(uri, fmt, tuple(line_range) if line_range else None):
             summary["records_read"] += 1
             if isinstance(traj, RecordError):
                 if strict:
@@ -196,8 +204,36 @@ def mine_file_group(files: list[str], options: MiningOptions, measure: LengthMea
     return table, summary
 
 
-def _group_key(files: list[str], content_key: str) -> str:
-    signed = [(f, storage.file_signature(f)) for f in files]
+def _groups(files: list[str], config: MineConfig, workers: int, per_worker: dict) -> list[list]:
+    """The mining tasks, in input order: groups of whole files, and every line-aligned byte range of
+    a JSONL file larger than ``split_bytes`` as a task of its own. A range's first line number is
+    counted first (Ray tasks, in parallel), so positions in errors are those of the whole file."""
+    import ray
+
+    from lrat_ray.runtime import remote_args
+
+    sizes = {uri: storage.file_size(uri) for uri in files}
+    large = [uri for uri in files if storage.splittable(uri) and sizes[uri] > config.split_bytes]
+    ranges = {uri: storage.byte_ranges(sizes[uri], config.split_bytes) for uri in large}
+    count = ray.remote(**remote_args(per_worker))(storage.count_newlines)
+    counted = {uri: ray.get([count.remote(uri, max(0, a - 1), b - 1) for (a, _), (b, _) in zip(rs, rs[1:])])
+               for uri, rs in ranges.items()}
+    small = [uri for uri in files if uri not in ranges]
+    per_task = config.files_per_task or max(1, math.ceil(len(small) / (4 * workers)))
+    small_groups = {group[0]: group for group in (small[i:i + per_task] for i in range(0, len(small), per_task))}
+    groups = []
+    for uri in files:
+        if uri in small_groups:
+            groups.append(small_groups[uri])
+        elif uri in ranges:
+            first_lines = [1] + [sum(counted[uri][:k]) + 2 for k in range(1, len(ranges[uri]))]
+            groups.extend([{"uri": uri, "range": [a, b, line]}] for (a, b), line in zip(ranges[uri], first_lines))
+    return groups
+
+
+def _group_key(files: list, content_key: str) -> str:
+    signed = [(f, storage.file_signature(f)) if isinstance(f, str) else
+              (f["uri"], f["range"], storage.file_signature(f["uri"])) for f in files]
     return hashlib.sha256(json.dumps([content_key, signed]).encode()).hexdigest()[:24]
 
 
@@ -215,7 +251,7 @@ class _MineGroups:
             out.append(json.dumps(self._mine(json.loads(files_json), key)))
         return {"summary": out}
 
-    def _mine(self, files: list[str], key: str) -> dict:
+    def _mine(self, files: list, key: str) -> dict:
         summary_uri = storage.join(self.staging, f"{key}.json")
         if storage.exists(summary_uri):  # finished by an earlier, interrupted run
             return json.loads(storage.read_bytes(summary_uri))
@@ -223,7 +259,8 @@ class _MineGroups:
             table, summary = mine_file_group(files, self.config.mining_options, self.measure,
                                              self.config.format, self.config.strict, self.config.labels)
         except LratError as exc:
-            return {"error": str(exc), "files": files}
+            return {"error": str(exc), "files": files, "key": key}
+        summary["key"] = key
         summary["shard"] = storage.join(self.staging, f"{key}.parquet") if table.num_rows else None
         if summary["shard"]:
             storage.write_table_atomic(summary["shard"], table)
@@ -253,8 +290,7 @@ def run_mine(config: MineConfig) -> dict:
     init_ray(config.address)
     per_worker = actor_resources(config.cpus_per_worker, 0, config.resources)
     workers = fit_workers(config.workers, per_worker, "mine")
-    per_task = config.files_per_task or max(1, math.ceil(len(files) / (4 * workers)))
-    groups = [files[i:i + per_task] for i in range(0, len(files), per_task)]
+    groups = _groups(files, config, workers, per_worker)
     staging = storage.join(config.output, "_staging", config.content_key())
     log.info("mining %d files in %d groups with %d workers", len(files), len(groups), workers)
 
@@ -265,10 +301,11 @@ def run_mine(config: MineConfig) -> dict:
                      **remote_args(per_worker),
                      fn_constructor_kwargs={"config": dataclasses.asdict(config), "staging": staging})
         .take_all())]
+    order = {r["key"]: i for i, r in enumerate(rows)}
+    summaries.sort(key=lambda s: order[s["key"]])  # input order: the first error, examples, pair order
     errors = [s for s in summaries if "error" in s]
     if errors:
-        first = min(errors, key=lambda s: files.index(s["files"][0]))
-        raise LratError(first["error"])
+        raise LratError(errors[0]["error"])
 
     report = _merge_summaries(summaries)
     lengths = LengthHistogram.from_json(report.pop("lengths"))

@@ -70,17 +70,31 @@ def fit_workers(requested: int | None, per_worker: dict, stage: str) -> int:
     """
     import ray
 
-    total = ray.cluster_resources()
-    for name, amount in per_worker.items():
-        if total.get(name, 0) < amount:
-            raise LratError(f"{stage}: one worker needs {amount:g} {name} but the cluster has "
-                            f"{total.get(name, 0):g} (resources: {sorted(total)})")
+    if requested is not None and requested < 1:
+        raise LratError(f"{stage}: workers must be at least 1")
+    check_feasible(stage, per_worker, requested or 1)
     if requested is not None:
-        if requested < 1:
-            raise LratError(f"{stage}: workers must be at least 1")
         return requested
+    total = ray.cluster_resources()
     fits = [int(total[name] // amount) for name, amount in per_worker.items() if amount > 0]
     return max(1, min(fits)) if fits else 1
+
+
+def check_feasible(stage: str, per_worker: dict, workers: int) -> None:
+    """Fail at once, naming the resource, when ``workers`` workers of ``per_worker`` can never be
+    placed on this cluster (Ray would queue them forever); warn when they do not fit right now."""
+    import ray
+
+    total, free = ray.cluster_resources(), ray.available_resources()
+    for name, amount in per_worker.items():
+        needed = amount * workers
+        if total.get(name, 0) < needed:
+            raise LratError(f"{stage} needs {needed:g} {name} ({workers} workers x {amount:g}) but the cluster has "
+                            f"{total.get(name, 0):g} (resources: {sorted(total)}); lower the workers or what each "
+                            "reserves")
+        if free.get(name, 0) < needed:
+            log.warning("%s: only %g of the %g %s it needs are free now; waiting for them", stage,
+                        free.get(name, 0), needed, name)
 
 
 def remote_args(per_worker: dict) -> dict:

@@ -95,22 +95,88 @@ def file_signature(uri: str) -> str:
     return f"{info.size}:{mtime:.6f}"
 
 
+def file_size(uri: str) -> int:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).size or 0
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path, compression="detect") as stream:
         return stream.read()
 
 
-def iter_records(uri: str) -> Iterator[tuple[str | None, Any]]:
+LineRange = tuple[int, int, int]  # (start byte, end byte, number of the first line that starts in it)
+
+
+def splittable(uri: str) -> bool:
+    """JSONL that can be read by line-aligned byte ranges (not compressed: gzip cannot seek)."""
+    return uri.endswith((".jsonl", ".ndjson"))
+
+
+def byte_ranges(size: int, piece_bytes: int) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges of about ``piece_bytes`` covering ``size`` bytes."""
+    pieces = max(1, -(-size // max(1, piece_bytes)))
+    step = -(-size // pieces)
+    return [(start, min(size, start + step)) for start in range(0, size, step)] or [(0, 0)]
+
+
+def count_newlines(uri: str, start: int, end: int, chunk: int = 8 << 20) -> int:
+    """Newline bytes in ``[start, end)`` of a file, read in chunks."""
+    fs, path = resolve(uri)
+    count = 0
+    with fs.open_input_file(path) as fh:
+        fh.seek(start)
+        remaining = end - start
+        while remaining > 0:
+            data = fh.read(min(chunk, remaining))
+            if not data:
+                break
+            count += data.count(b"\n")
+            remaining -= len(data)
+    return count
+
+
+def read_line_range(uri: str, start: int, end: int) -> bytes:
+    """The whole lines of a file that *start* in ``[start, end)``: ranges that tile a file give
+    every line exactly once, however the boundaries fall."""
+    fs, path = resolve(uri)
+    with fs.open_input_file(path) as fh:
+        size = fh.size()
+        begin = max(0, start - 1)  # the byte before start says whether a line starts at start
+        fh.seek(begin)
+        data = fh.read(max(0, min(end, size) - begin))
+        if start > 0:
+            cut = data.find(b"\n")
+            if cut < 0 or begin + cut + 1 >= end:
+                return b""
+            data = data[cut + 1:]
+        while data and not data.endswith(b"\n"):  # finish the last line, which runs past end
+            more = fh.read(1 << 16)
+            if not more:
+                break
+            newline = more.find(b"\n")
+            data += more if newline < 0 else more[:newline + 1]
+    return data
+
+
+def iter_records(uri: str, line_range: LineRange | None = None) -> Iterator[tuple[str | None, Any]]:
     """Decoded records of one file with their position: ``(position, object)``.
 
     JSON files are one record (or one per element of a top-level list); JSONL files one per
     non-blank line; Parquet one per row. A record that is not valid JSON is yielded as a
-    :class:`RecordError` in place of the object, so callers count it instead of losing it.
+    :class:`RecordError` in place of the object, so callers count it instead of losing it. With
+    ``line_range`` only the lines of a JSONL file that start in that byte range are read, numbered
+    from its first line's number, so positions match a whole-file read.
     """
     name = uri[:-3] if uri.endswith(".gz") else uri
     if name.endswith(".parquet"):
         yield from _parquet_records(uri)
+        return
+    if line_range is not None:
+        start, end, first_line = line_range
+        yield from _jsonl_records(uri, read_line_range(uri, start, end).decode("utf-8", errors="replace"),
+                                  first_line)
         return
     text = read_bytes(uri).decode("utf-8", errors="replace")
     if name.endswith(".json"):
@@ -126,7 +192,11 @@ def iter_records(uri: str) -> Iterator[tuple[str | None, Any]]:
             else:
                 yield None, whole
             return
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    yield from _jsonl_records(uri, text, 1)
+
+
+def _jsonl_records(uri: str, text: str, first_line: int) -> Iterator[tuple[str, Any]]:
+    for lineno, line in enumerate(text.split("\n"), start=first_line):
         if not line.strip():
             continue
         position = f"line {lineno}"

@@ -100,6 +100,37 @@ def test_sharded_job_equals_single_process(ray_session, real_trajectory_files, t
     assert weights == pytest.approx(expected, rel=1e-12)
 
 
+def test_one_large_jsonl_file_mined_in_byte_ranges_by_several_actors_equals_one_process(
+        ray_session, real_trajectory_files, tmp_path):
+    """The ten real runs, three times over with new ids, plus bad and blank lines, in one JSONL
+    file cut into ~40 line-aligned ranges: the same pairs, weights, counts and file:line examples."""
+    lines = []
+    for copy in range(3):
+        for path in real_trajectory_files:
+            record = json.loads(path.read_text())
+            record["query_id"] = f"{record['query_id']}-{copy}"
+            lines.append(json.dumps(record, ensure_ascii=False))
+        lines += ["", "{broken", json.dumps({"query_id": f"x{copy}", "result": "not a list"})]
+    big = tmp_path / "runs.jsonl"
+    big.write_text("\n".join(lines) + "\n")
+    whole = run_mine(MineConfig(input=[str(big)], output=str(tmp_path / "whole"), workers=1, tokenizer="chars"))
+    split = run_mine(MineConfig(input=[str(big)], output=str(tmp_path / "split"), workers=2, tokenizer="chars",
+                                split_bytes=big.stat().st_size // 40))
+    for key in ("records_read", "records_used", "records_skipped", "skipped_examples", "pairs", "beta", "mu_raw",
+                "unattributed_browses", "stats"):
+        assert split[key] == whole[key], key
+    assert whole["records_read"] == 36 and any(":line 12" in e or "line 12" in e for e in whole["skipped_examples"])
+
+    def pairs(name):
+        rows = pads.dataset(str(tmp_path / name / "pairs"), format="parquet").to_table().to_pylist()
+        return sorted(rows, key=lambda r: (r["trajectory_id"], r["browse_turn"]))
+
+    assert pairs("split") == pairs("whole") and len(pairs("whole")) > 50
+    with pytest.raises(LratError, match=r"runs.jsonl.*line 12"):
+        run_mine(MineConfig(input=[str(big)], output=str(tmp_path / "strict"), workers=2, tokenizer="chars",
+                            strict=True, split_bytes=big.stat().st_size // 40))
+
+
 def test_cli_lenient_and_strict(ray_session, tmp_path, capsys):
     bad = _bad_records(tmp_path)
     assert main(["mine", "--input", str(bad), "--output", str(tmp_path / "lenient"), "--tokenizer", "chars"]) == 0

@@ -48,3 +48,19 @@ def test_prefixes_and_pooling_choices(encoder):
     mean = encoder.encode_documents(TEXTS[:2])
     assert not np.allclose(cls, mean) and not np.allclose(last, mean)
     assert EncoderSpec(pooling="cls").compatible_with(EncoderSpec()) == ["pooling"]
+
+
+def test_an_untrained_sentence_transformers_model_brings_its_pooling_and_prompts(tmp_path):
+    """A Qwen3-Embedding-style directory: the base model's index must use the same query
+    instruction that the trained model saves, or before/after comparisons are unequal."""
+    import json
+
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_lasttoken": True}))
+    instruction = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+    (tmp_path / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": instruction, "document": ""}}))
+    spec = spec_for(str(tmp_path))
+    assert (spec.pooling, spec.query_prefix, spec.document_prefix) == ("last", instruction, "")
+    assert spec.format_query("what is LRAT") == instruction + "what is LRAT"
+    assert spec_for(str(tmp_path), query_prefix="Q: ").query_prefix == "Q: "  # an explicit option wins

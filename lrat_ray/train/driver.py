@@ -28,7 +28,7 @@ def run_train(config: TrainConfig) -> dict:
     from ray.train.torch import TorchTrainer
 
     from lrat_ray.model import spec_for
-    from lrat_ray.runtime import init_ray
+    from lrat_ray.runtime import check_feasible, init_ray
 
     started = time.time()
     # Workers run in their own directories: hand them absolute paths for anything local.
@@ -41,7 +41,7 @@ def run_train(config: TrainConfig) -> dict:
     steps_per_epoch = max(1, len(examples) // per_step)
     total_steps = min(config.max_steps or steps_per_epoch * config.epochs, steps_per_epoch * config.epochs)
     init_ray(config.address)
-    _check_resources(config)
+    check_feasible("training", _worker_resources(config), config.workers)
     # Keep whole batches only, so every worker takes the same number of steps (no hang at the end).
     usable = steps_per_epoch * per_step
     dataset = ray.data.from_items(examples[:usable])
@@ -84,21 +84,6 @@ def _worker_resources(config: TrainConfig) -> dict:
     from lrat_ray.runtime import actor_resources
 
     return actor_resources(config.cpus_per_worker, 1 if config.use_gpu else 0, config.resources)
-
-
-def _check_resources(config: TrainConfig) -> None:
-    """Fail fast on a request the cluster can never satisfy (Ray Train would wait for it forever)."""
-    import ray
-
-    total = ray.cluster_resources()
-    for name, per_worker in _worker_resources(config).items():
-        needed = per_worker * config.workers
-        if total.get(name, 0) < needed:
-            raise LratError(f"training needs {needed:g} {name} ({config.workers} workers x {per_worker:g}) but the "
-                            f"cluster has {total.get(name, 0):g}; lower --workers or --cpus-per-worker")
-        available = ray.available_resources().get(name, 0)
-        if available < needed:
-            log.warning("only %g of the %g %s training needs are free now; waiting for them", available, needed, name)
 
 
 def _ordered():
