@@ -157,13 +157,16 @@ class Encoder:
         spec: the :class:`EncoderSpec`.
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
         batch_size: texts per forward pass.
+        bf16: run the forward pass under bfloat16 autocast (CPUs with AVX512-BF16/AMX, GPUs);
+            vectors come back as float32.
     """
 
-    def __init__(self, spec: EncoderSpec, device: str | None = None, batch_size: int = 64):
+    def __init__(self, spec: EncoderSpec, device: str | None = None, batch_size: int = 64, bf16: bool = False):
         import torch
 
         self.spec = spec
         self.batch_size = batch_size
+        self.bf16 = bf16
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         path = resolve_model(spec.model)
         try:
@@ -178,6 +181,7 @@ class Encoder:
         """An encoder over an already loaded (e.g. just trained) model."""
         encoder = cls.__new__(cls)
         encoder.spec, encoder.batch_size, encoder.model, encoder.tokenizer = spec, batch_size, model.eval(), tokenizer
+        encoder.bf16 = False
         encoder.device = str(next(model.parameters()).device)
         encoder.dimension = int(model.config.hidden_size)
         return encoder
@@ -194,7 +198,8 @@ class Encoder:
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         # Longest first within the call: similar lengths share a batch, so little padding is wasted.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        with torch.inference_mode():
+        device_type = torch.device(self.device).type
+        with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
             for start in range(0, len(texts), self.batch_size):
                 idx = order[start:start + self.batch_size]
                 batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,

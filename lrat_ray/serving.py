@@ -113,7 +113,7 @@ def load_retriever(index_dir: str, device: str | None = None) -> _Loaded:
     from lrat_ray.model import Encoder
 
     index = RetrievalIndex.load(index_dir)
-    encoder = Encoder(index.spec, device=device)
+    encoder = Encoder(index.spec, device=device, bf16=index.manifest.get("bf16", False))  # as the index was built
     index.check_encoder(encoder.spec)  # refuses a model that changed under the index
     return _Loaded(index, encoder, index_dir)
 

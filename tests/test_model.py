@@ -64,3 +64,11 @@ def test_an_untrained_sentence_transformers_model_brings_its_pooling_and_prompts
     assert (spec.pooling, spec.query_prefix, spec.document_prefix) == ("last", instruction, "")
     assert spec.format_query("what is LRAT") == instruction + "what is LRAT"
     assert spec_for(str(tmp_path), query_prefix="Q: ").query_prefix == "Q: "  # an explicit option wins
+
+
+def test_bf16_autocast_encoding_stays_close_to_fp32(encoder):
+    bf16 = Encoder(encoder.spec, device="cpu", batch_size=2, bf16=True)
+    ours, low = encoder.encode_documents(TEXTS), bf16.encode_documents(TEXTS)
+    assert low.dtype == np.float32 and not np.array_equal(ours, low)  # bf16 really ran
+    cosines = (ours * low).sum(axis=1)
+    assert cosines.min() > 0.99, cosines
