@@ -336,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it reports every CPU-specific build it lacks
+    for chatty in ("httpx", "httpcore"):  # one INFO line per HTTP request
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     from lrat_ray.runtime import quiet_ray_console
 
     quiet_ray_console(not args.verbose)

@@ -126,9 +126,12 @@ def load_tokenizer(path: str, spec: EncoderSpec):
 
 
 def _ends_with_eos(tokenizer) -> bool:
-    if tokenizer.eos_token_id is None:
+    """Whether every text ends with the end token: EOS, or for encoder tokenizers without one
+    (BERT) their closing [SEP]."""
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if end is None:
         raise LratError(f"{tokenizer.name_or_path}: last-token pooling needs an EOS token; the tokenizer has none")
-    return tokenizer("a test sentence")["input_ids"][-1] == tokenizer.eos_token_id
+    return tokenizer("a test sentence")["input_ids"][-1] == end
 
 
 def model_fingerprint(model: str) -> str:

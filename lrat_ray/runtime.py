@@ -17,7 +17,16 @@ def quiet_ray_console(quiet: bool = True) -> None:
     Errors still reach the console: a failed task raises in the driver."""
     global _LOG_TO_DRIVER
     _LOG_TO_DRIVER = not quiet
-    level = logging.WARNING if quiet else logging.INFO
+    if quiet:
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # each stage reports its counts in one line
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the C++ core's warnings, printed as errors
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a "Loading weights" bar per model load
+    quiet_ray_loggers()
+
+
+def quiet_ray_loggers() -> None:
+    """Ray Data and Serve configure their loggers when first used: call again after that."""
+    level = logging.INFO if _LOG_TO_DRIVER else logging.WARNING
     for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "ray.llm", "vllm"):
         logging.getLogger(name).setLevel(level)
 
@@ -46,6 +55,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # "local": a new Ray of our own, never one that `ray start` left on this machine.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
                  logging_level=logging.WARNING, log_to_driver=_LOG_TO_DRIVER)
+    import ray.data  # noqa: F401  (configures its loggers on import)
+
+    quiet_ray_loggers()
 
 
 def actor_resources(num_cpus: float, num_gpus: float = 0.0, custom: dict | None = None) -> dict:

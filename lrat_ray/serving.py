@@ -256,10 +256,11 @@ def deploy(settings: ServeConfig, blocking: bool = False) -> str:
     """Start (or update in place) the application on this Ray; returns its base URL."""
     from ray import serve
 
-    from lrat_ray.runtime import init_ray
+    from lrat_ray.runtime import init_ray, quiet_ray_loggers
 
     init_ray(settings.address)
     serve.start(http_options={"host": settings.host, "port": settings.port}, proxy_location=settings.proxy_location)
+    quiet_ray_loggers()  # Serve set its own on start
     url = f"http://{settings.host}:{settings.port}"
     if blocking:
         serve.run(build_app(dataclasses.asdict(settings)), name=APP_NAME, route_prefix="/", blocking=True)
