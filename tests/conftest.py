@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lrat_ray.trajectory import SearchHit, Step, Trajectory
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED_DATA = Path(os.environ.get("LRAT_DATA", REPO.parent / "shared" / "data"))
@@ -24,6 +26,33 @@ def real_trajectory_files() -> list[Path]:
     files = sorted(REAL_TRAJECTORIES.glob("*.json"), key=lambda p: int(p.stem))
     assert len(files) == 10, f"expected the 10 real LRAT trajectories in {REAL_TRAJECTORIES}"
     return files
+
+
+# A hand-built trajectory (shared by the mining and statistics tests)
+def search(query, *ids):
+    return Step("search", query=query, results=tuple(SearchHit(d, snippet=f"snippet {d}") for d in ids))
+
+
+def browse(doc):
+    return Step("browse", doc_id=doc, text=f"full text of {doc}")
+
+
+def think(text):
+    return Step("think", text=text)
+
+
+# Two windows, a browse judged useless, a browse of a doc from an older search, a final positive.
+HAND = Trajectory(id="hand", correct=False, steps=(
+    search("q1", "a", "b", "c"),
+    browse("a"), think("useless page"),
+    search("q2", "d", "a", "e"),
+    browse("d"), think("great, key facts here"),
+    browse("b"), think("useless"),
+    search("q3", "f", "g"),
+    browse("f"), think("good"),
+    Step("answer", text="done"),
+))
+
 
 
 SLOW_MODULES = {"test_multinode", "test_object_storage", "test_llm_real", "test_decoder_embedder", "test_ablation",

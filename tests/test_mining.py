@@ -3,37 +3,12 @@ import zlib
 
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, HAND, browse, search, think
 from lrat_ray.adapters import parse_trajectory
 from lrat_ray.mine_job import length_measure
 from lrat_ray.mining import MiningOptions, browsed_ranks, mine_trajectories, mine_trajectory
-from lrat_ray.trajectory import SearchHit, Step, Trajectory
+from lrat_ray.trajectory import Step, Trajectory
 from lrat_ray.weighting import LengthHistogram, fit_weights
-
-
-def search(query, *ids):
-    return Step("search", query=query, results=tuple(SearchHit(d, snippet=f"snippet {d}") for d in ids))
-
-
-def browse(doc):
-    return Step("browse", doc_id=doc, text=f"full text of {doc}")
-
-
-def think(text):
-    return Step("think", text=text)
-
-
-# Two windows, a browse judged useless, a browse of a doc from an older search, a final positive.
-HAND = Trajectory(id="hand", correct=False, steps=(
-    search("q1", "a", "b", "c"),
-    browse("a"), think("useless page"),
-    search("q2", "d", "a", "e"),
-    browse("d"), think("great, key facts here"),
-    browse("b"), think("useless"),
-    search("q3", "f", "g"),
-    browse("f"), think("good"),
-    Step("answer", text="done"),
-))
 
 
 def judge_useless(event):

@@ -1,8 +1,8 @@
 import json
 
+from conftest import HAND
 from lrat_ray.adapters import parse_trajectory
 from lrat_ray.stats import StatsAccumulator
-from test_mining import HAND
 
 
 def test_table1_on_real_trajectories_matches_their_tool_counts(real_trajectory_files):
