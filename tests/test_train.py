@@ -229,6 +229,24 @@ def test_deepspeed_zero2_trains_on_cpu_workers(ray_session, tmp_path):
     assert vectors.shape == (1, 384) and np.isfinite(vectors).all()
 
 
+def test_every_epoch_after_the_first_is_reshuffled_and_the_order_is_reproducible(ray_session):
+    import ray
+
+    from lrat_ray.train.worker import epoch_batches
+
+    shard = ray.data.from_items([{"query": f"q{i}"} for i in range(64)]).iterator()
+    config = TrainConfig(pairs=["x"], output="x", per_device_batch=8, seed=3)
+
+    def order(epoch, rank=0):
+        return [q for batch in epoch_batches(shard, config, epoch, rank) for q in batch["query"]]
+
+    first, second, third = order(0), order(1), order(2)
+    assert first == [f"q{i}" for i in range(64)]  # as the driver shuffled it
+    assert sorted(second) == sorted(first) and second != first and third != second
+    assert order(1) == second  # a restarted worker skips exactly the batches it had done
+    assert order(1, rank=1) != second
+
+
 def test_infeasible_worker_request_fails_fast(ray_session, tmp_path):
     with pytest.raises(LratError, match="training needs 3 CPU"):
         run_train(TrainConfig(pairs=[str(SAMPLE)], output=str(tmp_path / "m"), workers=3))

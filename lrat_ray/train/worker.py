@@ -64,11 +64,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         batches = 0
         micro = 0
         window_loss, window_examples, window_start = 0.0, 0, time.time()
-        # The driver shuffled the pairs once; later epochs reshuffle (seeded, so a restart sees
-        # the same order and skips exactly the batches already done).
-        shuffle = {} if epoch == 0 else {"local_shuffle_buffer_size": SHUFFLE_BUFFER,
-                                         "local_shuffle_seed": config.seed * 1000 + epoch * 10 + rank}
-        for batch in shard.iter_batches(batch_size=config.per_device_batch, batch_format="numpy", **shuffle):
+        for batch in epoch_batches(shard, config, epoch, rank):
             if epoch == start_epoch and batches < skip_batches:
                 batches += 1  # done before the restart: same order, skip it
                 continue
@@ -111,6 +107,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if done:
                 return
         skip_batches = 0
+
+
+def epoch_batches(shard, config: TrainConfig, epoch: int, rank: int):
+    """One epoch of a worker's data shard in batches. The driver shuffled the pairs once; later
+    epochs reshuffle, seeded by (seed, epoch, rank), so a restarted worker sees the same order and
+    skips exactly the batches it had done."""
+    shuffle = {} if epoch == 0 else {"local_shuffle_buffer_size": SHUFFLE_BUFFER,
+                                     "local_shuffle_seed": config.seed * 1000 + epoch * 10 + rank}
+    return shard.iter_batches(batch_size=config.per_device_batch, batch_format="numpy", **shuffle)
 
 
 def _encoder_spec(config: TrainConfig):
