@@ -91,13 +91,13 @@ def test_llm_agents_on_scifact_against_the_served_retriever_and_llm(tiny_model, 
     endpoint = deploy_llm(LLMServeConfig(), port=serve_port)
     try:
         qrels = load_qrels(str(scifact_slice / "train.tsv"))
-        tasks = load_tasks(load_queries(str(scifact_slice / "queries.jsonl")), qrels, sorted(qrels)[:3],
+        tasks = load_tasks(load_queries(str(scifact_slice / "queries.jsonl")), qrels, sorted(qrels)[:2],
                            answer_with="docid")
         agent = AgentConfig(kind="llm", endpoint=endpoint, model="tiny", max_turns=3, k=5, max_tokens=256,
                             task_prompt="Find the abstract that supports or refutes this claim, then answer with "
                                         "its docid. Claim: {question}")
         summary = run_rollouts(url, tasks, agent, str(tmp_path / "runs"), workers=2)
-        assert summary["tasks"] == 3 and summary["completed"] + summary["failed"] == 3 and summary["completed"] >= 2
+        assert summary["tasks"] == 2 and summary["completed"] + summary["failed"] == 2 and summary["completed"] >= 1
         runs = [t for f in sorted((tmp_path / "runs").glob("*.json")) for _, t in read_trajectories(str(f))]
         assert len(runs) == summary["completed"]
         assert all(isinstance(t.correct, bool) and t.gold_answer for t in runs)  # graded by exact match
@@ -122,11 +122,11 @@ def test_one_flywheel_iteration_with_llm_agents_and_the_vllm_judge(tiny_model, r
     config = FlywheelConfig(
         corpus=[str(scifact_slice / "corpus.jsonl")], queries=str(scifact_slice / "queries.jsonl"),
         train_qrels=str(scifact_slice / "train.tsv"), heldout_qrels=str(scifact_slice / "test.tsv"),
-        output=str(tmp_path / "fly"), iterations=1, train_tasks=4, heldout_tasks=1, document_max_length=64,
+        output=str(tmp_path / "fly"), iterations=1, train_tasks=3, heldout_tasks=1, document_max_length=64,
         index_workers=1, rollout_workers=2, port=serve_port, judge_backend="vllm",
         judge={"model": "tiny", "gpus_per_replica": 0, "concurrency": 1, "batch_size": 8},
         mine={"negatives": "since-last-positive", "tokenizer": "chars", "zero_length": "neutral"},
-        agent={"kind": "llm", "max_turns": 3, "k": 5, "max_tokens": 256, "answer_with": "docid",
+        agent={"kind": "llm", "max_turns": 2, "k": 5, "max_tokens": 256, "answer_with": "docid",
                "task_prompt": "Find the abstract that supports or refutes this claim, then answer with its docid. "
                               "Claim: {question}"},
         train={"epochs": 1, "per_device_batch": 4, "workers": 1, "query_max_length": 32})

@@ -165,7 +165,7 @@ def test_flywheel_job_stopped_and_resubmitted_skips_finished_stages(cluster, sci
     config = {"flywheel": {
         "corpus": [str(scifact_slice / "corpus.jsonl")], "queries": str(scifact_slice / "queries.jsonl"),
         "train_qrels": str(scifact_slice / "train.tsv"), "heldout_qrels": str(scifact_slice / "test.tsv"),
-        "output": str(out), "iterations": 1, "train_tasks": 20, "document_max_length": 64, "index_workers": 1,
+        "output": str(out), "iterations": 1, "train_tasks": 10, "document_max_length": 64, "index_workers": 1,
         "rollout_workers": 2, "port": 0, "serve_proxy_location": "HeadOnly", "agent": {"max_turns": 3},
         "train": {"per_device_batch": 4, "group_size": 2, "workers": 2, "checkpoint_every": 1000},
         "resources": {"index": STAGE, "mine": STAGE, "train": STAGE}}}
@@ -189,11 +189,23 @@ def test_flywheel_job_stopped_and_resubmitted_skips_finished_stages(cluster, sci
     assert 0 < rows[1]["judged_relevant"] <= rows[1]["train_pairs"]
     for row in rows:
         assert 0 <= row["evidence_recall"] <= 1 and row["avg_steps"] > 0 and 0 < row["ndcg@10"] <= 1
+        for metric in ("success_rate", "evidence_recall", "ndcg@10", "recall@100"):  # bootstrap intervals
+            assert row[f"{metric}_lo"] <= row[metric] <= row[f"{metric}_hi"], (metric, row)
+    assert 0 <= rows[1]["ndcg@10_p_vs_0"] <= 1 and "95% bootstrap interval" in (out / "results.md").read_text()
+
+    def manifest(iteration, stage):  # every sub-stage's key chains from its inputs' keys
+        return json.loads((out / f"iter-{iteration}" / stage / "_lrat_stage.json").read_text())
+
+    assert manifest(1, "rollout")["inputs"]["index"] == f"stage:{manifest(0, 'index')['key']}"
+    assert manifest(1, "train")["inputs"]["pairs"] == [f"stage:{manifest(1, 'judge')['key']}"]
+    assert manifest(1, "index")["inputs"]["model"] == f"stage:{manifest(1, 'train')['key']}"
+    assert manifest(1, "eval")["inputs"]["index"] == f"stage:{manifest(1, 'index')['key']}"
+    assert json.loads((out / "iter-1" / "mine" / "report.json").read_text())["zero_length"] == "neutral"
     tasks = json.loads((out / "tasks.json").read_text())
     assert len(tasks["train"]) == 30 and len(tasks["heldout"]) == 12 and not set(tasks["train"]) & set(tasks["heldout"])
     heldout_runs = {p.stem for p in (out / "iter-1" / "eval" / "runs").iterdir()}
     trained_on = {p.stem for p in (out / "iter-1" / "rollout" / "runs").iterdir()}
-    assert heldout_runs == set(tasks["heldout"]) and len(trained_on) == 20 and not heldout_runs & trained_on
+    assert heldout_runs == set(tasks["heldout"]) and len(trained_on) == 10 and not heldout_runs & trained_on
     assert (out / "results.md").read_text().startswith("| iteration |") and (out / "results.png").stat().st_size > 10_000
     assert json.loads((out / "iter-1" / "index" / "manifest.json").read_text())["model"] == str(out / "iter-1" / "train")
 
