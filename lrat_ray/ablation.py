@@ -121,12 +121,15 @@ def run_ablation(config: AblationConfig) -> dict:
     """Run every seed x agent x arm (resuming finished ones) and write the report."""
     import torch
 
+    from lrat_ray.rollout import LocalRetriever
+
     started = time.time()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     _claim_output(config)
     exp = _experiment(config)
     base_encoder = _encoder(exp.base_spec)
     base_index = _index(exp, base_encoder)
+    base_retriever = LocalRetriever(base_index, base_encoder)  # what every agent searches
     base = _cached(os.path.join(config.output, "base", "per_query.json"),
                    lambda: _only_metrics(_score(exp, base_encoder, base_index)["per_query"]))
     cells: dict[tuple[str, str], dict[int, dict]] = {}
@@ -134,7 +137,7 @@ def run_ablation(config: AblationConfig) -> dict:
     for seed in config.seeds:
         tasks = _train_tasks(exp, seed)
         for variant in config.agents:
-            pairs = _pairs(exp, base_index, tasks, variant, seed)
+            pairs = _pairs(exp, base_retriever, tasks, variant, seed)
             pair_stats[f"seed-{seed}/{variant}"] = _pair_summary(pairs)
             for arm in config.arms if variant == "informative" else config.control_arms:
                 path = os.path.join(config.output, f"seed-{seed}", variant, arm, "per_query.json")
@@ -247,24 +250,23 @@ def _cached(path: str, compute):
 # Rollouts -> judged, weighted pairs
 # ---------------------------------------------------------------------------------------------
 
-def _pairs(exp: Experiment, base_index, tasks, variant: str, seed: int) -> list[dict]:
+def _pairs(exp: Experiment, retriever, tasks, variant: str, seed: int) -> list[dict]:
     """The variant's judged, weighted pairs for this seed (rolled out and mined once, then read back)."""
     path = os.path.join(exp.config.output, f"seed-{seed}", variant, "pairs.json.gz")
     if os.path.isfile(path):
         with gzip.open(path, "rt") as fh:
             return json.load(fh)
-    pairs = mine_and_judge(_rollouts(exp, base_index, tasks, variant, seed), tasks)
+    pairs = mine_and_judge(_rollouts(exp, retriever, tasks, variant, seed), tasks)
     storage.write_bytes_atomic(path, gzip.compress(json.dumps(pairs).encode()))
     return pairs
 
 
-def _rollouts(exp: Experiment, base_index, tasks, variant: str, seed: int) -> list[dict]:
-    from lrat_ray.rollout import AgentConfig, LocalRetriever, run_simulated
+def _rollouts(exp: Experiment, retriever, tasks, variant: str, seed: int) -> list[dict]:
+    from lrat_ray.rollout import AgentConfig, run_simulated
 
     agent = AgentConfig(**{"max_turns": 4, **exp.config.agent, "kind": "simulated", "seed": seed,
                            "reasoning_signal": variant == "informative"})
-    client = LocalRetriever(base_index, _encoder(exp.base_spec))  # the index's own encoder
-    return [run_simulated(task, client, agent) for task in tasks]
+    return [run_simulated(task, retriever, agent) for task in tasks]
 
 
 def mine_and_judge(runs: list[dict], tasks) -> list[dict]:
