@@ -24,27 +24,28 @@ T = TypeVar("T")
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | None = None,
-           runtime: bool = False, path: bool = False, **kwargs):
-    """A dataclass field with help text (and optional choices) for the command line.
+           minimum: float | None = None, runtime: bool = False, path: bool = False, **kwargs):
+    """A dataclass field with help text (and optional choices or minimum) for the command line.
 
+    ``choices`` and ``minimum`` are enforced whenever a :func:`checked` config is built.
     ``runtime`` marks a field that changes how a stage runs but not what it writes (workers,
     resources, addresses): it is left out of the stage's version key. ``path`` marks an input
     path (or list of them) whose content goes into that key (see :mod:`lrat_ray.outputs`).
     """
-    metadata = {"help": help, "choices": choices, "runtime": runtime, "path": path}
+    metadata = {"help": help, "choices": choices, "minimum": minimum, "runtime": runtime, "path": path}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
 def checked(cls: type[T]) -> type[T]:
-    """Class decorator (put it under ``@dataclass``): every instance checks its ``choices`` when it is
-    built, wherever the values came from (command line, YAML, a flywheel section, Python), then
-    runs the class's own ``__post_init__`` checks."""
+    """Class decorator (put it under ``@dataclass``): every instance checks its ``choices`` and
+    ``minimum`` values when it is built, wherever the values came from (command line, YAML, a
+    flywheel section, Python), then runs the class's own ``__post_init__`` checks."""
     own = cls.__dict__.get("__post_init__")
 
     def __post_init__(self):
-        check_choices(self)
+        check_values(self)
         if own is not None:
             own(self)
 
@@ -52,13 +53,40 @@ def checked(cls: type[T]) -> type[T]:
     return cls
 
 
-def check_choices(config: Any) -> None:
+def check_values(config: Any) -> None:
     for f in dataclasses.fields(config):
-        choices = f.metadata.get("choices")
+        choices, minimum = f.metadata.get("choices"), f.metadata.get("minimum")
         value = getattr(config, f.name)
-        if choices and value is not None and value not in choices:
+        if value is None:
+            continue
+        if choices and value not in choices:
             raise ValueError(f"option {f.name} (--{f.name.replace('_', '-')}): {value!r} is not one of "
                              f"{list(choices)}")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"option {f.name} (--{f.name.replace('_', '-')}): {value!r} is below the "
+                             f"minimum {minimum}")
+
+
+# Option groups shared by the stage configs (dataclass bases, keyword-only so that a stage's own
+# required options keep their place): declared once here, flat on the command line and in YAML.
+
+@dataclasses.dataclass(kw_only=True)
+class RayCluster:
+    """Where a stage runs."""
+
+    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray",
+                                 runtime=True)
+
+
+@dataclasses.dataclass(kw_only=True)
+class ActorPool(RayCluster):
+    """How a stage fans out over Ray actors, and what each actor reserves."""
+
+    workers: int | None = option(None, minimum=1, runtime=True,
+                                 help="actors working in parallel; default: as many as the cluster's resources hold")
+    cpus_per_worker: float = option(1.0, minimum=0, help="CPUs each actor reserves", runtime=True)
+    resources: dict = option({}, help="custom resources per actor, e.g. {\"cpu_stage\": 1} to keep the stage on "
+                                      "one node group", runtime=True)
 
 
 MODEL_FIELDS = ("model", "tokenizer")  # may name a Hugging Face model or 'embedded'/'tiny' instead of a path
@@ -103,9 +131,11 @@ def _unwrap_optional(tp):
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One option per field of ``cls``; unset options stay absent so YAML values survive."""
+    """One option per field of ``cls`` (its own options first, then the shared groups it inherits);
+    unset options stay absent so YAML values survive."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    own = cls.__dict__.get("__annotations__", {})
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
         tp = _unwrap_optional(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,

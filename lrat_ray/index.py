@@ -33,47 +33,31 @@ from typing import Sequence
 import numpy as np
 
 from lrat_ray import __version__, storage
-from lrat_ray.config import checked, option
+from lrat_ray.config import ActorPool, checked, option
 from lrat_ray.corpus import document_text, iter_documents
 from lrat_ray.errors import LratError
-from lrat_ray.model import POOLINGS, EncoderSpec, model_fingerprint, spec_for
+from lrat_ray.model import EncoderOptions, EncoderSpec, model_fingerprint
 
 log = logging.getLogger(__name__)
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 
 
-@dataclass
+@dataclass(kw_only=True)
 @checked
-class IndexConfig:
-    """Options of ``lrat index``."""
+class IndexConfig(EncoderOptions, ActorPool):
+    """Options of ``lrat index`` (the encoder options and actor pool are shared with other stages)."""
 
     corpus: list[str] = option(help="corpus files: BEIR JSONL (_id/docid, title, text) or Parquet", path=True)
     output: str = option(help="index directory to write (local or URI; '{version}' is replaced by the version key)")
-    model: str = option("embedded", help="encoder: Hugging Face name or path, or 'embedded' (MiniLM)", path=True)
-    pooling: str | None = option(None, choices=POOLINGS, help="override the model's pooling")
-    query_prefix: str | None = option(None, help="instruction template for queries ('{}' = the query)")
-    document_max_length: int | None = option(None, help="max document tokens (default: the model's spec, 256)")
     index_type: str = option("flat", choices=INDEX_TYPES, help="flat (exact), ivf or hnsw")
     nlist: int = option(1024, help="ivf: number of inverted lists (capped at count/39)")
     nprobe: int = option(32, help="ivf: lists searched per query")
     hnsw_m: int = option(32, help="hnsw: graph degree")
     ef_search: int = option(128, help="hnsw: search breadth")
     faiss_gpu: bool = option(False, help="build and search with GPU FAISS (needs the gpu extra)", runtime=True)
-    workers: int | None = option(None, help="encoder actors; default: as many as the cluster's resources hold",
-                                 runtime=True)
-    cpus_per_worker: float = option(1.0, help="CPUs each encoder actor reserves", runtime=True)
     gpus_per_worker: float = option(0.0, help="GPUs per encoder actor (0 on CPU machines)", runtime=True)
-    resources: dict = option({}, help="custom resources per encoder actor, e.g. {\"gpu_stage\": 1}", runtime=True)
-    batch_size: int = option(64, help="documents per forward pass", runtime=True)
-    bf16: bool = option(False, help="encode under bfloat16 autocast (about 1.5-2x faster on CPUs with AVX512-BF16 "
-                                    "or AMX; see the README's performance table for the quality check)")
+    batch_size: int = option(64, minimum=1, help="documents per forward pass", runtime=True)
     strict: bool = option(False, help="stop at the first corpus record without id or text")
-    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray",
-                                 runtime=True)
-
-    def encoder_spec(self) -> EncoderSpec:
-        return spec_for(self.model, pooling=self.pooling, query_prefix=self.query_prefix,
-                        document_max_length=self.document_max_length)
 
 
 # ---------------------------------------------------------------------------------------------

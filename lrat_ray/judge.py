@@ -64,7 +64,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lrat_ray import storage
-from lrat_ray.config import checked, option
+from lrat_ray.config import RayCluster, checked, option
 from lrat_ray.errors import LratError
 from lrat_ray.pairs import pairs_source
 
@@ -115,9 +115,9 @@ JUDGE_FIELDS = [pa.field("judge_key", pa.string()), pa.field("relevant", pa.bool
                 pa.field("judge_prompt_version", pa.string())]
 
 
-@dataclass
+@dataclass(kw_only=True)
 @checked
-class JudgeConfig:
+class JudgeConfig(RayCluster):
     """Options of ``lrat judge``."""
 
     output: str = option(help="output directory: pairs/ (or labels/ for --events) and report.json "
@@ -162,8 +162,6 @@ class JudgeConfig:
                                  runtime=True)
     start_timeout_s: float = option(900.0, help="fail if the engines have not started after this long "
                                                 "(instead of waiting forever for resources)", runtime=True)
-    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray",
-                                 runtime=True)
 
     def __post_init__(self):
         if bool(self.pairs) == bool(self.events):

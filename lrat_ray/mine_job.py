@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from lrat_ray import __version__, storage
 from lrat_ray.adapters import FORMATS, read_trajectories
-from lrat_ray.config import checked, option
+from lrat_ray.config import ActorPool, checked, option
 from lrat_ray.errors import LratError, RecordError
 from lrat_ray.mining import (NEGATIVE_MODES, BrowseEvent, Judge, LengthMeasure, MiningOptions, character_lengths,
                              mine_trajectories)
@@ -44,9 +44,9 @@ log = logging.getLogger(__name__)
 MAX_EXAMPLES = 20
 
 
-@dataclass
+@dataclass(kw_only=True)
 @checked
-class MineConfig:
+class MineConfig(ActorPool):
     """Options of ``lrat mine`` (also the ``mine:`` section of a YAML config)."""
 
     input: list[str] = option(help="trajectory files, directories or globs (JSON, JSONL, Parquet; "
@@ -73,26 +73,15 @@ class MineConfig:
                                 help="also write DIR/lrat_pairs.jsonl in the official LRAT release schema")
     corpus: list[str] = option([], help="corpus files (BEIR JSONL or Parquet) giving document texts for "
                                         "--export; without it the texts the agent was shown are used", path=True)
-    workers: int | None = option(None, help="Ray Data actors mining in parallel (one tokenizer each); "
-                                            "default: as many as the cluster's resources hold", runtime=True)
-    cpus_per_worker: float = option(1.0, help="CPUs each mining actor reserves", runtime=True)
-    resources: dict = option({}, help="custom resources per mining actor, e.g. {\"cpu_stage\": 1} to keep "
-                                      "mining on the CPU node group", runtime=True)
     files_per_task: int | None = option(None, help="input files per Ray task; default: spread the "
                                                   "files over about 4 tasks per worker", runtime=True)
-    split_bytes: int = option(64 << 20, help="JSONL files larger than this are mined in line-aligned byte ranges "
+    split_bytes: int = option(64 << 20, minimum=1, help="JSONL files larger than this are mined in line-aligned byte ranges "
                                              "of about this size, each its own task (many actors share one file)",
                               runtime=True)
-    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray",
-                                 runtime=True)
 
     def __post_init__(self):
         if not self.input:
             raise ValueError("input: give at least one file, directory or glob")
-        if self.workers is not None and self.workers < 1:
-            raise ValueError("workers must be at least 1")
-        if self.split_bytes < 1:
-            raise ValueError("split_bytes must be at least 1")
         MiningOptions(self.negatives, self.exclude_browsed)  # validates the mode
 
     @property

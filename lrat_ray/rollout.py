@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lrat_ray import storage
-from lrat_ray.config import checked, option
+from lrat_ray.config import ActorPool, checked, option
 
 log = logging.getLogger(__name__)
 AGENTS = ("simulated", "simulated-judged", "llm")
@@ -117,9 +117,9 @@ class AgentConfig:
         return GraderConfig(**self.grader)
 
 
-@dataclass
+@dataclass(kw_only=True)
 @checked
-class RolloutConfig:
+class RolloutConfig(ActorPool):
     """Options of ``lrat rollout`` (agent behaviour: the ``agent:`` YAML mapping, AgentConfig fields)."""
 
     url: str = option(help="base URL of the served retriever (lrat serve)", runtime=True)
@@ -128,11 +128,8 @@ class RolloutConfig:
                               "replaced by the version key)")
     qrels: str | None = option(None, help="judgments (the simulated agent needs them)", path=True)
     limit: int | None = option(None, help="roll out only the first N tasks (by id)")
-    workers: int | None = option(None, help="rollout actors; default: as many as the cluster's resources hold",
-                                 runtime=True)
-    cpus_per_worker: float = option(ACTOR_CPUS, help="CPUs each rollout actor reserves (agents mostly wait on HTTP)",
-                                    runtime=True)
-    resources: dict = option({}, help="custom resources per rollout actor, e.g. {\"cpu_stage\": 0.25}", runtime=True)
+    cpus_per_worker: float = option(ACTOR_CPUS, minimum=0, runtime=True,
+                                    help="CPUs each rollout actor reserves (agents mostly wait on HTTP)")
     token: str | None = option(None, help="bearer token of the retriever", runtime=True)
     agent_kind: str = option("simulated", choices=AGENTS, help="simulated or llm")
     agent_endpoint: str | None = option(None, help="llm: OpenAI-compatible base URL", runtime=True)
@@ -567,8 +564,9 @@ def run_rollouts(url: str, tasks: list[Task], config: AgentConfig, output: str, 
 def run_rollout_config(config: RolloutConfig) -> dict:
     """``lrat rollout``: the tasks of ``config.queries`` (those with judgments when qrels are given)."""
     from lrat_ray.evaluate import load_answers, load_qrels, load_queries
-    from lrat_ray.runtime import actor_resources
+    from lrat_ray.runtime import actor_resources, init_ray
 
+    init_ray(config.address)
     queries = load_queries(config.queries)
     qrels = load_qrels(config.qrels) if config.qrels else {}
     ids = sorted(q for q in queries if not qrels or q in qrels)[:config.limit]

@@ -29,15 +29,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from lrat_ray.config import checked, option
+from lrat_ray.config import RayCluster, checked, option
 
 log = logging.getLogger(__name__)
 APP_NAME = "lrat-retriever"
 
 
-@dataclass
+@dataclass(kw_only=True)
 @checked
-class ServeConfig:
+class ServeConfig(RayCluster):
     """Options of ``lrat serve`` (the deployment's settings; ``index`` is its user_config)."""
 
     index: str = option(help="index directory built by `lrat index`", path=True)
@@ -61,7 +61,6 @@ class ServeConfig:
     proxy_location: str = option("EveryNode", choices=("EveryNode", "HeadOnly"),
                                  help="where Ray Serve runs HTTP proxies: on every node (clients on any node "
                                       "reach the app at HOST:PORT of their own node) or on the head only")
-    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray")
 
 
 class RequestError(Exception):

@@ -23,7 +23,7 @@ def test_unknown_yaml_key_and_missing_required_option(tmp_path):
         resolve(MineConfig, {}, str(config))
     with pytest.raises(LratError, match="--output"):
         resolve(MineConfig, {"input": ["a"]})
-    with pytest.raises(LratError, match="workers must be at least 1"):
+    with pytest.raises(LratError, match=r"workers \(--workers\): 0 is below the minimum 1"):
         resolve(MineConfig, {"input": ["a"], "output": "o", "workers": 0})
 
 

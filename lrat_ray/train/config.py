@@ -5,41 +5,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lrat_ray.config import checked, option
+from lrat_ray.config import ActorPool, checked, option
 from lrat_ray.loss import ABLATIONS, NORMALIZATIONS
-from lrat_ray.model import POOLINGS
+from lrat_ray.model import EncoderOptions
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 BACKENDS = ("ddp", "deepspeed")
 
-@dataclass
+@dataclass(kw_only=True)
 @checked
-class TrainConfig:
-    """Options of ``lrat train``."""
+class TrainConfig(EncoderOptions, ActorPool):
+    """Options of ``lrat train`` (the encoder options and actor pool are shared with other stages)."""
 
     pairs: list[str] = option(help="mined pairs (DIR/pairs or parquet files) or official LRAT JSONL files",
                               path=True)
     output: str = option(help="directory for the trained model (Hugging Face + sentence-transformers format; "
                               "local or URI; '{version}' is replaced by the version key)")
-    model: str = option("embedded", help="model to start from: Hugging Face name or path, or 'embedded'", path=True)
     corpus: list[str] = option([], help="corpus files giving document texts by id (else the pairs' texts: the "
                                         "browsed text for positives, cut to the snippets' length, and snippets "
                                         "for negatives)", path=True)
     require_corpus: bool = option(False, help="refuse to train without --corpus (recipes set it: positives and "
                                               "negatives then have the same form)")
-    workers: int = option(2, help="data-parallel training workers (the global batch grows with them)")
+    workers: int = option(2, minimum=1, help="data-parallel training workers (the global batch grows with them)")
     use_gpu: bool = option(False, help="one GPU per worker")
-    cpus_per_worker: float = option(1.0, help="CPUs reserved per training worker", runtime=True)
-    resources: dict = option({}, help="custom resources per training worker, e.g. {\"gpu_stage\": 1} to keep "
-                                      "training on the GPU node group", runtime=True)
     backend: str = option("ddp", choices=BACKENDS, help="ddp (gloo on CPU, nccl on GPU) or deepspeed")
     deepspeed_config: str | None = option(None, help="DeepSpeed JSON config (default: configs/deepspeed_zero2.json)",
                                           path=True)
-    epochs: int = option(1, help="passes over the pairs")
+    epochs: int = option(1, minimum=1, help="passes over the pairs")
     max_steps: int | None = option(None, help="stop after this many optimizer steps")
-    per_device_batch: int = option(16, help="pairs per worker per micro-batch")
-    grad_accumulation: int = option(1, help="micro-batches per optimizer step")
-    group_size: int = option(4, help="documents per pair: 1 positive + (group_size-1) in-set negatives")
+    per_device_batch: int = option(16, minimum=1, help="pairs per worker per micro-batch")
+    grad_accumulation: int = option(1, minimum=1, help="micro-batches per optimizer step")
+    group_size: int = option(4, minimum=1, help="documents per pair: 1 positive + (group_size-1) in-set negatives")
     negatives_with_replacement: bool = option(True, help="repeat negatives when a pair has too few (else mask)")
     temperature: float = option(0.05, help="InfoNCE temperature tau")
     learning_rate: float = option(2e-5, help="peak learning rate")
@@ -54,23 +50,14 @@ class TrainConfig:
     grad_cache_chunk: int | None = option(None, help="GradCache: texts per re-encoded chunk (off when unset)")
     lora_rank: int | None = option(None, help="train LoRA adapters of this rank instead of all weights (peft)")
     gradient_checkpointing: bool = option(False, help="recompute activations in backward to save memory")
-    bf16: bool = option(False, help="bfloat16 autocast (GPU)")
-    pooling: str | None = option(None, choices=POOLINGS, help="override the model's pooling")
-    query_prefix: str | None = option(None, help="query instruction template ('{}' = the query)")
-    query_max_length: int | None = option(None, help="max query tokens (default from the model spec: 64)")
-    document_max_length: int | None = option(None, help="max document tokens (default from the model spec: 256)")
     seed: int = option(0, help="seed for shuffling, negative sampling and initialisation")
     checkpoint_every: int = option(50, help="optimizer steps between checkpoints", runtime=True)
     max_failures: int = option(0, help="worker-group restarts allowed (each resumes from the last checkpoint)",
                                runtime=True)
     storage_path: str | None = option(None, help="Ray Train storage (checkpoints), shared by all nodes: a URI "
                                                  "on a cluster; default OUTPUT.ray/", runtime=True)
-    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray",
-                                 runtime=True)
 
     def __post_init__(self):
-        if self.group_size < 1 or self.per_device_batch < 1 or self.workers < 1 or self.epochs < 1:
-            raise ValueError("group_size, per_device_batch, workers and epochs must be at least 1")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
         if self.require_corpus and not self.corpus:

@@ -118,19 +118,12 @@ def epoch_batches(shard, config: TrainConfig, epoch: int, rank: int):
     return shard.iter_batches(batch_size=config.per_device_batch, batch_format="numpy", **shuffle)
 
 
-def _encoder_spec(config: TrainConfig):
-    from lrat_ray.model import spec_for
-
-    return spec_for(config.model, pooling=config.pooling, query_prefix=config.query_prefix,
-                    query_max_length=config.query_max_length, document_max_length=config.document_max_length)
-
-
 def _starting_model(config: TrainConfig):
     """The encoder spec, tokenizer and model to train (with LoRA adapters and checkpointing)."""
     from lrat_ray.embedded import resolve_model
     from lrat_ray.model import load_tokenizer, load_transformer
 
-    spec = _encoder_spec(config)
+    spec = config.encoder_spec()
     tokenizer = load_tokenizer(resolve_model(config.model), spec)
     model = load_transformer(resolve_model(config.model))
     if config.gradient_checkpointing:
