@@ -14,7 +14,7 @@ import json
 import os
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -36,6 +36,35 @@ def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | No
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def section(config_class: Callable[[], type], *, set_by: tuple[str, ...] = (), help: str):
+    """A nested section: options of another stage's config (``config_class()``, a callable so the
+    owner need not import every stage up front), as a YAML mapping or JSON on the command line.
+    The owner builds the typed config from it (see :func:`section_options`); ``set_by`` are the
+    options the owner sets itself (inputs, outputs) and a section may not."""
+    field = option({}, help=help)
+    field.metadata = types.MappingProxyType({**field.metadata, "section": config_class, "set_by": set_by})
+    return field
+
+
+def section_options(owner: Any, name: str) -> dict:
+    """The options in ``owner``'s section ``name``, checked to be options of the section's config
+    that the owner does not set itself."""
+    f = next(f for f in dataclasses.fields(owner) if f.name == name)
+    values = getattr(owner, name)
+    known = {g.name for g in dataclasses.fields(f.metadata["section"]())}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; known: {sorted(known - set(f.metadata['set_by']))}")
+    owned = sorted(set(values) & set(f.metadata["set_by"]))
+    if owned:
+        raise ValueError(f"option(s) {owned} are set by {type(owner).__name__} itself")
+    return dict(values)
+
+
+def runtime_options(config_class: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(config_class) if f.metadata.get("runtime")}
 
 
 def checked(cls: type[T]) -> type[T]:
@@ -96,20 +125,32 @@ def check_inputs(config: Any) -> None:
     """Raise :class:`LratError` naming the option and the path of the first local input that does
     not exist, so a command fails in one line before it starts Ray or any work. Remote URIs and
     globs are left to the stage (checking them may need credentials or a listing)."""
+    for name, value, where in _path_options(config):
+        for path in value if isinstance(value, list) else [value]:
+            if _missing_local_path(name, path):
+                raise LratError(f"{where}: {path} does not exist")
+
+
+def _path_options(config: Any):
+    """(name, value, how to name it) of every path option, those in sections included."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("path"):
+            yield f.name, value, "--" + f.name.replace("_", "-")
+        elif f.metadata.get("section"):
+            paths = {g.name for g in dataclasses.fields(f.metadata["section"]()) if g.metadata.get("path")}
+            for name in sorted(paths & set(value)):
+                yield name, value[name], f"section {f.name}, option {name}"
+
+
+def _missing_local_path(name: str, path: Any) -> bool:
     from lrat_ray import storage
 
-    for f in dataclasses.fields(config):
-        if not f.metadata.get("path"):
-            continue
-        value = getattr(config, f.name)
-        for path in value if isinstance(value, list) else [value]:
-            if not isinstance(path, str) or not path or storage.is_remote(path) or any(c in path for c in "*?["):
-                continue
-            if "{version}" in path or os.path.exists(path):
-                continue
-            if f.name in MODEL_FIELDS and not path.startswith((".", "/", "~")):
-                continue  # a model name, resolved (and checked) by the stage
-            raise LratError(f"--{f.name.replace('_', '-')}: {path} does not exist")
+    if not isinstance(path, str) or not path or storage.is_remote(path) or any(c in path for c in "*?["):
+        return False  # remote URIs and globs are the stage's to check (credentials, listings)
+    if "{version}" in path or os.path.exists(path):
+        return False
+    return not (name in MODEL_FIELDS and not path.startswith((".", "/", "~")))  # else a model name
 
 
 def _json_mapping(text: str) -> dict:

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 
 from lrat_ray import storage
-from lrat_ray.config import checked, option
+from lrat_ray.config import checked, option, section, section_options
 from lrat_ray.errors import LratError
 
 log = logging.getLogger(__name__)
@@ -47,35 +47,59 @@ RESULT_COLUMNS = ("iteration", "model", *INTERVAL_METRICS, *(f"{m}_{end}" for m 
                   "ndcg@10_p_vs_0", "train_pairs", "judged_relevant")
 
 
+def _index_config():
+    from lrat_ray.index import IndexConfig
+    return IndexConfig
+
+
+def _mine_config():
+    from lrat_ray.mine_job import MineConfig
+    return MineConfig
+
+
+def _judge_config():
+    from lrat_ray.judge import JudgeConfig
+    return JudgeConfig
+
+
+def _train_config():
+    from lrat_ray.train import TrainConfig
+    return TrainConfig
+
+
+def _agent_config():
+    from lrat_ray.rollout import AgentConfig
+    return AgentConfig
+
+
+def _llm_serve_config():
+    from lrat_ray.llm_serve import LLMServeConfig
+    return LLMServeConfig
+
+
 @dataclass
 @checked
 class FlywheelConfig:
-    """Options of ``lrat flywheel`` (YAML: a ``flywheel:`` section; ``agent:`` and ``train:``
-    sub-mappings set AgentConfig and TrainConfig fields)."""
+    """Options of ``lrat flywheel`` (YAML: a ``flywheel:`` section). The sub-stages' own options
+    are nested sections (``index``, ``mine``, ``judge``, ``train``, ``agent``, ``agent_llm``),
+    each the options of that stage's config except the inputs and outputs the flywheel sets; every
+    section is built into its typed config when this config is built, so a wrong option anywhere
+    fails before any work, with the section and option named."""
 
     corpus: list[str] = option(help="corpus files (BEIR JSONL or Parquet)", path=True)
     queries: str = option(help="task questions: BEIR queries.jsonl", path=True)
     train_qrels: str = option(help="judgments of the training tasks", path=True)
     heldout_qrels: str | None = option(None, help="judgments of held-out tasks (else split train_qrels)", path=True)
-    heldout_fraction: float = option(0.2, help="share of train_qrels held out when heldout_qrels is unset")
+    heldout_fraction: float = option(0.2, minimum=0, help="share of train_qrels held out when heldout_qrels is unset")
     output: str = option("runs/flywheel", help="flywheel directory (local, or a URI: then the flywheel runs in a "
                                                 "local scratch directory and uploads the finished one)")
-    iterations: int = option(2, help="training iterations after the baseline")
-    train_tasks: int | None = option(None, help="training tasks rolled out per iteration (sampled; default all)")
-    heldout_tasks: int | None = option(None, help="held-out tasks evaluated (sampled once; default all)")
+    iterations: int = option(2, minimum=0, help="training iterations after the baseline")
+    train_tasks: int | None = option(None, minimum=1, help="training tasks rolled out per iteration (sampled; "
+                                                           "default all)")
+    heldout_tasks: int | None = option(None, minimum=1, help="held-out tasks evaluated (sampled once; default all)")
     model: str = option("embedded", help="starting retriever", path=True)
-    document_max_length: int = option(256, help="document tokens for indexing and training")
-    index_workers: int = option(2, help="encoder actors", runtime=True)
-    rollout_workers: int = option(2, help="rollout actors", runtime=True)
-    mine_workers: int = option(1, help="mining actors", runtime=True)
-    judge_backend: str = option("keyword", help="judge backend (see lrat judge)")
-    judge_model: str = option("", help="judge model (openai/transformers/vllm backends)")
-    judge_endpoint: str = option("http://127.0.0.1:8000/v1", help="openai judge endpoint", runtime=True)
-    judge: dict = option({}, help="more JudgeConfig fields (prompt, guided, on_failure, gpus_per_replica, ...)")
-    mine: dict = option({}, help="MineConfig fields (negatives, tokenizer, zero_length, ...); with negatives "
-                                 "since-last-positive the browse events are judged first and mined with the labels")
-    agent_llm: dict = option({}, help="LLMServeConfig fields of the agents' LLM, served on Ray Serve beside the "
-                                      "retriever while agents run (agent.kind llm without agent.endpoint)")
+    document_max_length: int = option(256, minimum=1, help="document tokens for indexing and training")
+    rollout_workers: int = option(2, minimum=1, help="rollout actors", runtime=True)
     port: int = option(8000, help="port of the served retriever (0: pick a free one)", runtime=True)
     serve_proxy_location: str = option("EveryNode", choices=("EveryNode", "HeadOnly"),
                                        help="Ray Serve HTTP proxies: EveryNode lets rollout actors on any node "
@@ -83,10 +107,25 @@ class FlywheelConfig:
                                             "one host (a simulated cluster), whose proxies would fight for the port",
                                        runtime=True)
     seed: int = option(0, help="seed of the task split and sampling")
-    agent: dict = option({}, help="AgentConfig fields (a YAML mapping, or JSON on the command line)")
-    train: dict = option({}, help="TrainConfig fields (a YAML mapping, or JSON on the command line)")
+    index: dict = section(_index_config, set_by=("corpus", "output", "model", "document_max_length"),
+                          help="IndexConfig options of every index built (workers: 2 unless set; index_type, "
+                               "batch_size, bf16, ...)")
+    mine: dict = section(_mine_config, set_by=("input", "output", "labels"),
+                         help="MineConfig options (negatives, tokenizer, zero_length, workers: 1 unless set, ...); "
+                              "with negatives since-last-positive the browse events are judged first and mined "
+                              "with the labels")
+    judge: dict = section(_judge_config, set_by=("pairs", "events", "output"),
+                          help="JudgeConfig options (backend: keyword unless set, model, prompt, guided, "
+                               "on_failure, concurrency, endpoint, ...)")
+    train: dict = section(_train_config, set_by=("pairs", "output", "model", "corpus"),
+                          help="TrainConfig options (workers, per_device_batch, learning_rate, backend, ...)")
+    agent: dict = section(_agent_config, help="AgentConfig options of the agents (kind, max_turns, k, ...)")
+    agent_llm: dict = section(_llm_serve_config,
+                              help="LLMServeConfig options of the agents' LLM, served on Ray Serve beside the "
+                                   "retriever while agents run (agent kind llm without an agent endpoint)")
     resources: dict = option({}, help="custom resources per worker of each stage: a mapping from index, rollout, "
-                                      "mine, train or serve to e.g. {\"cpu_stage\": 1}", runtime=True)
+                                      "mine, train or serve to e.g. {\"cpu_stage\": 1} (a section's own "
+                                      "resources option wins)", runtime=True)
     stop_after: str | None = option(None, help="testing: stop the process after this stage, e.g. iter-1/judge",
                                     runtime=True)
 
@@ -94,51 +133,43 @@ class FlywheelConfig:
         unknown = sorted(set(self.resources) - set(RESOURCE_STAGES))
         if unknown:
             raise ValueError(f"resources: unknown stage(s) {unknown}; known: {list(RESOURCE_STAGES)}")
-        self._check_sections()
+        self._sections = {name: self._build_section(name, build) for name, build in (
+            ("index", lambda o: _index_config()(corpus=self.corpus, output=self.output, model=self.model,
+                                                document_max_length=self.document_max_length,
+                                                **{"workers": 2, "resources": self.resources_of("index"), **o})),
+            ("mine", lambda o: _mine_config()(input=[self.output], output=self.output,
+                                              **{"workers": 1, "resources": self.resources_of("mine"), **o})),
+            ("judge", lambda o: _judge_config()(pairs=self.output, output=self.output,
+                                                **{"cache": os.path.join(self.output, "judge-cache"), **o})),
+            ("train", lambda o: _train_config()(pairs=[self.output], output=self.output, corpus=self.corpus,
+                                                **{"document_max_length": self.document_max_length,
+                                                   "resources": self.resources_of("train"), **o})),
+            ("agent", lambda o: _agent_config()(**{"seed": self.seed, **o})),
+            ("agent_llm", lambda o: _llm_serve_config()(**o)))}
+        self._sections["agent"].grader_config()
 
-    def _check_sections(self) -> None:
-        """Build every sub-stage's config once, so a wrong option in any section fails when the
-        flywheel config is built, before any work, with the section and option named."""
-        from lrat_ray.llm_serve import LLMServeConfig
-        from lrat_ray.rollout import AgentConfig
-        from lrat_ray.train import TrainConfig
-
-        checks = (("train", lambda: TrainConfig(pairs=[self.output], output=self.output, corpus=self.corpus,
-                                                **self.train)),
-                  ("judge", lambda: self.judge_config(self.output, pairs=self.output)),
-                  ("mine", lambda: self.mine_config([self.output], self.output, None)),
-                  ("agent", lambda: AgentConfig(**self.agent).grader_config()),
-                  ("agent_llm", lambda: LLMServeConfig(**self.agent_llm)))
-        for section, build in checks:
-            try:
-                build()
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"flywheel section {section}: {exc}") from None
+    def _build_section(self, name: str, build):
+        try:
+            return build(section_options(self, name))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"flywheel section {name}: {exc}") from None
 
     def resources_of(self, stage: str) -> dict:
         return dict(self.resources.get(stage) or {})
 
-    def judge_config(self, output: str, **inputs):
-        from lrat_ray.judge import JudgeConfig
-
-        base = {"backend": self.judge_backend, "model": self.judge_model, "endpoint": self.judge_endpoint,
-                "cache": os.path.join(self.output, "judge-cache")}
-        return JudgeConfig(output=output, **{**base, **self.judge, **inputs})
-
-    def mine_config(self, inputs: list[str], output: str, labels: str | None):
-        from lrat_ray.mine_job import MineConfig
-
-        base = {"workers": self.mine_workers, "resources": self.resources_of("mine")}
-        return MineConfig(input=inputs, output=output, labels=labels, **{**base, **self.mine})
+    def stage_config(self, name: str, **settings):
+        """The typed config of sub-stage ``name`` (its section over the flywheel's defaults), with the
+        inputs and output the flywheel sets for this run."""
+        return dataclasses.replace(self._sections[name], **settings)
 
     @property
     def judges_events(self) -> bool:
         """The official builder's mode judges browses while mining: judge events, then mine with labels."""
-        return self.mine.get("negatives") == "since-last-positive" and self.judge_backend != "none"
+        return self._sections["mine"].negatives == "since-last-positive" and self._sections["judge"].backend != "none"
 
     @property
     def serves_agent_llm(self) -> bool:
-        return self.agent.get("kind") == "llm" and not self.agent.get("endpoint")
+        return self._sections["agent"].kind == "llm" and not self._sections["agent"].endpoint
 
 
 @dataclass
@@ -240,12 +271,10 @@ def _index_dir(state: FlywheelState, iteration: int) -> str:
 
 
 def _build_index(state: FlywheelState, iteration: int) -> None:
-    from lrat_ray.index import IndexConfig, run_index
+    from lrat_ray.index import run_index
 
-    _run(state, iteration, "index", IndexConfig(
-        corpus=state.config.corpus, output=_index_dir(state, iteration), model=_model_of(state, iteration),
-        document_max_length=state.config.document_max_length, workers=state.config.index_workers,
-        resources=state.config.resources_of("index")), run_index)
+    _run(state, iteration, "index", state.config.stage_config(
+        "index", output=_index_dir(state, iteration), model=_model_of(state, iteration)), run_index)
 
 
 def _deploy(state: FlywheelState, iteration: int) -> str:
@@ -273,10 +302,10 @@ def _agent_stage(state: FlywheelState, iteration: int, name: str, ids: list[str]
 
 
 def _rollout(state: FlywheelState, url: str, ids: list[str], path: str) -> dict:
-    from lrat_ray.rollout import ACTOR_CPUS, AgentConfig, load_tasks, run_rollouts
+    from lrat_ray.rollout import ACTOR_CPUS, load_tasks, run_rollouts
     from lrat_ray.runtime import actor_resources
 
-    agent = AgentConfig(**{"seed": state.config.seed, **state.config.agent})
+    agent = state.config.stage_config("agent")
     tasks = load_tasks(state.queries, state.qrels, ids, state.answers, agent.answer_with, agent.evidence_grade)
     per_worker = actor_resources(ACTOR_CPUS, 0, state.config.resources_of("rollout"))
     with _agent_llm(state, agent) as agent:
@@ -294,9 +323,9 @@ def _agent_llm(state: FlywheelState, agent):
     if not state.config.serves_agent_llm:
         yield agent
         return
-    from lrat_ray.llm_serve import LLMServeConfig, deploy_llm, undeploy_llm
+    from lrat_ray.llm_serve import deploy_llm, undeploy_llm
 
-    llm = LLMServeConfig(**state.config.agent_llm)
+    llm = state.config.stage_config("agent_llm")
     endpoint = deploy_llm(llm, state.serve_settings.host, state.serve_settings.port)
     try:
         yield dataclasses.replace(agent, endpoint=endpoint, model=llm.name)
@@ -320,7 +349,7 @@ def _score_heldout(state: FlywheelState, iteration: int, url: str, path: str) ->
     bad = [t for t in runs if isinstance(t, Exception)]
     if bad:  # these files are our own rollouts: a bad one is a bug, never data to skip
         raise bad[0]
-    evidence_grade = state.config.agent.get("evidence_grade", 1)
+    evidence_grade = state.config.stage_config("agent").evidence_grade
     evidence = {q: {d: 1 for d, g in state.qrels.get(q, {}).items() if g >= evidence_grade} for q in state.heldout_ids}
     agent_metrics = score_trajectories(runs, evidence)
     run = retrieve(_index_dir(state, iteration), {q: state.queries[q] for q in state.heldout_ids}, 100)
@@ -361,7 +390,7 @@ def _intervals(per_task: dict, per_query: dict) -> dict:
 def _train_iteration(state: FlywheelState, iteration: int, url: str) -> dict:
     from lrat_ray.judge import run_judge
     from lrat_ray.mine_job import run_mine
-    from lrat_ray.train import TrainConfig, run_train
+    from lrat_ray.train import run_train
 
     config = state.config
     info: dict = {}
@@ -372,21 +401,21 @@ def _train_iteration(state: FlywheelState, iteration: int, url: str) -> dict:
     _run(state, iteration, "rollout", rollout, lambda stage: _rollout(state, url, ids, stage.output))
     mine_dir, judge_dir = _stage(state, iteration, "mine"), _stage(state, iteration, "judge")
     runs = [os.path.join(rollout.output, "runs")]
-    if config.judges_events:
-        _run(state, iteration, "judge", config.judge_config(judge_dir, events=runs), run_judge)
-        _run(state, iteration, "mine", config.mine_config(runs, mine_dir, judge_dir), run_mine)
-    else:
-        _run(state, iteration, "mine", config.mine_config(runs, mine_dir, None), run_mine)
-        _run(state, iteration, "judge", config.judge_config(judge_dir, pairs=mine_dir), run_judge)
+    judge = config.stage_config("judge", output=judge_dir, pairs=None, events=runs) if config.judges_events \
+        else config.stage_config("judge", output=judge_dir, pairs=mine_dir)
+    mine = config.stage_config("mine", input=runs, output=mine_dir, labels=judge_dir if config.judges_events else None)
+    order = [("judge", judge, run_judge), ("mine", mine, run_mine)]
+    if not config.judges_events:  # mine first, then judge the mined pairs
+        order.reverse()
+    for name, stage_config, run in order:
+        _run(state, iteration, name, stage_config, run)
     pairs_dir = mine_dir if config.judges_events else judge_dir
     judged = json.loads(open(os.path.join(pairs_dir, "report.json")).read())
     info.update(train_pairs=judged["pairs"], judged_relevant=_relevant_pairs(pairs_dir))
-    overrides = {"document_max_length": config.document_max_length, "seed": config.seed + iteration,
-                 "resources": config.resources_of("train"), **config.train}
-    _run(state, iteration, "train", TrainConfig(
-        pairs=[pairs_dir], output=_stage(state, iteration, "train"), model=_model_of(state, iteration - 1),
-        corpus=config.corpus, **overrides),
-        run_train)
+    seed = config.train.get("seed", config.seed + iteration)  # a fresh shuffle per iteration unless pinned
+    _run(state, iteration, "train", config.stage_config(
+        "train", pairs=[pairs_dir], output=_stage(state, iteration, "train"), model=_model_of(state, iteration - 1),
+        seed=seed), run_train)
     _build_index(state, iteration)
     return info
 

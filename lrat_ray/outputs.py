@@ -36,6 +36,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 from lrat_ray import __version__, storage
+from lrat_ray.config import runtime_options
 from lrat_ray.embedded import EMBEDDED
 from lrat_ray.errors import LratError
 
@@ -70,6 +71,9 @@ def content_of(config: Any) -> dict:
         if f.name == "output" or f.metadata.get("runtime"):
             continue
         value = getattr(config, f.name)
+        if f.metadata.get("section"):
+            runtime = runtime_options(f.metadata["section"]())
+            value = {k: v for k, v in value.items() if k not in runtime}
         content[f.name] = input_fingerprint(value) if f.metadata.get("path") else value
     return content
 

@@ -1,7 +1,7 @@
 import pytest
 
 from lrat_ray.cli import build_parser
-from lrat_ray.config import resolve
+from lrat_ray.config import check_inputs, resolve
 from lrat_ray.errors import LratError
 from lrat_ray.mine_job import MineConfig
 
@@ -43,9 +43,39 @@ def test_choices_are_enforced_in_yaml_and_in_every_flywheel_section(tmp_path):
     base = {"corpus": ["c"], "queries": "q", "train_qrels": "t"}
     for section, value, named in (("judge", {"backend": "vlm"}, "backend"), ("mine", {"negatives": "random"}, "negatives"),
                                   ("train", {"backend": "horovod"}, "backend"), ("agent", {"kind": "robot"}, "kind"),
-                                  ("train", {"learning_rat": 1}, "learning_rat")):
+                                  ("train", {"learning_rat": 1}, "unknown option.*learning_rat"),
+                                  ("train", {"pairs": ["x"]}, r"\['pairs'\] are set by FlywheelConfig"),
+                                  ("index", {"index_type": "lsh"}, "index_type"),
+                                  ("index", {"batch_size": 0}, "batch_size.*minimum 1"),
+                                  ("agent_llm", {"modle": "x"}, "modle")):
         with pytest.raises(LratError, match=f"flywheel section {section}: .*{named}"):
             resolve(FlywheelConfig, {**base, section: value})
+
+
+def test_flywheel_sections_become_typed_stage_configs_over_the_flywheel_defaults(tmp_path):
+    from lrat_ray.flywheel import FlywheelConfig
+    from lrat_ray.index import IndexConfig
+    from lrat_ray.outputs import content_of
+
+    base = {"corpus": ["c"], "queries": "q", "train_qrels": "t", "output": str(tmp_path), "document_max_length": 64}
+    config = resolve(FlywheelConfig, {**base, "index": {"bf16": True}, "judge": {"backend": "none"},
+                                      "resources": {"index": {"cpu_stage": 1}}})
+    index = config.stage_config("index", output="o", model="m")
+    assert isinstance(index, IndexConfig)
+    assert (index.workers, index.bf16, index.document_max_length, index.resources, index.model) == (
+        2, True, 64, {"cpu_stage": 1}, "m")
+    assert config.stage_config("judge", output="j", pairs="p").backend == "none"
+    assert config.stage_config("mine", input=["r"], output="m").workers == 1
+    assert config.stage_config("train", pairs=["p"], output="t", model="m").document_max_length == 64
+    # Runtime options in a section (workers) leave the flywheel's version key alone; others change it.
+    more_workers = resolve(FlywheelConfig, {**base, "index": {"bf16": True, "workers": 8}, "judge": {"backend": "none"}})
+    assert content_of(more_workers)["index"] == content_of(config)["index"] == {"bf16": True}
+    for name in ("c", "q", "t"):
+        (tmp_path / name).write_text("")
+    present = {**base, "corpus": [str(tmp_path / "c")], "queries": str(tmp_path / "q"), "train_qrels": str(tmp_path / "t")}
+    check_inputs(resolve(FlywheelConfig, present))
+    with pytest.raises(LratError, match="section train, option deepspeed_config: .*nowhere.json does not exist"):
+        check_inputs(resolve(FlywheelConfig, {**present, "train": {"deepspeed_config": str(tmp_path / "nowhere.json")}}))
 
 
 def test_shipped_training_recipes_load():

@@ -123,8 +123,8 @@ def test_one_flywheel_iteration_with_llm_agents_and_the_vllm_judge(tiny_model, r
         corpus=[str(scifact_slice / "corpus.jsonl")], queries=str(scifact_slice / "queries.jsonl"),
         train_qrels=str(scifact_slice / "train.tsv"), heldout_qrels=str(scifact_slice / "test.tsv"),
         output=str(tmp_path / "fly"), iterations=1, train_tasks=3, heldout_tasks=1, document_max_length=64,
-        index_workers=1, rollout_workers=2, port=serve_port, judge_backend="vllm",
-        judge={"model": "tiny", "gpus_per_replica": 0, "concurrency": 1, "batch_size": 8},
+        index={"workers": 1}, rollout_workers=2, port=serve_port,
+        judge={"backend": "vllm", "model": "tiny", "gpus_per_replica": 0, "concurrency": 1, "batch_size": 8},
         mine={"negatives": "since-last-positive", "tokenizer": "chars", "zero_length": "neutral"},
         agent={"kind": "llm", "max_turns": 2, "k": 5, "max_tokens": 256, "answer_with": "docid",
                "task_prompt": "Find the abstract that supports or refutes this claim, then answer with its docid. "
