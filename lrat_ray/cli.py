@@ -1,12 +1,12 @@
 """The ``lrat`` command: one subcommand per stage.
 
 Each subcommand takes ``--config YAML`` (a mapping of its options, or a file with one section per
-subcommand) and per-option overrides; ``lrat <stage> --help`` lists them. Stages that write an
-output directory run under :func:`lrat_ray.outputs.run_stage`: versioned (``{version}`` in
-``--output``), immutable, skipped when already finished. ``jobs/<stage>.py`` runs the same as a
-Ray job. Stages available so far:
-``mine``, ``index``, ``eval``, ``eval-runs``, ``train``, ``pairs-from-qrels``, ``judge``, ``rollout``,
-``flywheel``, ``serve``, ``mcp``, ``ablation``, ``demo`` and ``prepare-llm``.
+subcommand) and per-option overrides; ``lrat <stage> --help`` lists them. The pipeline stages
+(``mine``, ``judge``, ``pairs-from-qrels``, ``train``, ``index``, ``eval``, ``eval-runs``,
+``rollout``, ``flywheel``) come from the registry in :mod:`lrat_ray.stages` and run under
+:func:`lrat_ray.outputs.run_stage`: versioned (``{version}`` in ``--output``), immutable, skipped
+when already finished; ``jobs/<stage>.py`` runs the same as a Ray job. Beside them: ``serve``,
+``mcp``, ``ablation``, ``demo`` and ``prepare-llm``.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from lrat_ray import __version__
 from lrat_ray.config import add_arguments, check_inputs, resolve
 from lrat_ray.errors import LratError
-from lrat_ray.mine_job import MineConfig, run_mine
+from lrat_ray.stages import STAGES
 
 log = logging.getLogger("lrat")
 
@@ -46,12 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log debug messages and show Ray's own logs (else in /tmp/ray/session_latest/logs)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for name, cls, module, handler, summary in _stages():
-        stage = sub.add_parser(name, help=summary, description=_first_paragraph(module),
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-        stage.add_argument("--config", help=f"YAML file with these options (a '{name}:' section or top level)")
-        add_arguments(stage, cls)
-        stage.set_defaults(handler=handler, config_class=cls)
+    for name, cls, module, handler, summary in commands():
+        command = sub.add_parser(name, help=summary, description=_first_paragraph(module),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        command.add_argument("--config", help=f"YAML file with these options (a '{name}:' section or top level)")
+        add_arguments(command, cls)
+        command.set_defaults(handler=handler, config_class=cls)
 
     demo = sub.add_parser("demo", help="the LRAT flywheel on SciFact with the embedded default (see README)")
     demo.add_argument("--output", default="runs/demo", help="where the demo writes (default: runs/demo)")
@@ -67,32 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stages():
+def commands():
+    """(name, config class, module, handler, help) of every subcommand that takes a config: the
+    registered stages (:mod:`lrat_ray.stages`), then the long-running services and the ablation."""
     from lrat_ray.ablation import AblationConfig
-    from lrat_ray.evaluate import EvalConfig, EvalRunsConfig
-    from lrat_ray.index import IndexConfig
-    from lrat_ray.flywheel import FlywheelConfig
-    from lrat_ray.judge import JudgeConfig
     from lrat_ray.mcp_server import McpConfig
-    from lrat_ray.rollout import RolloutConfig
-    from lrat_ray.qrels_pairs import PairsFromQrelsConfig
     from lrat_ray.serving import ServeConfig
-    from lrat_ray.train import TrainConfig
 
-    return [
-        ("mine", MineConfig, "lrat_ray.mine_job", _cmd_mine, "mine weighted training pairs from agent trajectories"),
-        ("index", IndexConfig, "lrat_ray.index", _cmd_index, "encode a corpus and build a FAISS index"),
-        ("eval", EvalConfig, "lrat_ray.evaluate", _cmd_eval, "IR metrics of an index on judged queries"),
-        ("eval-runs", EvalRunsConfig, "lrat_ray.evaluate", _cmd_eval_runs,
-         "evidence recall, steps and success of agent trajectories"),
-        ("train", TrainConfig, "lrat_ray.train", _cmd_train, "weighted-contrastive training on Ray Train"),
-        ("pairs-from-qrels", PairsFromQrelsConfig, "lrat_ray.qrels_pairs", _cmd_pairs_from_qrels,
-         "training pairs from relevance judgments (mined-pairs schema)"),
-        ("judge", JudgeConfig, "lrat_ray.judge", _cmd_judge,
-         "label mined pairs (or browse events) from the post-browse reasoning"),
-        ("rollout", RolloutConfig, "lrat_ray.rollout", _cmd_rollout, "run agents against a served retriever"),
-        ("flywheel", FlywheelConfig, "lrat_ray.flywheel", _cmd_flywheel,
-         "the closed loop: serve, roll out, mine, judge, train, re-index, redeploy, evaluate"),
+    staged = [(s.name, s.config_class(), s.module, _cmd_stage, s.help) for s in STAGES.values()]
+    return staged + [
         ("serve", ServeConfig, "lrat_ray.serving", _cmd_serve, "serve search + browse over HTTP (Ray Serve)"),
         ("mcp", McpConfig, "lrat_ray.mcp_server", _cmd_mcp, "offer a running retriever's tools over MCP"),
         ("ablation", AblationConfig, "lrat_ray.ablation", _cmd_ablation,
@@ -116,51 +100,41 @@ def _section(path: str | None, name: str) -> str | None:
 
 
 def _config(args: argparse.Namespace):
-    """The stage's config from defaults, YAML and the command line, its inputs checked to exist."""
+    """The command's config from defaults, YAML and the command line, its inputs checked to exist."""
     config = resolve(args.config_class, args, args.config, _section(args.config, args.command))
     check_inputs(config)
     return config
 
 
-def _staged(args: argparse.Namespace, run, local_only: bool = False, config=None):
-    """Run a stage under :func:`lrat_ray.outputs.run_stage` (versioned, immutable output; a finished
-    run is not repeated); returns its result and the config with the resolved output directory."""
+def _cmd_stage(args: argparse.Namespace) -> int:
+    """Any registered stage: under :func:`lrat_ray.outputs.run_stage` (versioned, immutable output; a
+    finished run is not repeated), one line when it starts and one with what it did."""
     from lrat_ray.outputs import run_stage
 
-    config = config or _config(args)
-    staged = run_stage(args.command, config, run, local_only=local_only)
-    if staged.skipped:
-        print(f"lrat {args.command}: {staged.output} already holds this result (version {staged.key}); "
-              "nothing was run")
-    else:
-        print(f"lrat {args.command}: version {staged.key} -> {staged.output}")
-    return staged.result, dataclasses.replace(config, output=staged.output)
-
-
-def _cmd_mine(args: argparse.Namespace) -> int:
-    report, config = _staged(args, run_mine)
-    _print_mine_report(report, config.output)
-    return 0
-
-
-def _cmd_index(args: argparse.Namespace) -> int:
-    from lrat_ray.index import run_index
-
-    manifest, config = _staged(args, run_index, local_only=True)
-    print(f"indexed {manifest['count']} documents ({manifest['dimension']}-d, {manifest['index']['type']}) "
-          f"with {manifest['model']} in {manifest['encode_seconds']:.1f}s"
-          f"{' (embeddings reused)' if manifest['embeddings_reused'] else ''}; skipped "
-          f"{manifest['corpus']['records_skipped'] or 'none'} -> {config.output}")
-    return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from lrat_ray.evaluate import run_eval
-
+    stage = STAGES[args.command]
     config = _config(args)
-    result, config = _staged(args, run_eval, config=config) if config.output else (run_eval(config), config)
+    print(f"lrat {stage.name}: started", flush=True)
+    started = time.time()
+    if stage.output_optional and not config.output:
+        result = stage.run()(config)
+        print(f"lrat {stage.name}: {stage.summary(result)}; {time.time() - started:.0f}s")
+    else:
+        staged = run_stage(stage.name, config, stage.run(), local_only=stage.local_only)
+        result, config = staged.result, dataclasses.replace(config, output=staged.output)
+        if staged.skipped:
+            print(f"lrat {stage.name}: {staged.output} already holds this result (version {staged.key}): "
+                  f"{stage.summary(result)}; nothing was run")
+        else:
+            print(f"lrat {stage.name}: {stage.summary(result)}; {time.time() - started:.0f}s -> {staged.output} "
+                  f"(version {staged.key})")
+    details = DETAILS.get(stage.name)
+    if details:
+        details(result, config)
+    return 0
+
+
+def _eval_details(result: dict, config) -> None:
     names = sorted(result["metrics"])
-    print(f"{result['queries']} judged queries")
     if "compare" in result:
         other = result["compare"]["metrics"]
         print(f"  {'metric':<22} {'A':>8} {'B':>8}")
@@ -172,20 +146,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         for name in names:
             print(f"  {name:<22} {result['metrics'][name]:.4f}")
-    if config.output:
-        print(f"wrote {config.output}/metrics.json and {config.output}/run.trec")
-    return 0
 
 
-def _cmd_eval_runs(args: argparse.Namespace) -> int:
-    from lrat_ray.evaluate import run_eval_runs
-
-    config = _config(args)
-    result, _ = _staged(args, run_eval_runs, config=config) if config.output else (run_eval_runs(config), config)
+def _eval_runs_details(result: dict, config) -> None:
     for key in ("tasks", "tasks_with_evidence", "evidence_recall", "gold_recall", "avg_steps",
                 "avg_searches", "avg_browses", "success_rate", "records_skipped"):
         print(f"  {key:<20} {result[key]}")
-    return 0
+
+
+def _flywheel_details(rows: list, config) -> None:
+    from lrat_ray.flywheel import results_table
+
+    print("\n" + results_table(rows))
+    print(f"wrote {config.output}/results.md, results.csv and results.png")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -197,23 +170,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from lrat_ray.train import run_train
-
-    summary, config = _staged(args, run_train, local_only=True)
-    metrics = summary["final_metrics"]
-    print(f"trained {summary['steps']} steps on {summary['examples']} examples in {summary['wall_seconds']}s; "
-          f"final loss {metrics.get('loss', float('nan')):.4f}, {metrics.get('examples_per_s', 0):.1f} examples/s "
-          f"-> {config.output}")
-    return 0
-
-
-def _cmd_pairs_from_qrels(args: argparse.Namespace) -> int:
-    from lrat_ray.qrels_pairs import run_pairs_from_qrels
-
-    report, config = _staged(args, run_pairs_from_qrels)
-    print(f"{report['pairs']} pairs from {report['queries']} judged queries -> {config.output}/pairs")
-    return 0
 
 
 def _cmd_prepare_llm(args: argparse.Namespace) -> int:
@@ -223,34 +179,7 @@ def _cmd_prepare_llm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_judge(args: argparse.Namespace) -> int:
-    from lrat_ray.judge import run_judge
 
-    report, config = _staged(args, run_judge)
-    what = config.output_table
-    print(f"judged {report[what]} {'pairs' if what == 'pairs' else 'browse events'} with {report['backend']}: "
-          f"relevant {report['relevant']}, "
-          f"irrelevant {report['irrelevant']} (ok {report['ok']}, cached {report['cached']}, "
-          f"unparseable {report['unparseable']}, failed {report['failed']}) -> {config.output}")
-    return 0
-
-
-def _cmd_rollout(args: argparse.Namespace) -> int:
-    from lrat_ray.rollout import run_rollout_config
-
-    summary, config = _staged(args, run_rollout_config)
-    print(f"rolled out {summary['completed']}/{summary['tasks']} tasks (failed {summary['failed']}); "
-          f"success rate {summary['success_rate']}, steps/task {summary['avg_steps']} -> {config.output}")
-    return 0
-
-
-def _cmd_flywheel(args: argparse.Namespace) -> int:
-    from lrat_ray.flywheel import results_table, run_flywheel
-
-    rows, config = _staged(args, run_flywheel, local_only=True)
-    print("\n" + results_table(rows))
-    print(f"wrote {config.output}/results.md, results.csv and results.png")
-    return 0
 
 
 def _cmd_ablation(args: argparse.Namespace) -> int:
@@ -308,12 +237,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_mine_report(report: dict, output: str) -> None:
-    skipped = sum(report["records_skipped"].values())
-    print(f"records read {report['records_read']}, used {report['records_used']}, skipped {skipped} "
-          f"{report['records_skipped'] or ''}")
-    print(f"pairs {report['pairs']}, unattributed browses {report['unattributed_browses']}, "
-          f"duplicate browses {report['duplicate_browses']}")
+def _mine_details(report: dict, config) -> None:
+    print(f"  skipped records by reason: {report['records_skipped'] or 'none'}; duplicate browses "
+          f"{report['duplicate_browses']}")
     print(f"weights: beta (median reasoning length) = {report['beta']:.1f}, mu_raw = {report['mu_raw']:.4f}")
     print("\nagent behaviour (LRAT Table 1):")
     print(f"  {'group':<10} {'traj':>5} {'search/t':>9} {'browse/t':>9} {'steps/t':>8} {'B/S':>6}")
@@ -327,7 +253,10 @@ def _print_mine_report(report: dict, output: str) -> None:
     print("  browsed ranks: " + ", ".join(f"{r}:{v['count']}" for r, v in ranks.items()))
     for example in report.get("skipped_examples", [])[:5]:
         print(f"  skipped: {example}")
-    print(f"\nwrote {output}/pairs/*.parquet and {output}/report.json")
+    print(f"\nwrote {config.output}/pairs/*.parquet and {config.output}/report.json")
+
+
+DETAILS = {"mine": _mine_details, "eval": _eval_details, "eval-runs": _eval_runs_details, "flywheel": _flywheel_details}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from lrat_ray import storage
 from lrat_ray.config import checked, option, section, section_options
 from lrat_ray.errors import LratError
+from lrat_ray.stages import STAGES
 
 log = logging.getLogger(__name__)
 RESOURCE_STAGES = ("index", "rollout", "mine", "train", "serve")
@@ -203,33 +204,15 @@ def _run(state: FlywheelState, iteration: int, name: str, config, run) -> dict:
     started = time.time()
     staged = run_stage(name, config, run)
     done = "already done" if staged.skipped else f"{time.time() - started:.0f}s"
-    log.info("iter-%d %-7s %s (%s)", iteration, name, stage_summary(name, staged.result), done)
+    summary = _heldout_summary if name == "eval" else STAGES[name].summary  # eval: held-out rollouts + IR
+    log.info("iter-%d %-7s %s (%s)", iteration, name, summary(staged.result), done)
     _stop_here(state, iteration, name)
     return staged.result
 
 
-def stage_summary(name: str, result: dict) -> str:
-    """What a finished sub-stage did, in one line of counts (and rates where they mean something)."""
-    r = result or {}
-    if name == "rollout":
-        return f"{r.get('completed')} of {r.get('tasks')} tasks rolled out, {r.get('failed')} failed"
-    if name == "mine":
-        return (f"{r.get('records_used')} trajectories -> {r.get('pairs')} pairs "
-                f"({r.get('unattributed_browses', 0)} unattributed, {r.get('failed_browses', 0)} failed browses)")
-    if name == "judge":
-        table = "labels" if "labels" in r else "pairs"
-        return (f"{r.get(table)} {table} judged by {r.get('backend')}: {r.get('relevant')} relevant, "
-                f"{r.get('irrelevant')} not ({r.get('cached', 0)} from cache, {r.get('failed', 0)} failed)")
-    if name == "train":
-        metrics = r.get("final_metrics") or {}
-        return (f"{r.get('steps')} steps on {r.get('examples')} examples, loss {metrics.get('loss', float('nan')):.3f}, "
-                f"{metrics.get('examples_per_s', 0):.1f} examples/s")
-    if name == "index":
-        return f"{r.get('count')} documents encoded in {r.get('encode_seconds', 0):.0f}s"
-    if name == "eval":
-        return (f"held-out nDCG@10 {r.get('ndcg@10', 0):.4f}, evidence recall {r.get('evidence_recall') or 0:.4f}, "
-                f"success {r.get('success_rate') or 0:.3f}")
-    return ""
+def _heldout_summary(r: dict) -> str:
+    return (f"held-out nDCG@10 {r.get('ndcg@10', 0):.4f}, evidence recall {r.get('evidence_recall') or 0:.4f}, "
+            f"success {r.get('success_rate') or 0:.3f}")
 
 
 def _split(config: FlywheelConfig, queries: dict[str, str]) -> tuple[list[str], list[str], dict]:

@@ -24,9 +24,13 @@ def quiet_ray_console(quiet: bool = True) -> None:
     quiet_ray_loggers()
 
 
+def _ray_level() -> int:
+    return logging.INFO if _LOG_TO_DRIVER else logging.ERROR  # warnings too: Ray notes its defaults at length
+
+
 def quiet_ray_loggers() -> None:
     """Ray Data and Serve configure their loggers when first used: call again after that."""
-    level = logging.INFO if _LOG_TO_DRIVER else logging.WARNING
+    level = _ray_level()
     for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "ray.llm", "vllm"):
         logging.getLogger(name).setLevel(level)
 
@@ -49,12 +53,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     runtime_env = {"env_vars": env_vars} if env_vars else None
     if address:
         log.info("connecting to Ray at %s", address)
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=_LOG_TO_DRIVER)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=_LOG_TO_DRIVER, logging_level=_ray_level())
     else:
         log.info("starting a local Ray")
         # "local": a new Ray of our own, never one that `ray start` left on this machine.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
-                 logging_level=logging.WARNING, log_to_driver=_LOG_TO_DRIVER)
+                 logging_level=_ray_level(), log_to_driver=_LOG_TO_DRIVER)
     import ray.data  # noqa: F401  (configures its loggers on import)
 
     quiet_ray_loggers()

@@ -4,11 +4,11 @@ import dataclasses
 
 import pytest
 
-from lrat_ray.cli import _stages, main
+from lrat_ray.cli import commands, main
 
 
 def _stage_inputs():
-    for name, cls, *_ in _stages():
+    for name, cls, *_ in commands():
         paths = [f for f in dataclasses.fields(cls) if f.metadata.get("path")]
         if paths:
             yield pytest.param(name, cls, id=name)

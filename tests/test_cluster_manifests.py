@@ -97,9 +97,9 @@ def test_ray_up_config():
 
 
 def test_stage_placements_load_into_their_configs_and_name_the_clusters_resources():
-    from lrat_ray.cli import _stages
+    from lrat_ray.cli import commands
 
-    classes = {name: cls for name, cls, *_ in _stages()}
+    classes = {name: cls for name, cls, *_ in commands()}
     placements = _load("stages.yaml")
     required = {"mine": {"input": ["x"], "output": "o"}, "judge": {"pairs": "p", "output": "o"},
                 "index": {"corpus": ["c"], "output": "o"}, "train": {"pairs": ["p"], "output": "o"},
@@ -115,9 +115,9 @@ def test_stage_placements_load_into_their_configs_and_name_the_clusters_resource
 
 @pytest.mark.parametrize("script", sorted(p.stem for p in (REPO / "jobs").glob("[a-z]*.py")))
 def test_every_job_entrypoint_is_a_stage_of_the_lrat_command(script):
-    from lrat_ray.cli import _stages
+    from lrat_ray.cli import commands
 
-    assert script in {name for name, *_ in _stages()}
+    assert script in {name for name, *_ in commands()}
     text = (REPO / "jobs" / f"{script}.py").read_text()
     assert re.search(rf'run\("{script}"\)', text) and f"python jobs/{script}.py" in text
 

@@ -41,7 +41,7 @@ def s3():
 
 
 def _versions(stdout: str) -> dict[str, str]:
-    return dict(re.findall(r"^lrat ([a-z-]+): version [0-9a-f]+ -> (s3://\S+)$", stdout, re.M))
+    return dict(re.findall(r"^lrat ([a-z-]+): .* -> (s3://\S+) \(version [0-9a-f]+\)$", stdout, re.M))
 
 
 def _run(env: dict, script: str, tmp_path) -> subprocess.CompletedProcess:
@@ -70,7 +70,7 @@ def test_stages_read_and_write_s3_with_versioned_outputs(s3, scifact_slice, tmp_
             sys.stdout.write(out.getvalue())
             if code:
                 sys.exit(code)
-            return re.search(r"version [0-9a-f]+ -> (s3://\\S+)", out.getvalue()).group(1)
+            return re.search(r"-> (s3://\\S+) \\(version [0-9a-f]+\\)", out.getvalue()).group(1)
 
         s3 = "s3://lrat"
         mine = run("mine", "--input", s3 + "/runs", "--output", s3 + "/mine/{version}", "--workers", "1")
