@@ -45,13 +45,20 @@ def _retryable(status: int) -> bool:
     return status == 429 or status >= 500
 
 
-def _delay(endpoint: ChatEndpoint, attempt: int, retry_after: str | None) -> float:
+def retry_delay(attempt: int, retry_after: str | None, backoff_s: float = 0.5) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based): at least the server's ``Retry-After``,
+    spread by up to half again so that the clients a busy server turned away do not all come back
+    in the same instant; without one, exponential backoff with jitter."""
     if retry_after:
         try:
-            return min(float(retry_after), 60.0)
+            return min(float(retry_after), 60.0) * (1 + 0.5 * random.random())
         except ValueError:
             pass
-    return min(endpoint.backoff_s * 2 ** attempt, 30.0) * (0.5 + random.random())
+    return min(backoff_s * 2 ** attempt, 30.0) * (0.5 + random.random())
+
+
+def _delay(endpoint: ChatEndpoint, attempt: int, retry_after: str | None) -> float:
+    return retry_delay(attempt, retry_after, endpoint.backoff_s)
 
 
 def _retry_reason(response) -> tuple[str, str | None]:

@@ -94,13 +94,17 @@ def read_json(uri: str) -> dict | None:
 def run_stage(stage: str, config: C, run: Callable[[C], Any], local_only: bool = False) -> StageResult:
     """Run ``run(config)`` under the rules above; ``config.output`` names the directory. A config
     with a ``storage_path`` option (training's checkpoints) gets ``OUTPUT.ray`` when unset: beside
-    the final output, so checkpoints outlive a scratch directory and every node reaches them."""
+    the final output, so checkpoints outlive a scratch directory and every node reaches them; one
+    with a ``run_name`` gets ``<stage>-<key>``, the same for a resubmitted job, which therefore
+    resumes from the checkpoints the killed one left."""
     content = content_of(config)  # lists every input once: they may be many files on object storage
     key = _key(stage, content)
     output = config.output.replace(VERSION_PLACEHOLDER, key)
     config = dataclasses.replace(config, output=output)
     if getattr(config, "storage_path", False) is None:
         config = dataclasses.replace(config, storage_path=default_storage_path(output))
+    if getattr(config, "run_name", False) is None:  # stable: a resubmitted job finds its checkpoints
+        config = dataclasses.replace(config, run_name=f"{stage}-{key}")
     finished = read_json(storage.join(output, storage.STAGE_MANIFEST))
     if finished is not None:
         _check_same(finished, stage, key, output, "holds")

@@ -151,22 +151,37 @@ class Task:
 
 
 class RetrieverClient:
-    """The two tools over the retriever's HTTP API."""
+    """The two tools over the retriever's HTTP API. A busy retriever answers 503 (or 429) with
+    ``Retry-After``; the client waits that long (with jitter) and asks again, up to ``retries``
+    times, and counts the turn-aways in ``retried``."""
 
-    def __init__(self, url: str, token: str | None = None, timeout_s: float = 120.0):
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 120.0, retries: int = 20):
         import httpx
 
         from lrat_ray.llm_client import bearer_headers
 
         self.http = httpx.Client(base_url=url, headers=bearer_headers(token), timeout=timeout_s)
+        self.retries = retries
+        self.retried = 0
+
+    def _send(self, method: str, path: str, **kwargs):
+        from lrat_ray.llm_client import retry_delay
+
+        for attempt in range(self.retries + 1):
+            response = self.http.request(method, path, **kwargs)
+            if response.status_code not in (429, 503) or attempt == self.retries:
+                return response
+            self.retried += 1
+            time.sleep(retry_delay(attempt, response.headers.get("retry-after")))
+        raise AssertionError("unreachable")
 
     def search(self, query: str, k: int) -> list[dict]:
-        response = self.http.post("/search", json={"query": query[:2000] or "?", "k": k})
+        response = self._send("POST", "/search", json={"query": query[:2000] or "?", "k": k})
         response.raise_for_status()
         return response.json()["results"]
 
     def document(self, doc_id: str) -> dict | None:
-        response = self.http.get(f"/documents/{doc_id}")
+        response = self._send("GET", f"/documents/{doc_id}")
         if response.status_code == 404:
             return None
         response.raise_for_status()

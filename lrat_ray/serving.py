@@ -57,6 +57,11 @@ class ServeConfig(RayCluster):
     max_query_chars: int = option(2048, help="longest query accepted, in characters")
     max_queries: int = option(64, help="most queries in one request")
     snippet_chars: int = option(300, help="characters of document text returned as a snippet")
+    max_in_flight: int = option(64, minimum=1, help="requests one replica holds at once (encoding, searching or "
+                                                    "waiting for a batch); beyond it a request is answered at once "
+                                                    "with 503 and Retry-After instead of queueing until it times "
+                                                    "out (the project's agent client waits and retries)")
+    retry_after_s: int = option(1, minimum=1, help="Retry-After of a turned-away request, in seconds")
     access_log: bool = option(False, help="log every request (Ray Serve access log)")
     proxy_location: str = option("EveryNode", choices=("EveryNode", "HeadOnly"),
                                  help="where Ray Serve runs HTTP proxies: on every node (clients on any node "
@@ -134,7 +139,7 @@ def make_deployment():
 
     app = build_fastapi_app()
 
-    @serve.deployment(name="Retriever", max_ongoing_requests=256)
+    @serve.deployment(name="Retriever")
     @serve.ingress(app)
     class Retriever:
         def __init__(self, config: dict):
@@ -142,6 +147,8 @@ def make_deployment():
             self.config = ServeConfig(index="", **config)
             self.loaded: _Loaded | None = None
             self.queries_total = metrics.Counter("lrat_search_queries", "queries answered by /search")
+            self.shed_total = metrics.Counter("lrat_requests_shed", "requests answered 503 (replica full)")
+            self.in_flight = 0
             self.batch_size = metrics.Histogram("lrat_search_batch_requests", "requests per encoder batch",
                                                 boundaries=[1, 2, 4, 8, 16, 32, 64])
             self._search_batch.set_max_batch_size(self.config.max_batch_size)
@@ -156,6 +163,15 @@ def make_deployment():
             self.loaded = loaded  # one assignment: a request sees the old or the new index, whole
             log.info("serving %s (%d documents), loaded in %.1fs", directory, len(loaded.index.doc_ids),
                      time.time() - started)
+
+        def _busy(self) -> JSONResponse | None:
+            """Admission: a full replica says so at once (503 + Retry-After) rather than queueing
+            work it cannot finish before the client gives up."""
+            if self.in_flight < self.config.max_in_flight:
+                return None
+            self.shed_total.inc()
+            return JSONResponse({"error": "retriever busy, retry later"}, status_code=503,
+                                headers={"Retry-After": str(self.config.retry_after_s)})
 
         def _authorized(self, request: Request) -> bool:
             if not self.config.token:
@@ -199,13 +215,23 @@ def make_deployment():
                     self.config.max_query_chars, self.config.max_queries)
             except RequestError as exc:
                 return JSONResponse({"error": exc.message}, status_code=exc.status)
-            results = await self._search_batch((queries, k))
+            busy = self._busy()
+            if busy:
+                return busy
+            self.in_flight += 1
+            try:
+                results = await self._search_batch((queries, k))
+            finally:
+                self.in_flight -= 1
             return {"results": results if as_list else results[0], "index": self.loaded.directory}
 
         @app.get("/documents/{docid:path}")
         async def document(self, docid: str, request: Request):
             if not self._authorized(request):
                 return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+            busy = self._busy()
+            if busy:
+                return busy
             doc = self.loaded.index.document(docid)
             if doc is None:
                 return JSONResponse({"error": f"unknown document {docid!r}"}, status_code=404)
@@ -234,6 +260,10 @@ def build_app(args: dict):
     deployment = make_deployment()
     options: dict[str, Any] = {
         "user_config": {"index": settings.index},
+        # Serve hands a replica more than it admits, so the replica's own admission answers the
+        # excess at once; beyond that the proxy itself answers 503.
+        "max_ongoing_requests": settings.max_in_flight * 4,
+        "max_queued_requests": settings.max_in_flight * 16,
         "ray_actor_options": {"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus,
                               **({"resources": settings.resources} if settings.resources else {})},
         "logging_config": {"enable_access_log": settings.access_log},

@@ -136,6 +136,11 @@ def test_cli_lenient_and_strict(ray_session, tmp_path, capsys):
     assert main(["mine", "--input", str(bad), "--output", str(tmp_path / "lenient"), "--tokenizer", "chars"]) == 0
     report = json.loads((tmp_path / "lenient" / "report.json").read_text())
     assert report["records_read"] == 8 and sum(report["records_skipped"].values()) == 6
+    # One line when the stage starts and one with what it did, counts from its report.
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "lrat mine: started"
+    assert out[1].startswith(f"lrat mine: 2 of 8 records -> {report['pairs']} pairs (6 records skipped") and (
+        f"-> {tmp_path / 'lenient'} (version " in out[1])
     code = main(["mine", "--input", str(bad), "--output", str(tmp_path / "strict"), "--strict"])
     err = capsys.readouterr().err
     assert code == 2 and f"{bad}:line 2" in err and "invalid_json" in err

@@ -158,6 +158,32 @@ def test_training_job_resumes_from_its_checkpoint_after_losing_a_worker_node(clu
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
+def test_training_job_killed_with_its_driver_resumes_when_resubmitted(cluster, tmp_path):
+    """`ray job stop` kills the driver (and with it the Train controller and workers) after the
+    first checkpoint; the same command submitted again derives the same run name from the version
+    key and resumes from that checkpoint instead of starting over."""
+    from conftest import SHARED_DATA
+
+    out = tmp_path / "model"
+    args = ("--pairs", str(SHARED_DATA / "lrat" / "train_pairs_sample.jsonl"), "--output", str(out),
+            "--workers", "1", "--resources", json.dumps(STAGE), "--per-device-batch", "2", "--group-size", "2",
+            "--epochs", "6", "--document-max-length", "64", "--checkpoint-every", "1")
+    checkpoints = Path(f"{out}.ray")
+    first = submit(cluster, "train", *args)
+    status = wait(cluster, first, until=lambda: any(checkpoints.glob("*/checkpoint_manager_snapshot.json")))
+    assert status == "RUNNING", logs(cluster, first)
+    cluster.jobs().stop_job(first)
+    assert wait(cluster, first) == "STOPPED"
+    assert (out / "_lrat_stage.started.json").exists() and not (out / "_lrat_stage.json").exists()
+    second = submit(cluster, "train", *args)
+    assert wait(cluster, second) == "SUCCEEDED", logs(cluster, second)[-4000:]
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["steps"] == report["total_steps"] == 30  # 10 pairs / 2 per step x 6 epochs
+    assert report["final_metrics"]["resumed_from_step"] >= 1, logs(cluster, second)[-6000:]
+    key = json.loads((out / "_lrat_stage.json").read_text())["key"]
+    assert [p.name for p in checkpoints.iterdir()] == [f"train-{key}"]  # one run, continued
+
+
 def test_flywheel_job_stopped_and_resubmitted_skips_finished_stages(cluster, scifact_slice, tmp_path):
     """One flywheel iteration as a Ray job; the first submission stops after mining (as a job killed
     mid-way would), the resubmission resumes at the judge, a third finds the output finished."""

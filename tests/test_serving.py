@@ -1,4 +1,5 @@
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -194,3 +195,34 @@ def test_swap_index_under_load_drops_no_request(server, second_index):
     # once switched, never back: each request saw one whole index
     first_new = indexes.index(str(second_index))
     assert set(indexes[first_new:]) == {str(second_index)}
+
+
+def test_a_full_replica_turns_requests_away_with_retry_after_and_the_agent_client_retries(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lrat_ray.rollout import RetrieverClient
+    from lrat_ray.serving import deploy
+
+    settings, url, _ = server
+    deploy(dataclasses.replace(settings, max_in_flight=1))
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=url, headers=bearer_headers(TOKEN), timeout=60) as client:
+            return await asyncio.gather(*(client.post("/search", json={"query": f"query number {i}", "k": 3})
+                                          for i in range(48)))
+
+    responses = asyncio.run(burst())
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) == {200, 503} and statuses[200] >= 1, statuses
+    turned_away = next(r for r in responses if r.status_code == 503)
+    assert turned_away.headers["retry-after"] == "1" and "busy" in turned_away.json()["error"]
+
+    clients = [RetrieverClient(url, TOKEN) for _ in range(12)]
+
+    def searches(client):
+        return [len(client.search(f"axon terminal {i}", 3)) for i in range(4)]
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        answered = [n for found in pool.map(searches, clients) for n in found]
+    assert answered == [3] * 48  # every search answered in the end
+    assert sum(c.retried for c in clients) > 0  # after waiting out some 503s

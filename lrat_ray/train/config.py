@@ -56,6 +56,9 @@ class TrainConfig(EncoderOptions, ActorPool):
                                runtime=True)
     storage_path: str | None = option(None, help="Ray Train storage (checkpoints), shared by all nodes: a URI "
                                                  "on a cluster; default OUTPUT.ray/", runtime=True)
+    run_name: str | None = option(None, help="Ray Train run name under storage_path; a run started again with the "
+                                             "same name resumes from its last checkpoint (default: train-<version "
+                                             "key>, so a resubmitted job resumes)", runtime=True)
 
     def __post_init__(self):
         if self.temperature <= 0:

@@ -55,7 +55,7 @@ def run_train(config: TrainConfig) -> dict:
         scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
                                                resources_per_worker=_worker_resources(config)),
         run_config=ray.train.RunConfig(
-            name=f"lrat-train-{int(started)}", storage_path=storage_path,
+            name=config.run_name or _run_name(config), storage_path=storage_path,
             # A worker group that cannot start (resources taken) fails after a few tries, not never.
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures, controller_failure_limit=3),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
@@ -78,6 +78,15 @@ def run_train(config: TrainConfig) -> dict:
                "wall_seconds": round(time.time() - started, 1), "lrat_ray": __version__}
     storage.write_json_atomic(os.path.join(config.output, "train_report.json"), summary)
     return summary
+
+
+def _run_name(config: TrainConfig) -> str:
+    """Without run_stage (Python callers): the same options give the same run, hence resume."""
+    import hashlib
+    import json
+
+    blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    return "train-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _worker_resources(config: TrainConfig) -> dict:

@@ -58,6 +58,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model_for_forward.train()
     runner = StepRunner(model_for_forward, tokenizer, spec, config, device)
 
+    if start_step >= total_steps:  # finished before the driver died: hand back the final checkpoint
+        ray.train.report({**state.get("metrics", {"step": start_step}), "resumed_from_step": start_step},
+                         checkpoint=checkpoint if rank == 0 else None)
+        return
     shard = ray.train.get_dataset_shard("train")
     step = start_step
     for epoch in range(start_epoch, config.epochs):
@@ -160,7 +164,7 @@ def _report_with_checkpoint(metrics, model, optimizer, scheduler, step, epoch, b
             torch.save({"model": unwrapped.state_dict(),
                         "optimizer": optimizer.state_dict() if optimizer is not None else None,
                         "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
-                        "batches_in_epoch": batches}, os.path.join(directory, "state.pt"))
+                        "batches_in_epoch": batches, "metrics": metrics}, os.path.join(directory, "state.pt"))
             if final:
                 merged = unwrapped.merge_and_unload() if hasattr(unwrapped, "merge_and_unload") else unwrapped
                 save_encoder(merged, tokenizer, spec, os.path.join(directory, "model"))
