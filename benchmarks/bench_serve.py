@@ -1,11 +1,21 @@
-"""Latency and throughput of ``POST /search`` under 1, 8 and 32 concurrent clients on 127.0.0.1.
+"""Agent-fleet load on the served retriever: 1, 32, 256 and 1,024 concurrent sessions on 127.0.0.1.
 
-Serves an index (default: the 5,000-passage msmarco-5k slice, built first if missing) with one
-Ray Serve replica, sends real TREC DL queries (k=10) from N concurrent clients for a bounded
-number of requests, and prints p50/p99 latency and requests/s next to the bare in-process cost of
-one query (encode + FAISS search, no HTTP, no batching) measured in the same run.
+Serves an index (default: the 5,000-passage msmarco-5k slice, built first if missing) with one Ray
+Serve replica. Each simulated agent session loops for a fixed time: a search (a real TREC DL query,
+k=10), then with probability 0.3 a document call for one of the hits (an agent browsing). A
+request the replica turns away (503 + Retry-After, beyond ``--max-in-flight``) is waited out and
+retried with the project's own policy (:func:`lrat_ray.llm_client.retry_delay`), as the agents'
+client does; it counts as turned away, not failed. A failure is a request that never got an
+answer (transport error, timeout, any other status).
 
-Usage: ``python benchmarks/bench_serve.py [--index runs/msmarco-index] [--requests 300]``
+Printed per level, next to the in-process search of the same queries measured in the same run
+(encode + FAISS, no HTTP): requests/s answered within the level's time (calls still waiting when
+it ends complete but do not count toward the rate), its ratio to the best level, p50/p99 session-seen
+latency (retries included), turn-aways and failures. The heaviest level also hot-swaps the index
+(to a copy in another directory) half-way through: the failures column covers the swap.
+
+Usage: ``python benchmarks/bench_serve.py [--index runs/msmarco-index] [--seconds 20]
+[--sessions 1 32 256 1024] [--max-in-flight 64]``
 """
 
 from __future__ import annotations
@@ -14,6 +24,8 @@ import argparse
 import asyncio
 import json
 import os
+import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,66 +33,141 @@ from pathlib import Path
 import numpy as np
 
 DATA = Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+BROWSE_PROBABILITY = 0.3
 
 
-async def load(url: str, queries: list[str], clients: int, requests: int) -> tuple[list[float], float, int]:
-    import httpx
-
-    latencies: list[float] = []
-    failures = 0
-    counter = iter(range(requests))
-
-    async def client(http):
-        nonlocal failures
-        for i in counter:
-            start = time.perf_counter()
-            r = await http.post("/search", json={"query": queries[i % len(queries)], "k": 10})
-            latencies.append(time.perf_counter() - start)
-            failures += r.status_code != 200
-
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
-        start = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(clients)))
-        wall = time.perf_counter() - start
-    return latencies, wall, failures
+class Tally:
+    def __init__(self):
+        self.latencies: list[float] = []
+        self.answered = {"search": 0, "document": 0}
+        self.in_window = 0  # answered before the level's time was up (the rate's numerator)
+        self.turned_away = 0
+        self.failed: list[str] = []
+        self.indexes: list[str] = []
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", default="runs/msmarco-index")
-    parser.add_argument("--requests", type=int, default=300, help="requests per concurrency level")
-    args = parser.parse_args()
+async def _call(http, url: str, tally: Tally, deadline: float, kind: str, method: str, path: str, **kwargs):
+    """One tool call as the agent client makes it: retried after each 503/429 until answered."""
+    import aiohttp
 
-    from lrat_ray.index import IndexConfig, RetrievalIndex, run_index
+    from lrat_ray.llm_client import retry_delay
+
+    start = time.perf_counter()
+    for attempt in range(50):
+        try:
+            async with http.request(method, url + path, **kwargs) as response:
+                status, retry_after = response.status, response.headers.get("retry-after")
+                body = await response.json() if status == 200 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            tally.failed.append(f"{kind}: {exc!r}")
+            return None
+        if status in (429, 503):
+            tally.turned_away += 1
+            await asyncio.sleep(retry_delay(attempt, retry_after))
+            continue
+        if status != 200:
+            tally.failed.append(f"{kind}: HTTP {status}")
+            return None
+        done = time.perf_counter()
+        tally.latencies.append(done - start)
+        tally.answered[kind] += 1
+        tally.in_window += done <= deadline
+        return body
+    tally.failed.append(f"{kind}: still turned away after 50 tries")
+    return None
+
+
+async def fleet(url: str, queries: list[str], sessions: int, seconds: float, swap=None) -> Tally:
+    """``sessions`` agent loops for ``seconds``; ``swap`` (a blocking callable) runs half-way. The
+    clients use aiohttp: on these 2 CPUs an httpx client of 256 sessions took a whole core itself,
+    starving the server it measured."""
+    import aiohttp
+
+    tally = Tally()
+    deadline = time.perf_counter() + seconds
+
+    async def session(http, rng: random.Random):
+        while time.perf_counter() < deadline:
+            found = await _call(http, url, tally, deadline, "search", "POST", "/search",
+                                json={"query": rng.choice(queries), "k": 10})
+            if found:
+                tally.indexes.append(found["index"])
+                if found["results"] and rng.random() < BROWSE_PROBABILITY:
+                    await _call(http, url, tally, deadline, "document", "GET",
+                                f"/documents/{rng.choice(found['results'])['docid']}")
+
+    async def swap_half_way():
+        await asyncio.sleep(seconds / 2)
+        await asyncio.to_thread(swap)
+
+    connector = aiohttp.TCPConnector(limit=sessions)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as http:
+        tasks = [session(http, random.Random(i)) for i in range(sessions)]
+        await asyncio.gather(*tasks, *([swap_half_way()] if swap else []))
+    return tally
+
+
+def in_process_rate(index_dir: str, queries: list[str]) -> float:
+    from lrat_ray.index import RetrievalIndex
     from lrat_ray.model import Encoder
-    from lrat_ray.runtime import free_port, init_ray
-    from lrat_ray.serving import ServeConfig, deploy
 
-    init_ray(num_cpus=2)
-    if not (Path(args.index) / "manifest.json").exists():
-        run_index(IndexConfig(corpus=[str(DATA / "msmarco-5k" / "corpus.jsonl")], output=args.index))
-    queries = [json.loads(l)["text"] for l in (DATA / "msmarco-5k" / "queries.jsonl").read_text().split("\n") if l]
-
-    index = RetrievalIndex.load(args.index)
+    index = RetrievalIndex.load(index_dir)
     encoder = Encoder(index.spec)
     index.search(encoder.encode_queries(queries[:2]), 10)  # warm up
     start = time.perf_counter()
     for q in queries:
         index.search(encoder.encode_queries([q]), 10)
-    bare = (time.perf_counter() - start) / len(queries)
-    print(f"index {args.index}: {len(index.doc_ids)} documents; bare in-process query "
-          f"(encode + search): {bare * 1000:.1f} ms = {1 / bare:.0f} queries/s")
+    return len(queries) / (time.perf_counter() - start)
 
-    port = free_port()
-    url = deploy(ServeConfig(index=args.index, port=port))
-    asyncio.run(load(url, queries, 4, 40))  # warm up replica and connections
-    print("\n| clients | requests | p50 ms | p99 ms | requests/s | p50 / bare | failed |\n|---:|---:|---:|---:|---:|---:|---:|")
-    for clients in (1, 8, 32):
-        latencies, wall, failures = asyncio.run(load(url, queries, clients, args.requests))
-        p50, p99 = np.percentile(latencies, [50, 99]) * 1000
-        print(f"| {clients} | {len(latencies)} | {p50:.1f} | {p99:.1f} | {len(latencies) / wall:.1f} | "
-              f"{p50 / (bare * 1000):.2f} | {failures} |", flush=True)
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--index", default="runs/msmarco-index")
+    parser.add_argument("--seconds", type=float, default=20.0, help="load time per level")
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 32, 256, 1024, 2048])
+    parser.add_argument("--max-in-flight", type=int, default=1024, help="the replica's queue depth (admission)")
+    parser.add_argument("--swap-at", type=int, default=1024, help="sessions of the level with the hot swap")
+    args = parser.parse_args()
+
+    from lrat_ray.index import IndexConfig, run_index
+    from lrat_ray.runtime import free_port, init_ray
+    from lrat_ray.serving import ServeConfig, deploy, swap_index
+
+    init_ray(num_cpus=2)
+    if not (Path(args.index) / "manifest.json").exists():
+        run_index(IndexConfig(corpus=[str(DATA / "msmarco-5k" / "corpus.jsonl")], output=args.index))
+    swapped = os.path.abspath(args.index.rstrip("/") + "-swap")
+    if not Path(swapped).exists():
+        shutil.copytree(args.index, swapped)
+    queries = [json.loads(line)["text"] for line in (DATA / "msmarco-5k" / "queries.jsonl").read_text().splitlines()
+               if line]
+    bare = in_process_rate(args.index, queries)
+    print(f"index {args.index}; in-process search (encode + FAISS, one query at a time): {bare:.1f} queries/s")
+
+    settings = ServeConfig(index=os.path.abspath(args.index), port=free_port(), max_in_flight=args.max_in_flight)
+    url = deploy(settings)
+    asyncio.run(fleet(url, queries, 4, 3))  # warm up the replica and the connections
+    rows = []
+    for sessions in args.sessions:
+        swap = (lambda: swap_index(settings, swapped)) if sessions == args.swap_at else None
+        tally = asyncio.run(fleet(url, queries, sessions, args.seconds, swap))
+        answered = sum(tally.answered.values())
+        rate = tally.in_window / args.seconds
+        p50, p99 = np.percentile(tally.latencies, [50, 99]) * 1000 if tally.latencies else (float("nan"),) * 2
+        rows.append({"sessions": sessions, "answered": answered, "rate": rate, "p50": p50, "p99": p99,
+                     "searches": rate * tally.answered["search"] / max(answered, 1), "turned_away": tally.turned_away,
+                     "failed": len(tally.failed), "swapped": swap is not None,
+                     "new_index_answers": tally.indexes.count(swapped)})
+        if tally.failed:
+            print(f"  {sessions} sessions: failures, e.g. {tally.failed[:3]}")
+    best = max(r["rate"] for r in rows)
+    print("\n| sessions | answered | requests/s | vs best | searches/s | vs in-process | p50 ms | p99 ms "
+          "| turned away (503) | failed |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        note = f" (hot swap; {r['new_index_answers']} answers from the new index)" if r["swapped"] else ""
+        print(f"| {r['sessions']} | {r['answered']} | {r['rate']:.1f} | {r['rate'] / best:.2f}x | {r['searches']:.1f} "
+              f"| {r['searches'] / bare:.2f}x | {r['p50']:.0f} | {r['p99']:.0f} | {r['turned_away']} "
+              f"| {r['failed']}{note} |")
     from ray import serve
 
     serve.shutdown()

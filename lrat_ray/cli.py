@@ -162,9 +162,13 @@ def _flywheel_details(rows: list, config) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from lrat_ray.serving import deploy
+    from lrat_ray.serving import deploy, swap_running
 
     config = _config(args)
+    if config.swap:
+        url = swap_running(config)
+        print(f"lrat serve: {url} now serves {config.index}")
+        return 0
     print(f"serving {config.index} on http://{config.host}:{config.port} (Ctrl-C stops)")
     deploy(config, blocking=True)
     return 0

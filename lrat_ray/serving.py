@@ -23,6 +23,7 @@ import functools
 import dataclasses
 import hmac
 import json
+import math
 import logging
 import os
 import time
@@ -57,12 +58,17 @@ class ServeConfig(RayCluster):
     max_query_chars: int = option(2048, help="longest query accepted, in characters")
     max_queries: int = option(64, help="most queries in one request")
     snippet_chars: int = option(300, help="characters of document text returned as a snippet")
-    max_in_flight: int = option(64, minimum=1, help="requests one replica holds at once (encoding, searching or "
-                                                    "waiting for a batch); beyond it a request is answered at once "
-                                                    "with 503 and Retry-After instead of queueing until it times "
-                                                    "out (the project's agent client waits and retries)")
-    retry_after_s: int = option(1, minimum=1, help="Retry-After of a turned-away request, in seconds")
+    max_in_flight: int = option(1024, minimum=1, help="queue depth: searches one replica holds at once (encoding, "
+                                                      "searching or waiting for a batch); beyond it a request is "
+                                                      "answered at once with 503 and Retry-After instead of queueing "
+                                                      "until it times out (the project's agent client waits and "
+                                                      "retries)")
+    retry_after_s: int = option(1, minimum=1, help="least Retry-After of a turned-away request, in seconds; a "
+                                                   "longer queue gives the time it takes to drain at the recent rate")
     access_log: bool = option(False, help="log every request (Ray Serve access log)")
+    swap: bool = option(False, help="hot swap: point the retriever already running on the cluster (--address, "
+                                    "else RAY_ADDRESS) at --index without dropping a request, then exit; give the "
+                                    "options (or --config) it runs with")
     proxy_location: str = option("EveryNode", choices=("EveryNode", "HeadOnly"),
                                  help="where Ray Serve runs HTTP proxies: on every node (clients on any node "
                                       "reach the app at HOST:PORT of their own node) or on the head only")
@@ -149,6 +155,8 @@ def make_deployment():
             self.queries_total = metrics.Counter("lrat_search_queries", "queries answered by /search")
             self.shed_total = metrics.Counter("lrat_requests_shed", "requests answered 503 (replica full)")
             self.in_flight = 0
+            self.answered = 0  # searches answered, for the drain rate behind Retry-After
+            self._rate, self._rate_since, self._answered_since = 0.0, time.monotonic(), 0
             self.batch_size = metrics.Histogram("lrat_search_batch_requests", "requests per encoder batch",
                                                 boundaries=[1, 2, 4, 8, 16, 32, 64])
             self._search_batch.set_max_batch_size(self.config.max_batch_size)
@@ -171,7 +179,19 @@ def make_deployment():
                 return None
             self.shed_total.inc()
             return JSONResponse({"error": "retriever busy, retry later"}, status_code=503,
-                                headers={"Retry-After": str(self.config.retry_after_s)})
+                                headers={"Retry-After": str(self._drain_seconds())})
+
+        def _drain_seconds(self) -> int:
+            """How long the queue takes to drain at the recent answer rate: a fleet turned away all
+            at once comes back spread over that time, not every second (each 503 costs the proxy
+            as much as an answer)."""
+            now = time.monotonic()
+            if now - self._rate_since >= 2.0:
+                self._rate = (self.answered - self._answered_since) / (now - self._rate_since)
+                self._rate_since, self._answered_since = now, self.answered
+            if self._rate <= 0:
+                return self.config.retry_after_s
+            return max(self.config.retry_after_s, min(60, math.ceil(self.in_flight / self._rate)))
 
         def _authorized(self, request: Request) -> bool:
             if not self.config.token:
@@ -195,6 +215,7 @@ def make_deployment():
                 out.append([self._format(loaded, h[:k]) for h in hits[start:start + len(queries)]])
                 start += len(queries)
             self.queries_total.inc(len(flat))
+            self.answered += len(requests)
             return out
 
         def _format(self, loaded: _Loaded, hits: list) -> list[dict]:
@@ -260,10 +281,11 @@ def build_app(args: dict):
     deployment = make_deployment()
     options: dict[str, Any] = {
         "user_config": {"index": settings.index},
-        # Serve hands a replica more than it admits, so the replica's own admission answers the
-        # excess at once; beyond that the proxy itself answers 503.
-        "max_ongoing_requests": settings.max_in_flight * 4,
-        "max_queued_requests": settings.max_in_flight * 16,
+        # Serve hands a replica more than it admits, so that the replica's own admission answers the
+        # excess at once: a request the proxy must hold back waits in its slow retry loop (the
+        # throughput collapse once seen at 1,024 sessions). Beyond that the proxy answers 503.
+        "max_ongoing_requests": settings.max_in_flight * 2,
+        "max_queued_requests": settings.max_in_flight * 2,
         "ray_actor_options": {"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus,
                               **({"resources": settings.resources} if settings.resources else {})},
         "logging_config": {"enable_access_log": settings.access_log},
@@ -278,6 +300,7 @@ def build_app(args: dict):
         options["num_replicas"] = settings.replicas
     init = dataclasses.asdict(settings)
     init.pop("index")
+    init.pop("swap")
     return deployment.options(**options).bind(init)
 
 
@@ -315,6 +338,19 @@ def _wait_until_healthy(url: str, timeout_s: float = 60.0) -> None:
 
     raise LratError(f"the retriever does not answer at {url}/healthz; if Ray Serve was already running "
                     "with other HTTP options, shut it down (serve shutdown) or use its port")
+
+
+def swap_running(settings: ServeConfig) -> str:
+    """``lrat serve --swap``: point the retriever running on the cluster at ``settings.index``."""
+    from ray import serve
+
+    from lrat_ray.errors import LratError
+    from lrat_ray.runtime import init_ray
+
+    init_ray(settings.address)
+    if APP_NAME not in serve.status().applications:
+        raise LratError(f"no lrat retriever ({APP_NAME}) runs on this cluster: start one with lrat serve first")
+    return deploy(settings)
 
 
 def swap_index(settings: ServeConfig, index_dir: str) -> ServeConfig:

@@ -196,6 +196,14 @@ def test_swap_index_under_load_drops_no_request(server, second_index):
     first_new = indexes.index(str(second_index))
     assert set(indexes[first_new:]) == {str(second_index)}
 
+    # the same from the command line, against the running cluster: back to the first index
+    from lrat_ray.cli import main
+
+    assert main(["serve", "--swap", "--index", settings.index, "--port", str(settings.port), "--token", TOKEN,
+                 "--replica-cpus", "0.5"]) == 0
+    health = httpx.get(f"{url}/healthz", headers=bearer_headers(TOKEN), timeout=30).json()
+    assert health["index"] == settings.index
+
 
 def test_a_full_replica_turns_requests_away_with_retry_after_and_the_agent_client_retries(server):
     from concurrent.futures import ThreadPoolExecutor
