@@ -250,10 +250,14 @@ def load_transformer(path: str):
 
 def embed(model, batch, spec: EncoderSpec, padding_side: str = "right"):
     """Pooled (and normalised) embeddings of a tokenized batch; differentiable."""
+    hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    return pool(hidden, batch["attention_mask"], spec, padding_side)
+
+
+def pool(hidden, mask, spec: EncoderSpec, padding_side: str = "right"):
+    """Token states -> one (normalised) vector per text, by the spec's pooling."""
     import torch
 
-    hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    mask = batch["attention_mask"]
     if spec.pooling == "cls":
         pooled = hidden[:, 0]
     elif spec.pooling == "last":

@@ -278,3 +278,34 @@ def test_lora_trains_only_adapters_and_merges_on_save(tmp_path):
     merged = Encoder(spec_for(str(tmp_path / "merged"))).encode_queries(["a query"])
     base = Encoder(spec_for("embedded")).encode_queries(["a query"])
     assert merged.shape == base.shape and not np.allclose(merged, base, atol=1e-4)
+
+
+def test_pair_forward_encodes_queries_and_documents_at_their_own_lengths_like_two_calls():
+    """The DDP/DeepSpeed wrapper: one forward, the same vectors as encoding queries and documents
+    separately (no query padded to the documents' width), the same gradient."""
+    from transformers import AutoTokenizer
+
+    from lrat_ray.embedded import embedded_model_path
+    from lrat_ray.model import load_transformer, spec_for
+    from lrat_ray.train.step import StepRunner, pair_forward, unwrap
+
+    path = embedded_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    spec = spec_for("embedded", query_max_length=16, document_max_length=64)
+    config = TrainConfig(pairs=["-"], output="-", group_size=1)
+    queries = ["what causes tides", "who wrote the iliad"]
+    documents = ["Tides are caused by the gravitational pull of the moon and the sun on the oceans. " * 3,
+                 "The Iliad is an ancient Greek epic poem attributed to Homer."]
+    results = []
+    for wrap in (False, True):
+        torch.manual_seed(0)
+        model = load_transformer(path).eval()  # no dropout: the two paths must agree exactly
+        runner = StepRunner(pair_forward(model) if wrap else model, tokenizer, spec, config, torch.device("cpu"))
+        assert runner.paired == wrap and unwrap(runner.model) is model
+        q, d = runner._embed_pair(queries, documents)
+        (q @ d.T).trace().backward()
+        results.append((q.detach(), d.detach(), model.embeddings.word_embeddings.weight.grad.clone()))
+    (q1, d1, g1), (q2, d2, g2) = results
+    torch.testing.assert_close(q1, q2, rtol=0, atol=1e-6)
+    torch.testing.assert_close(d1, d2, rtol=0, atol=1e-6)
+    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-7)

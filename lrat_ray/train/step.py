@@ -3,6 +3,8 @@ GradCache (representations first without gradients, then chunk by chunk with the
 
 from __future__ import annotations
 
+import functools
+
 from lrat_ray.train.config import TrainConfig
 
 class RandomState:
@@ -36,55 +38,72 @@ class RandomState:
         return replaying()
 
 
+@functools.cache
+def _pair_forward_class():
+    import torch
+
+    class PairForward(torch.nn.Module):
+        """The encoder (``tower``) behind one forward that encodes queries and documents, each at
+        its own padded length. DDP and DeepSpeed count forwards: wrapped around this, a step is one
+        forward and one backward (the tower's parameters get one summed gradient), and queries
+        need not be padded to the documents' width."""
+
+        def __init__(self, tower):
+            super().__init__()
+            self.tower = tower
+
+        def forward(self, q_ids, q_mask, d_ids=None, d_mask=None):
+            q = self.tower(input_ids=q_ids, attention_mask=q_mask).last_hidden_state
+            d = None if d_ids is None else self.tower(input_ids=d_ids, attention_mask=d_mask).last_hidden_state
+            return q, d
+
+    return PairForward
+
+
+def pair_forward(tower):
+    """Wrap the encoder for DDP or DeepSpeed (see ``PairForward``)."""
+    return _pair_forward_class()(tower)
+
+
+def unwrap(model):
+    """The encoder itself, from under DDP or DeepSpeed (``.module``) and ``PairForward`` (``.tower``)."""
+    model = getattr(model, "module", model)
+    return model.tower if isinstance(model, _pair_forward_class()) else model
+
+
 class StepRunner:
     """Forward + loss + backward for one micro-batch, with or without GradCache."""
 
     def __init__(self, model, tokenizer, spec, config: TrainConfig, device):
         self.model, self.tokenizer, self.spec, self.config, self.device = model, tokenizer, spec, config, device
+        self.paired = isinstance(getattr(model, "module", model), _pair_forward_class())
+
+    def _tokens(self, texts: list[str], max_length: int):
+        return self.tokenizer(texts, truncation=True, max_length=max_length, padding=True,
+                              return_tensors="pt").to(self.device)
 
     def _embed(self, texts: list[str], max_length: int):
-        from lrat_ray.model import embed
+        from lrat_ray.model import embed, pool
 
-        batch = self.tokenizer(texts, truncation=True, max_length=max_length, padding=True,
-                               return_tensors="pt").to(self.device)
-        return embed(self.model, batch, self.spec, self.tokenizer.padding_side)
+        batch = self._tokens(texts, max_length)
+        if not self.paired:
+            return embed(self.model, batch, self.spec, self.tokenizer.padding_side)
+        hidden, _ = self.model(batch["input_ids"], batch["attention_mask"])
+        return pool(hidden, batch["attention_mask"], self.spec, self.tokenizer.padding_side)
 
     def _embed_pair(self, queries: list[str], documents: list[str]):
-        """Query and document embeddings. A plain module encodes each at its own padded length;
-        under DDP or DeepSpeed both go through one forward pass (two forwards before one backward
-        would mark every parameter ready twice), at the price of padding queries to the documents'
-        width."""
-        import torch
+        """Query and document embeddings, each encoded at its own padded length: a plain module by
+        two calls, a ``PairForward`` under DDP or DeepSpeed by one forward."""
+        from lrat_ray.model import pool
 
-        if isinstance(self.model, torch.nn.Module) and not hasattr(self.model, "no_sync") \
-                and not hasattr(self.model, "backward"):
+        if not self.paired:
             return (self._embed(queries, self.spec.query_max_length),
                     self._embed(documents, self.spec.document_max_length))
-        return self._embed_together(queries, documents)
-
-    def _embed_together(self, queries: list[str], documents: list[str]):
-        import torch
-
-        from lrat_ray.model import embed
-
-        q = self.tokenizer(queries, truncation=True, max_length=self.spec.query_max_length, padding=True,
-                           return_tensors="pt")
-        d = self.tokenizer(documents, truncation=True, max_length=self.spec.document_max_length, padding=True,
-                           return_tensors="pt")
-        width = max(q["input_ids"].shape[1], d["input_ids"].shape[1])
-        pad = self.tokenizer.pad_token_id
-
-        def widen(t, value):
-            extra = width - t.shape[1]
-            if extra == 0:
-                return t
-            filler = torch.full((t.shape[0], extra), value, dtype=t.dtype)
-            return torch.cat([t, filler], dim=1) if self.tokenizer.padding_side == "right" else torch.cat([filler, t], dim=1)
-
-        batch = {"input_ids": torch.cat([widen(q["input_ids"], pad), widen(d["input_ids"], pad)]).to(self.device),
-                 "attention_mask": torch.cat([widen(q["attention_mask"], 0), widen(d["attention_mask"], 0)]).to(self.device)}
-        reps = embed(self.model, batch, self.spec, self.tokenizer.padding_side)
-        return reps[:len(queries)], reps[len(queries):]
+        q = self._tokens(queries, self.spec.query_max_length)
+        d = self._tokens(documents, self.spec.document_max_length)
+        q_hidden, d_hidden = self.model(q["input_ids"], q["attention_mask"], d["input_ids"], d["attention_mask"])
+        side = self.tokenizer.padding_side
+        return pool(q_hidden, q["attention_mask"], self.spec, side), pool(d_hidden, d["attention_mask"], self.spec, side)
 
     def run(self, queries, documents, mask, weights, backward) -> float:
         """Returns the global loss; ``backward(value)`` runs the backward pass (DDP or DeepSpeed)."""

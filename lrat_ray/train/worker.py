@@ -14,7 +14,7 @@ from pathlib import Path
 from lrat_ray.errors import LratError
 from lrat_ray.train.config import CONFIG_DIR, TrainConfig
 from lrat_ray.train.data import group_texts
-from lrat_ray.train.step import StepRunner
+from lrat_ray.train.step import StepRunner, pair_forward, unwrap
 
 SHUFFLE_BUFFER = 4096  # rows each worker reshuffles at a time after the first epoch
 
@@ -43,6 +43,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         start_step, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
 
     params, optimizer, scheduler = _optimizer(model, config, total_steps)
+    if config.backend == "deepspeed" or world > 1:
+        model = pair_forward(model)  # one forward per step for the wrapper, queries unpadded
     if config.backend == "deepspeed":
         engine = _deepspeed_engine(model, optimizer, scheduler, config)
         model_for_forward = engine
@@ -158,7 +160,7 @@ def _report_with_checkpoint(metrics, model, optimizer, scheduler, step, epoch, b
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
         if rank == 0:
-            unwrapped = getattr(model, "module", model)
+            unwrapped = unwrap(model)
             # With DeepSpeed the optimizer state is partitioned: a restart keeps the weights and
             # schedule and starts the optimizer moments afresh.
             torch.save({"model": unwrapped.state_dict(),
