@@ -170,7 +170,9 @@ class FlywheelConfig:
 
     @property
     def serves_agent_llm(self) -> bool:
-        return self._sections["agent"].kind == "llm" and not self._sections["agent"].endpoint
+        """LLM agents with no endpoint of their own (the section sets none: AgentConfig's default
+        endpoint is a placeholder) use the LLM the flywheel serves beside the retriever."""
+        return self._sections["agent"].kind == "llm" and not self.agent.get("endpoint")
 
 
 @dataclass

@@ -67,6 +67,10 @@ def test_flywheel_sections_become_typed_stage_configs_over_the_flywheel_defaults
     assert config.stage_config("judge", output="j", pairs="p").backend == "none"
     assert config.stage_config("mine", input=["r"], output="m").workers == 1
     assert config.stage_config("train", pairs=["p"], output="t", model="m").document_max_length == 64
+    llm = {"kind": "llm"}
+    assert resolve(FlywheelConfig, {**base, "agent": llm}).serves_agent_llm
+    assert not resolve(FlywheelConfig, {**base, "agent": {**llm, "endpoint": "http://h:1/v1"}}).serves_agent_llm
+    assert not config.serves_agent_llm and not config.judges_events
     # Runtime options in a section (workers) leave the flywheel's version key alone; others change it.
     more_workers = resolve(FlywheelConfig, {**base, "index": {"bf16": True, "workers": 8}, "judge": {"backend": "none"}})
     assert content_of(more_workers)["index"] == content_of(config)["index"] == {"bf16": True}

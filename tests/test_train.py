@@ -309,3 +309,34 @@ def test_pair_forward_encodes_queries_and_documents_at_their_own_lengths_like_tw
     torch.testing.assert_close(q1, q2, rtol=0, atol=1e-6)
     torch.testing.assert_close(d1, d2, rtol=0, atol=1e-6)
     torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-7)
+
+
+def test_streamed_examples_equal_the_examples_built_in_one_process(ray_session, tmp_path, real_trajectory_files):
+    """``lrat train`` streams its examples from the pairs' Parquet files (Ray Data read, ablation
+    filter and weights, corpus join, shuffle) instead of building them in the driver: for every
+    ablation, with and without a corpus, the streamed examples are exactly the in-process ones."""
+    from lrat_ray.loss import ABLATIONS
+    from lrat_ray.mine_job import MineConfig, run_mine
+    from lrat_ray.train.data import example_dataset
+
+    mined = tmp_path / "mined"
+    run_mine(MineConfig(input=[str(f) for f in real_trajectory_files], output=str(mined), workers=1, tokenizer="chars"))
+    table = pq.read_table(mined / "pairs")
+    judged = _pairs_dir(tmp_path, [{**row, "relevant": i % 3 != 0} for i, row in enumerate(table.to_pylist())])
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": row["positive_id"], "title": "T", "text": f"corpus text {i}"}) + "\n"
+                              for i, row in enumerate(table.to_pylist()[::2])))
+
+    def key(example):
+        return example["query"], example["positive"], tuple(example["negatives"])
+
+    for ablation in ABLATIONS:
+        for texts in ([], [str(corpus)]):
+            config = TrainConfig(pairs=[str(judged)], output="x", ablation=ablation, corpus=texts)
+            dataset, count = example_dataset(config)
+            streamed = sorted(({**row, "negatives": list(row["negatives"])} for row in dataset.take_all()), key=key)
+            expected = sorted(load_examples(config), key=key)
+            assert count == len(expected) == len(streamed) > 0
+            assert [key(e) for e in streamed] == [key(e) for e in expected], (ablation, texts)
+            np.testing.assert_allclose([e["weight"] for e in streamed], [e["weight"] for e in expected], rtol=1e-12)
+    assert len(expected) < len(table)  # the filter dropped the pairs marked irrelevant

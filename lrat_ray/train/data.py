@@ -26,7 +26,7 @@ def load_examples(config: TrainConfig) -> list[dict]:
         texts = load_texts(config.corpus)
     rows: list[dict] = []
     for spec in config.pairs:
-        if spec.endswith((".jsonl", ".json")) or spec.endswith(".jsonl.gz"):
+        if spec.endswith(OFFICIAL_SUFFIXES):
             rows.extend(_official_rows(spec))
             continue
         fs, path = storage.resolve(pairs_source(spec))
@@ -51,6 +51,114 @@ def load_examples(config: TrainConfig) -> list[dict]:
     if not examples:
         raise LratError(f"every pair was filtered out by ablation {config.ablation!r}")
     return examples
+
+
+OFFICIAL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz")
+PAIR_COLUMNS = ("query", "positive_id", "positive_text", "negative_ids", "negative_texts", "weight", "relevant")
+
+
+def example_dataset(config: TrainConfig):
+    """The training examples as a Ray Dataset streamed from the pairs' Parquet files: read, filtered
+    and weighted by the ablation, joined with corpus texts and shuffled in Ray Data tasks and
+    actors, so the driver never holds a pair's texts. Returns ``(dataset, count)``; the driver
+    reads only the ``weight`` and ``relevant`` columns (for the count and the weights' mean over
+    the kept pairs). Official LRAT JSONL inputs are small release files and go through
+    :func:`load_examples`."""
+    import ray.data
+
+    if any(spec.endswith(OFFICIAL_SUFFIXES) for spec in config.pairs):
+        examples = load_examples(config)
+        random.Random(config.seed).shuffle(examples)
+        return ray.data.from_items(examples), len(examples)
+    sources = [(spec, *storage.resolve(pairs_source(spec))) for spec in config.pairs]
+    kept, scale = _kept_and_scale(sources, config.ablation)
+    parts = [ray.data.read_parquet(path, filesystem=fs, columns=_present(fs, path), file_extensions=["parquet"])
+             .map_batches(_ExampleMaker, fn_constructor_kwargs={"corpus": list(config.corpus), "ablation": config.ablation,
+                                                                  "scale": scale, "source": spec},
+                          batch_format="pyarrow", concurrency=1)
+             for spec, fs, path in sources]
+    dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    return dataset.random_shuffle(seed=config.seed), kept
+
+
+def _present(fs, path: str) -> list[str]:
+    import pyarrow.dataset as pads
+
+    names = set(pads.dataset(path, filesystem=fs, format="parquet").schema.names)
+    return [c for c in PAIR_COLUMNS if c in names]
+
+
+def _kept_and_scale(sources, ablation: str) -> tuple[int, float]:
+    """How many pairs the ablation keeps and the factor that gives their weights mean 1; weights
+    are checked here, naming the file and the query of a bad one."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    count, total, rows = 0, 0.0, 0
+    for spec, fs, path in sources:
+        dataset = pads.dataset(path, filesystem=fs, format="parquet")
+        missing = {"query", "positive_id", "negative_ids", "weight"} - set(dataset.schema.names)
+        if missing:
+            raise LratError(f"{spec}: pairs lack column(s) {sorted(missing)}; expected lrat mine output")
+        columns = ["weight", "relevant"] if "relevant" in dataset.schema.names else ["weight"]
+        table = dataset.to_table(columns=columns)
+        weight = table.column("weight")
+        bad = pc.or_kleene(pc.or_kleene(pc.is_null(weight), pc.is_nan(weight)),
+                           pc.or_kleene(pc.less(weight, 0), pc.is_inf(weight)))
+        if pc.any(bad).as_py():
+            row = pc.index(bad, True).as_py()
+            query = dataset.to_table(columns=["query"]).column("query")[row].as_py()
+            raise LratError(f"{spec}: pair for query {query!r:.60} has weight {weight[row].as_py()}; "
+                            "weights must be finite and non-negative")
+        keep = _keep_mask(table.column("relevant") if "relevant" in columns else None, len(table), ablation)
+        rows += len(table)
+        count += pc.sum(keep).as_py() or 0
+        total += pc.sum(pc.filter(weight, keep)).as_py() or 0.0
+    if not rows:
+        raise LratError(f"no pairs in {[spec for spec, _, _ in sources]}")
+    if not count:
+        raise LratError(f"every pair was filtered out by ablation {ablation!r}")
+    mean = total / count
+    return count, (1 / mean if mean > 0 else 0.0)
+
+
+def _keep_mask(relevant, length: int, ablation: str):
+    """The ablation's filter as an Arrow mask (see :func:`lrat_ray.loss.ablation_weights`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if ablation not in ("filter", "reweight") or relevant is None:
+        return pa.array([True] * length)
+    return pc.fill_null(pc.invert(pc.equal(relevant, False)), True)
+
+
+class _ExampleMaker:
+    """Ray Data actor: pairs -> examples (the ablation's filter and weights, texts from the corpus
+    when one is given, loaded once per actor)."""
+
+    def __init__(self, corpus: list[str], ablation: str, scale: float, source: str):
+        from lrat_ray.corpus import load_texts
+
+        self.texts = load_texts(corpus) if corpus else None
+        self.ablation, self.scale, self.source = ablation, scale, source
+
+    def __call__(self, table):
+        import pyarrow as pa
+
+        relevant = table.column("relevant") if "relevant" in table.column_names else None
+        keep = _keep_mask(relevant, table.num_rows, self.ablation).to_pylist()
+        reweight = self.ablation.startswith("reweight")
+        examples = []
+        for row, kept in zip(table.to_pylist(), keep):
+            if not kept:
+                continue
+            row = {**row, "negative_ids": row["negative_ids"] or [], "negative_texts": row.get("negative_texts") or [],
+                   "source": self.source, "snippets": True}
+            weight = row["weight"] * self.scale if reweight else 1.0
+            examples.append(_example(row, float(weight) if self.scale else 1.0, self.texts))
+        return pa.Table.from_pylist(examples, schema=pa.schema([
+            ("query", pa.string()), ("positive", pa.string()), ("negatives", pa.list_(pa.string())),
+            ("weight", pa.float64())]))
 
 
 def _example(row: dict, weight: float, texts: dict[str, str] | None) -> dict:

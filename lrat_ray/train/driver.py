@@ -14,7 +14,7 @@ from lrat_ray import __version__, storage
 from lrat_ray.errors import LratError
 from lrat_ray.outputs import default_storage_path
 from lrat_ray.train.config import TrainConfig
-from lrat_ray.train.data import EXAMPLE_COLUMNS, group_texts, load_examples
+from lrat_ray.train.data import EXAMPLE_COLUMNS, example_dataset, group_texts
 from lrat_ray.train.step import StepRunner
 from lrat_ray.train.worker import _optimizer, _starting_model, train_loop_per_worker
 
@@ -35,16 +35,15 @@ def run_train(config: TrainConfig) -> dict:
     config = dataclasses.replace(config, model=_absolute_if_local(config.model),
                                  deepspeed_config=config.deepspeed_config and _absolute_if_local(config.deepspeed_config))
     _check_model_loads(config.model)
-    examples = load_examples(config)
-    random.Random(config.seed).shuffle(examples)
-    per_step = config.per_device_batch * config.workers * config.grad_accumulation
-    steps_per_epoch = max(1, len(examples) // per_step)
-    total_steps = min(config.max_steps or steps_per_epoch * config.epochs, steps_per_epoch * config.epochs)
     init_ray(config.address)
+    dataset, count = example_dataset(config)  # streamed: the driver holds no pair texts
+    per_step = config.per_device_batch * config.workers * config.grad_accumulation
+    steps_per_epoch = max(1, count // per_step)
+    total_steps = min(config.max_steps or steps_per_epoch * config.epochs, steps_per_epoch * config.epochs)
     check_feasible("training", _worker_resources(config), config.workers)
     # Keep whole batches only, so every worker takes the same number of steps (no hang at the end).
     usable = steps_per_epoch * per_step
-    dataset = ray.data.from_items(examples[:usable])
+    dataset = dataset.limit(usable)
     storage_path = config.storage_path or default_storage_path(config.output)
     if not storage.is_remote(storage_path):
         os.makedirs(storage_path, exist_ok=True)
@@ -71,7 +70,7 @@ def run_train(config: TrainConfig) -> dict:
         if not os.path.isdir(model_dir):
             raise LratError("training ended without a final model checkpoint")
         _publish_model(model_dir, config.output)
-    summary = {"model": config.output, "base_model": config.model, "examples": len(examples),
+    summary = {"model": config.output, "base_model": config.model, "examples": count,
                "examples_used_per_epoch": usable, "steps": state_step, "total_steps": total_steps,
                "final_metrics": result.metrics, "config": dataclasses.asdict(config),
                "encoder": dataclasses.asdict(spec_for(config.output)),
