@@ -313,9 +313,8 @@ def test_pair_forward_encodes_queries_and_documents_at_their_own_lengths_like_tw
 
 def test_streamed_examples_equal_the_examples_built_in_one_process(ray_session, tmp_path, real_trajectory_files):
     """``lrat train`` streams its examples from the pairs' Parquet files (Ray Data read, ablation
-    filter and weights, corpus join, shuffle) instead of building them in the driver: for every
-    ablation, with and without a corpus, the streamed examples are exactly the in-process ones."""
-    from lrat_ray.loss import ABLATIONS
+    filter and weights, corpus join, shuffle) instead of building them in the driver: for each
+    ablation, with or without a corpus, the streamed examples are exactly the in-process ones."""
     from lrat_ray.mine_job import MineConfig, run_mine
     from lrat_ray.train.data import example_dataset
 
@@ -330,13 +329,14 @@ def test_streamed_examples_equal_the_examples_built_in_one_process(ray_session, 
     def key(example):
         return example["query"], example["positive"], tuple(example["negatives"])
 
-    for ablation in ABLATIONS:
-        for texts in ([], [str(corpus)]):
-            config = TrainConfig(pairs=[str(judged)], output="x", ablation=ablation, corpus=texts)
-            dataset, count = example_dataset(config)
-            streamed = sorted(({**row, "negatives": list(row["negatives"])} for row in dataset.take_all()), key=key)
-            expected = sorted(load_examples(config), key=key)
-            assert count == len(expected) == len(streamed) > 0
-            assert [key(e) for e in streamed] == [key(e) for e in expected], (ablation, texts)
-            np.testing.assert_allclose([e["weight"] for e in streamed], [e["weight"] for e in expected], rtol=1e-12)
+    with_corpus = [str(corpus)]
+    for ablation, texts in (("naive", []), ("filter", with_corpus), ("reweight-unfiltered", []),
+                            ("reweight", with_corpus), ("reweight", [])):
+        config = TrainConfig(pairs=[str(judged)], output="x", ablation=ablation, corpus=texts)
+        dataset, count = example_dataset(config)
+        streamed = sorted(({**row, "negatives": list(row["negatives"])} for row in dataset.take_all()), key=key)
+        expected = sorted(load_examples(config), key=key)
+        assert count == len(expected) == len(streamed) > 0
+        assert [key(e) for e in streamed] == [key(e) for e in expected], (ablation, texts)
+        np.testing.assert_allclose([e["weight"] for e in streamed], [e["weight"] for e in expected], rtol=1e-12)
     assert len(expected) < len(table)  # the filter dropped the pairs marked irrelevant

@@ -43,7 +43,9 @@ def run_train(config: TrainConfig) -> dict:
     check_feasible("training", _worker_resources(config), config.workers)
     # Keep whole batches only, so every worker takes the same number of steps (no hang at the end).
     usable = steps_per_epoch * per_step
-    dataset = dataset.limit(usable)
+    # Read, join and shuffle now, into the object store (not the driver's memory): once the
+    # training workers hold the CPUs, Ray Data tasks could not be scheduled beside them.
+    dataset = dataset.limit(usable).materialize()
     storage_path = config.storage_path or default_storage_path(config.output)
     if not storage.is_remote(storage_path):
         os.makedirs(storage_path, exist_ok=True)
