@@ -11,8 +11,10 @@ answer (transport error, timeout, any other status).
 Printed per level, next to the in-process search of the same queries measured in the same run
 (encode + FAISS, no HTTP): requests/s answered within the level's time (calls still waiting when
 it ends complete but do not count toward the rate), its ratio to the best level, p50/p99 session-seen
-latency (retries included), turn-aways and failures. The heaviest level also hot-swaps the index
-(to a copy in another directory) half-way through: the failures column covers the swap.
+latency (retries included), turn-aways and failures. The 1,024-session level also hot-swaps the
+index (to a copy in another directory) half-way through: the failures column covers the swap.
+Last, an autoscaling step: the app redeployed with autoscaling (1 to 2 replicas) under 256
+sessions, with the running replicas sampled while the load runs and the failures across it.
 
 Usage: ``python benchmarks/bench_serve.py [--index runs/msmarco-index] [--seconds 20]
 [--sessions 1 32 256 1024] [--max-in-flight 64]``
@@ -127,6 +129,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 32, 256, 1024, 2048])
     parser.add_argument("--max-in-flight", type=int, default=1024, help="the replica's queue depth (admission)")
     parser.add_argument("--swap-at", type=int, default=1024, help="sessions of the level with the hot swap")
+    parser.add_argument("--autoscale-seconds", type=float, default=75.0,
+                        help="length of the autoscaling step (Serve scales up after 30 s of load)")
     args = parser.parse_args()
 
     from lrat_ray.index import IndexConfig, run_index
@@ -168,10 +172,47 @@ def main() -> int:
         print(f"| {r['sessions']} | {r['answered']} | {r['rate']:.1f} | {r['rate'] / best:.2f}x | {r['searches']:.1f} "
               f"| {r['searches'] / bare:.2f}x | {r['p50']:.0f} | {r['p99']:.0f} | {r['turned_away']} "
               f"| {r['failed']}{note} |")
+    autoscaling_step(settings, queries, args.autoscale_seconds)
     from ray import serve
 
     serve.shutdown()
     return 0
+
+
+def autoscaling_step(settings, queries: list[str], seconds: float) -> None:
+    """256 sessions against the same app redeployed with autoscaling (1 to 2 replicas): the
+    replicas counted every 2 s while the load runs, and the failures across the scale-up."""
+    import dataclasses
+    import threading
+
+    from ray import serve
+
+    from lrat_ray.serving import APP_NAME, deploy
+
+    deploy(dataclasses.replace(settings, autoscale_min=1, autoscale_max=2, target_ongoing_requests=8))
+    counts: list[int] = []
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            states = serve.status().applications[APP_NAME].deployments["Retriever"].replica_states
+            counts.append(states.get("RUNNING", 0))
+            done.wait(2.0)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    tally = asyncio.run(fleet(settings_url(settings), queries, 256, seconds))
+    done.set()
+    watcher.join()
+    answered = sum(tally.answered.values())
+    print(f"\nautoscaling step (1 -> 2 replicas allowed, 256 sessions, {seconds:.0f} s): running replicas sampled "
+          f"every 2 s {counts}; {answered} answered, {tally.in_window / seconds:.1f} requests/s, "
+          f"{tally.turned_away} turned away, {len(tally.failed)} failed"
+          + (f", e.g. {tally.failed[:3]}" if tally.failed else ""))
+
+
+def settings_url(settings) -> str:
+    return f"http://{settings.host}:{settings.port}"
 
 
 if __name__ == "__main__":
