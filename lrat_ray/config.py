@@ -41,26 +41,27 @@ def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | No
 def section(config_class: Callable[[], type], *, set_by: tuple[str, ...] = (), help: str):
     """A nested section: options of another stage's config (``config_class()``, a callable so the
     owner need not import every stage up front), as a YAML mapping or JSON on the command line.
-    The owner builds the typed config from it (see :func:`section_options`); ``set_by`` are the
+    The owner builds the typed config from it (see :func:`build_section`); ``set_by`` are the
     options the owner sets itself (inputs, outputs) and a section may not."""
     field = option({}, help=help)
     field.metadata = types.MappingProxyType({**field.metadata, "section": config_class, "set_by": set_by})
     return field
 
 
-def section_options(owner: Any, name: str) -> dict:
-    """The options in ``owner``'s section ``name``, checked to be options of the section's config
-    that the owner does not set itself."""
+def build_section(owner: Any, name: str, defaults: dict):
+    """``owner``'s section ``name`` as its typed config: ``defaults`` (what the owner sets there),
+    then the section's own options, checked to be options of that config that the owner does not
+    set itself."""
     f = next(f for f in dataclasses.fields(owner) if f.name == name)
-    values = getattr(owner, name)
-    known = {g.name for g in dataclasses.fields(f.metadata["section"]())}
+    config_class, set_by, values = f.metadata["section"](), set(f.metadata["set_by"]), getattr(owner, name)
+    known = {g.name for g in dataclasses.fields(config_class)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; known: {sorted(known - set(f.metadata['set_by']))}")
-    owned = sorted(set(values) & set(f.metadata["set_by"]))
+        raise ValueError(f"unknown option(s) {unknown}; known: {sorted(known - set_by)}")
+    owned = sorted(set(values) & set_by)
     if owned:
         raise ValueError(f"option(s) {owned} are set by {type(owner).__name__} itself")
-    return dict(values)
+    return config_class(**{**defaults, **values})
 
 
 def runtime_options(config_class: type) -> set[str]:

@@ -37,35 +37,16 @@ import time
 from dataclasses import dataclass
 
 from lrat_ray import storage
-from lrat_ray.config import checked, option, section, section_options
+from lrat_ray.config import build_section, checked, option, section
 from lrat_ray.errors import LratError
 from lrat_ray.stages import STAGES
 
 log = logging.getLogger(__name__)
 RESOURCE_STAGES = ("index", "rollout", "mine", "train", "serve")
+SECTIONS = ("index", "mine", "judge", "train", "agent", "agent_llm")
 INTERVAL_METRICS = ("success_rate", "evidence_recall", "avg_steps", "ndcg@10", "recall@100")
 RESULT_COLUMNS = ("iteration", "model", *INTERVAL_METRICS, *(f"{m}_{end}" for m in INTERVAL_METRICS for end in ("lo", "hi")),
                   "ndcg@10_p_vs_0", "train_pairs", "judged_relevant")
-
-
-def _index_config():
-    from lrat_ray.index import IndexConfig
-    return IndexConfig
-
-
-def _mine_config():
-    from lrat_ray.mine_job import MineConfig
-    return MineConfig
-
-
-def _judge_config():
-    from lrat_ray.judge import JudgeConfig
-    return JudgeConfig
-
-
-def _train_config():
-    from lrat_ray.train import TrainConfig
-    return TrainConfig
 
 
 def _agent_config():
@@ -108,17 +89,17 @@ class FlywheelConfig:
                                             "one host (a simulated cluster), whose proxies would fight for the port",
                                        runtime=True)
     seed: int = option(0, help="seed of the task split and sampling")
-    index: dict = section(_index_config, set_by=("corpus", "output", "model", "document_max_length"),
+    index: dict = section(STAGES["index"].config_class, set_by=("corpus", "output", "model", "document_max_length"),
                           help="IndexConfig options of every index built (workers: 2 unless set; index_type, "
                                "batch_size, bf16, ...)")
-    mine: dict = section(_mine_config, set_by=("input", "output", "labels"),
+    mine: dict = section(STAGES["mine"].config_class, set_by=("input", "output", "labels"),
                          help="MineConfig options (negatives, tokenizer, zero_length, workers: 1 unless set, ...); "
                               "with negatives since-last-positive the browse events are judged first and mined "
                               "with the labels")
-    judge: dict = section(_judge_config, set_by=("pairs", "events", "output"),
+    judge: dict = section(STAGES["judge"].config_class, set_by=("pairs", "events", "output"),
                           help="JudgeConfig options (backend: keyword unless set, model, prompt, guided, "
                                "on_failure, concurrency, endpoint, ...)")
-    train: dict = section(_train_config, set_by=("pairs", "output", "model", "corpus"),
+    train: dict = section(STAGES["train"].config_class, set_by=("pairs", "output", "model", "corpus"),
                           help="TrainConfig options (workers, per_device_batch, learning_rate, backend, ...)")
     agent: dict = section(_agent_config, help="AgentConfig options of the agents (kind, max_turns, k, ...)")
     agent_llm: dict = section(_llm_serve_config,
@@ -134,26 +115,27 @@ class FlywheelConfig:
         unknown = sorted(set(self.resources) - set(RESOURCE_STAGES))
         if unknown:
             raise ValueError(f"resources: unknown stage(s) {unknown}; known: {list(RESOURCE_STAGES)}")
-        self._sections = {name: self._build_section(name, build) for name, build in (
-            ("index", lambda o: _index_config()(corpus=self.corpus, output=self.output, model=self.model,
-                                                document_max_length=self.document_max_length,
-                                                **{"workers": 2, "resources": self.resources_of("index"), **o})),
-            ("mine", lambda o: _mine_config()(input=[self.output], output=self.output,
-                                              **{"workers": 1, "resources": self.resources_of("mine"), **o})),
-            ("judge", lambda o: _judge_config()(pairs=self.output, output=self.output,
-                                                **{"cache": os.path.join(self.output, "judge-cache"), **o})),
-            ("train", lambda o: _train_config()(pairs=[self.output], output=self.output, corpus=self.corpus,
-                                                **{"document_max_length": self.document_max_length,
-                                                   "resources": self.resources_of("train"), **o})),
-            ("agent", lambda o: _agent_config()(**{"seed": self.seed, **o})),
-            ("agent_llm", lambda o: _llm_serve_config()(**o)))}
+        self._sections = {name: self._build_section(name) for name in SECTIONS}
         self._sections["agent"].grader_config()
 
-    def _build_section(self, name: str, build):
+    def _build_section(self, name: str):
         try:
-            return build(section_options(self, name))
+            return build_section(self, name, self._section_defaults(name))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"flywheel section {name}: {exc}") from None
+
+    def _section_defaults(self, name: str) -> dict:
+        """What the flywheel sets in a section's config (inputs, outputs) or defaults there."""
+        return {
+            "index": {"corpus": self.corpus, "output": self.output, "model": self.model, "workers": 2,
+                      "document_max_length": self.document_max_length, "resources": self.resources_of("index")},
+            "mine": {"input": [self.output], "output": self.output, "workers": 1, "resources": self.resources_of("mine")},
+            "judge": {"pairs": self.output, "output": self.output, "cache": os.path.join(self.output, "judge-cache")},
+            "train": {"pairs": [self.output], "output": self.output, "corpus": self.corpus,
+                      "document_max_length": self.document_max_length, "resources": self.resources_of("train")},
+            "agent": {"seed": self.seed},
+            "agent_llm": {},
+        }[name]
 
     def resources_of(self, stage: str) -> dict:
         return dict(self.resources.get(stage) or {})

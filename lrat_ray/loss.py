@@ -109,15 +109,16 @@ def sample_negatives(negatives: Sequence[str], n: int, rng: random.Random, with_
     return pool + [None] * (n - len(pool))
 
 
-def ablation_weights(weights: Sequence[float], relevant: Sequence[bool | None], ablation: str
-                     ) -> tuple[list[float], list[bool]]:
+def ablation_weights(weights: Sequence[float], relevant: Sequence[bool | None], ablation: str,
+                     mean: float | None = None) -> tuple[list[float], list[bool]]:
     """Weights and a keep-mask for LRAT's ablations (paper Fig. 7).
 
     ``naive``: every browsed pair, weight 1 (no judge filter). ``filter``: drop pairs the judge
     marked irrelevant, weight 1. ``reweight-unfiltered``: every pair, reasoning-length weights.
     ``reweight`` (LRAT): drop them and use the weights. Weights are rescaled to mean 1 over the
     pairs kept, so an arm that filters does not train with a larger effective learning rate than
-    one that does not (mining fitted ``mu`` over all pairs, filtered or not).
+    one that does not (mining fitted ``mu`` over all pairs, filtered or not). ``mean``: that mean
+    when it was taken over more pairs than these (a streamed batch of the whole set).
     """
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
@@ -125,6 +126,7 @@ def ablation_weights(weights: Sequence[float], relevant: Sequence[bool | None], 
     keep = [r is not False if filtered else True for r in relevant]
     if not ablation.startswith("reweight"):
         return [1.0] * len(keep), keep
-    kept = [w for w, k in zip(weights, keep) if k]
-    mean = sum(kept) / len(kept) if kept else 1.0
+    if mean is None:
+        kept = [w for w, k in zip(weights, keep) if k]
+        mean = sum(kept) / len(kept) if kept else 1.0
     return [w / mean if mean > 0 else 1.0 for w in weights], keep

@@ -34,11 +34,7 @@ def load_examples(config: TrainConfig) -> list[dict]:
         missing = {"query", "positive_id", "negative_ids", "weight"} - set(table.column_names)
         if missing:
             raise LratError(f"{spec}: pairs lack column(s) {sorted(missing)}; expected lrat mine output")
-        for row in table.to_pylist():
-            rows.append({"query": row["query"], "positive_id": row["positive_id"],
-                         "positive_text": row.get("positive_text"), "negative_ids": row["negative_ids"] or [],
-                         "negative_texts": row.get("negative_texts") or [], "weight": row["weight"],
-                         "relevant": row.get("relevant"), "source": spec, "snippets": True})
+        rows.extend(_pair_row(row, spec) for row in table.to_pylist())
     if not rows:
         raise LratError(f"no pairs in {config.pairs}")
     for row in rows:
@@ -71,32 +67,26 @@ def example_dataset(config: TrainConfig):
         random.Random(config.seed).shuffle(examples)
         return ray.data.from_items(examples), len(examples)
     sources = [(spec, *storage.resolve(pairs_source(spec))) for spec in config.pairs]
-    kept, scale = _kept_and_scale(sources, config.ablation)
-    parts = [ray.data.read_parquet(path, filesystem=fs, columns=_present(fs, path), file_extensions=["parquet"])
+    kept, mean, columns = _pair_stats(sources, config.ablation)
+    parts = [ray.data.read_parquet(path, filesystem=fs, columns=present, file_extensions=["parquet"])
              .map_batches(_ExampleMaker, fn_constructor_kwargs={"corpus": list(config.corpus), "ablation": config.ablation,
-                                                                  "scale": scale, "source": spec},
+                                                                  "mean": mean, "source": spec},
                           batch_format="pyarrow", concurrency=1)
-             for spec, fs, path in sources]
+             for (spec, fs, path), present in zip(sources, columns)]
     dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     return dataset.random_shuffle(seed=config.seed), kept
 
 
-def _present(fs, path: str) -> list[str]:
-    import pyarrow.dataset as pads
-
-    names = set(pads.dataset(path, filesystem=fs, format="parquet").schema.names)
-    return [c for c in PAIR_COLUMNS if c in names]
-
-
-def _kept_and_scale(sources, ablation: str) -> tuple[int, float]:
-    """How many pairs the ablation keeps and the factor that gives their weights mean 1; weights
-    are checked here, naming the file and the query of a bad one."""
+def _pair_stats(sources, ablation: str) -> tuple[int, float, list[list[str]]]:
+    """How many pairs the ablation keeps, their weights' mean, and the pair columns each source
+    has; weights are checked here, naming the file and the query of a bad one."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    count, total, rows = 0, 0.0, 0
+    count, total, rows, present = 0, 0.0, 0, []
     for spec, fs, path in sources:
         dataset = pads.dataset(path, filesystem=fs, format="parquet")
+        present.append([c for c in PAIR_COLUMNS if c in dataset.schema.names])
         missing = {"query", "positive_id", "negative_ids", "weight"} - set(dataset.schema.names)
         if missing:
             raise LratError(f"{spec}: pairs lack column(s) {sorted(missing)}; expected lrat mine output")
@@ -118,12 +108,12 @@ def _kept_and_scale(sources, ablation: str) -> tuple[int, float]:
         raise LratError(f"no pairs in {[spec for spec, _, _ in sources]}")
     if not count:
         raise LratError(f"every pair was filtered out by ablation {ablation!r}")
-    mean = total / count
-    return count, (1 / mean if mean > 0 else 0.0)
+    return count, total / count, present
 
 
 def _keep_mask(relevant, length: int, ablation: str):
-    """The ablation's filter as an Arrow mask (see :func:`lrat_ray.loss.ablation_weights`)."""
+    """The ablation's filter as an Arrow mask, for counting in the driver without Python objects
+    per pair: the rule of :func:`lrat_ray.loss.ablation_weights`."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -136,29 +126,29 @@ class _ExampleMaker:
     """Ray Data actor: pairs -> examples (the ablation's filter and weights, texts from the corpus
     when one is given, loaded once per actor)."""
 
-    def __init__(self, corpus: list[str], ablation: str, scale: float, source: str):
+    def __init__(self, corpus: list[str], ablation: str, mean: float, source: str):
         from lrat_ray.corpus import load_texts
 
         self.texts = load_texts(corpus) if corpus else None
-        self.ablation, self.scale, self.source = ablation, scale, source
+        self.ablation, self.mean, self.source = ablation, mean, source
 
     def __call__(self, table):
         import pyarrow as pa
 
-        relevant = table.column("relevant") if "relevant" in table.column_names else None
-        keep = _keep_mask(relevant, table.num_rows, self.ablation).to_pylist()
-        reweight = self.ablation.startswith("reweight")
-        examples = []
-        for row, kept in zip(table.to_pylist(), keep):
-            if not kept:
-                continue
-            row = {**row, "negative_ids": row["negative_ids"] or [], "negative_texts": row.get("negative_texts") or [],
-                   "source": self.source, "snippets": True}
-            weight = row["weight"] * self.scale if reweight else 1.0
-            examples.append(_example(row, float(weight) if self.scale else 1.0, self.texts))
+        rows = [_pair_row(row, self.source) for row in table.to_pylist()]
+        weights, keep = ablation_weights([r["weight"] for r in rows], [r["relevant"] for r in rows], self.ablation,
+                                         mean=self.mean)
+        examples = [_example(row, float(weight), self.texts) for row, weight, kept in zip(rows, weights, keep) if kept]
         return pa.Table.from_pylist(examples, schema=pa.schema([
             ("query", pa.string()), ("positive", pa.string()), ("negatives", pa.list_(pa.string())),
             ("weight", pa.float64())]))
+
+
+def _pair_row(row: dict, source: str) -> dict:
+    """A mined pair (a Parquet row) as the rows examples are built from."""
+    return {"query": row["query"], "positive_id": row["positive_id"], "positive_text": row.get("positive_text"),
+            "negative_ids": row["negative_ids"] or [], "negative_texts": row.get("negative_texts") or [],
+            "weight": row["weight"], "relevant": row.get("relevant"), "source": source, "snippets": True}
 
 
 def _example(row: dict, weight: float, texts: dict[str, str] | None) -> dict:
