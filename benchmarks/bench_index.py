@@ -77,7 +77,7 @@ def main() -> int:
     import faiss
 
     from lrat_ray.corpus import document_text
-    from lrat_ray.index import IndexConfig, RetrievalIndex, build_faiss, run_index
+    from lrat_ray.index import IndexConfig, RetrievalIndex, run_index
     from lrat_ray.runtime import init_ray
 
     lines = (DATA / "scifact-beir" / "corpus.jsonl").read_text().split("\n")[:args.docs]
@@ -95,7 +95,7 @@ def main() -> int:
     run_index(IndexConfig(corpus=[str(work / "corpus.jsonl")], output=str(work / "index"), workers=args.workers))
     rate_line(f"lrat index, Ray Data, {args.workers} actor(s), incl. FAISS", len(texts),
               time.perf_counter() - start, "docs", base)
-    ours = np.load(work / "index" / "embeddings.npy")
+    ours = stored_vectors(work / "index", [json.loads(l)["_id"] for l in lines if l.strip()])
     print(f"max |ours - bare| over all vectors: {np.abs(ours - reference).max():.2e}")
 
     rng = np.random.default_rng(0)
@@ -104,13 +104,27 @@ def main() -> int:
     queries = vectors[rng.integers(0, len(vectors), 1000)] + 0.1 * rng.normal(size=(1000, ours.shape[1])).astype(np.float32)
     raw = faiss.IndexFlatIP(vectors.shape[1])
     raw.add(vectors)
-    ours_index = RetrievalIndex(str(work), build_faiss(vectors), [str(i) for i in range(len(vectors))], {})
+    import pyarrow as pa
+
+    ids = [f"{i:08d}" for i in range(len(vectors))]
+    ours_index = RetrievalIndex.in_memory(vectors, pa.table({"doc_id": ids, "title": ids, "text": ids}), {})
     print(f"\nsearch, {len(vectors)} x {vectors.shape[1]} vectors, flat inner product, k=10")
     for label, n in (("batch of 1000 queries", 1000), ("one query at a time (200)", 200)):
         base = rate_line(f"raw FAISS, {label}", n, time_search(lambda x: raw.search(x, 10), queries, n), "queries")
         rate_line(f"RetrievalIndex.search, {label}", n,
                   time_search(lambda x: ours_index.search(x, 10), queries, n), "queries", base)
     return 0
+
+
+def stored_vectors(index_dir: Path, ids: list[str]) -> np.ndarray:
+    """The index's vectors (every shard), in the order of ``ids``."""
+    import pyarrow.feather as feather
+
+    by_id = {}
+    for entry in json.loads((index_dir / "manifest.json").read_text())["shards"]:
+        shard_ids = feather.read_table(index_dir / entry["name"] / "documents.arrow").column("doc_id").to_pylist()
+        by_id.update(zip(shard_ids, np.load(index_dir / entry["name"] / "embeddings.npy")))
+    return np.stack([by_id[d] for d in ids])
 
 
 def compare_bf16() -> None:

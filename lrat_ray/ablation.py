@@ -220,12 +220,12 @@ def _encoder(spec, model=None, tokenizer=None):
 def _index(exp: Experiment, encoder):
     import pyarrow as pa
 
-    from lrat_ray.index import RetrievalIndex, build_faiss
+    from lrat_ray.index import RetrievalIndex
 
     vectors = encoder.encode_documents(exp.searchable)
     documents = pa.table({"doc_id": exp.doc_ids, "title": exp.titles, "text": exp.texts})
-    return RetrievalIndex(exp.config.output, build_faiss(vectors), exp.doc_ids,
-                          {"encoder": dataclasses.asdict(encoder.spec)}, documents)
+    return RetrievalIndex.in_memory(vectors, documents, {"encoder": dataclasses.asdict(encoder.spec)},
+                                    exp.config.output)
 
 
 def _score(exp: Experiment, encoder, index=None) -> dict:

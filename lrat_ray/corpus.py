@@ -25,15 +25,22 @@ def iter_documents(files: list[str], strict: bool = False, skipped: dict | None 
     ``skipped`` under their reason."""
     skipped = skipped if skipped is not None else {}
     for uri in storage.expand_inputs(files):
-        for position, record in storage.iter_records(uri):
-            try:
-                if isinstance(record, RecordError):
-                    raise record
-                yield _checked(record), record
-            except RecordError as exc:
-                if strict:
-                    raise exc.located(uri, position) from None
-                skipped[exc.reason] = skipped.get(exc.reason, 0) + 1
+        yield from piece_documents(uri, strict, skipped)
+
+
+def piece_documents(piece: str | dict, strict: bool, skipped: dict) -> Iterator[tuple[str, dict]]:
+    """:func:`iter_documents` of one file, or of one piece of a large JSONL file
+    (:func:`lrat_ray.storage.line_pieces`)."""
+    uri, line_range = (piece, None) if isinstance(piece, str) else (piece["uri"], tuple(piece["range"]))
+    for position, record in storage.iter_records(uri, line_range):
+        try:
+            if isinstance(record, RecordError):
+                raise record
+            yield _checked(record), record
+        except RecordError as exc:
+            if strict:
+                raise exc.located(uri, position) from None
+            skipped[exc.reason] = skipped.get(exc.reason, 0) + 1
 
 
 def _checked(record) -> str:

@@ -195,29 +195,18 @@ def mine_file_group(files: list, options: MiningOptions, measure: LengthMeasure,
 
 def _groups(files: list[str], config: MineConfig, workers: int, per_worker: dict) -> list[list]:
     """The mining tasks, in input order: groups of whole files, and every line-aligned byte range of
-    a JSONL file larger than ``split_bytes`` as a task of its own. A range's first line number is
-    counted first (Ray tasks, in parallel), so positions in errors are those of the whole file."""
+    a JSONL file larger than ``split_bytes`` as a task of its own (newlines counted by Ray tasks)."""
     import ray
 
     from lrat_ray.runtime import remote_args
 
-    sizes = {uri: storage.file_size(uri) for uri in files}
-    large = [uri for uri in files if storage.splittable(uri) and sizes[uri] > config.split_bytes]
-    ranges = {uri: storage.byte_ranges(sizes[uri], config.split_bytes) for uri in large}
     count = ray.remote(**remote_args(per_worker))(storage.count_newlines)
-    counted = {uri: ray.get([count.remote(uri, max(0, a - 1), b - 1) for (a, _), (b, _) in zip(rs, rs[1:])])
-               for uri, rs in ranges.items()}
-    small = [uri for uri in files if uri not in ranges]
+    pieces = storage.line_pieces(files, config.split_bytes, lambda jobs: ray.get([count.remote(*j) for j in jobs]))
+    small = [piece for piece in pieces if isinstance(piece, str)]
     per_task = config.files_per_task or max(1, math.ceil(len(small) / (4 * workers)))
     small_groups = {group[0]: group for group in (small[i:i + per_task] for i in range(0, len(small), per_task))}
-    groups = []
-    for uri in files:
-        if uri in small_groups:
-            groups.append(small_groups[uri])
-        elif uri in ranges:
-            first_lines = [1] + [sum(counted[uri][:k]) + 2 for k in range(1, len(ranges[uri]))]
-            groups.extend([{"uri": uri, "range": [a, b, line]}] for (a, b), line in zip(ranges[uri], first_lines))
-    return groups
+    return [small_groups[piece] if isinstance(piece, str) else [piece] for piece in pieces
+            if not isinstance(piece, str) or piece in small_groups]
 
 
 def _group_key(files: list, content_key: str) -> str:

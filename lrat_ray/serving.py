@@ -6,10 +6,20 @@ document; ``GET /healthz`` says which index is loaded. Queries arriving at the s
 encoded and searched together (``@serve.batch``): one forward pass and one FAISS call for many
 requests, which is what makes a CPU replica keep up with a fleet of agents.
 
+Two layouts answer the same API. By default each replica holds the whole retriever (index,
+documents, encoder): the simplest and fastest while one process holds the corpus. With
+``composed`` the application is an ingress (HTTP, auth, admission, batching, merging), a
+``QueryEncoder`` deployment (its own replicas and autoscaling, GPUs if asked) and one
+``IndexShard<N>`` deployment per shard of the index (CPU; a replica holds one shard, documents
+memory-mapped and read by row). The ingress encodes a batch once, asks every shard for its top k
+and merges them by score, which is exactly what one flat index over the corpus returns.
+
 The loaded index is the deployment's ``user_config`` (``{"index": DIR}``). Changing it is a Ray
 Serve lightweight update: every replica loads the new model and index in a worker thread while it
 keeps answering from the old one, then swaps them in one assignment, so the flywheel redeploys a
-retrained retriever without failing a request.
+retrained retriever without failing a request. Composed, the ingress switches once the encoder and
+every shard have loaded the new index; each request names the index it was admitted under, and the
+parts keep the previous one loaded until the next swap, so no request mixes two indexes.
 
 Bad requests get a 4xx with ``{"error": message}``: wrong content type (415), malformed JSON (400),
 empty or over-long query, ``k`` out of range or a wrong field type (422), unknown document (404),
@@ -65,6 +75,14 @@ class ServeConfig(RayCluster):
                                                       "retries)")
     retry_after_s: int = option(1, minimum=1, help="least Retry-After of a turned-away request, in seconds; a "
                                                    "longer queue gives the time it takes to drain at the recent rate")
+    composed: bool = option(False, help="serve as parts: an ingress, a query-encoder deployment (replicas, autoscaling, "
+                                        "replica_cpus and replica_gpus apply to it) and one deployment per index shard, "
+                                        "each replica holding one shard; for corpora too large for one process")
+    shard_replicas: int = option(1, minimum=1, help="composed: replicas of each index-shard deployment")
+    shard_cpus: float = option(0.5, help="composed: CPUs reserved per index-shard replica")
+    ingress_replicas: int = option(1, minimum=1, help="composed: replicas of the HTTP ingress")
+    ingress_cpus: float = option(0.25, help="composed: CPUs reserved per ingress replica (it parses, admits and "
+                                            "merges; the work is in the parts)")
     access_log: bool = option(False, help="log every request (Ray Serve access log)")
     swap: bool = option(False, help="hot swap: point the retriever already running on the cluster (--address, "
                                     "else RAY_ADDRESS) at --index without dropping a request, then exit; give the "
@@ -120,12 +138,170 @@ class _Loaded:
 
 def load_retriever(index_dir: str, device: str | None = None) -> _Loaded:
     from lrat_ray.index import RetrievalIndex
-    from lrat_ray.model import Encoder
 
     index = RetrievalIndex.load(index_dir)
-    encoder = Encoder(index.spec, device=device, bf16=index.manifest.get("bf16", False))  # as the index was built
-    index.check_encoder(encoder.spec)  # refuses a model that changed under the index
-    return _Loaded(index, encoder, index_dir)
+    return _Loaded(index, load_query_encoder(index_dir, index.manifest, device), index_dir)
+
+
+def load_query_encoder(index_dir: str, manifest: dict | None = None, device: str | None = None):
+    """The encoder an index was built with (bf16 as it was built); refuses a model that changed
+    under the index."""
+    from lrat_ray.index import _check_encoder, read_manifest
+    from lrat_ray.model import Encoder, EncoderSpec
+
+    manifest = manifest or read_manifest(index_dir)
+    encoder = Encoder(EncoderSpec(**manifest["encoder"]), device=device, bf16=manifest.get("bf16", False))
+    _check_encoder(index_dir, manifest, encoder.spec)
+    return encoder
+
+
+def _result(document: dict, score: float, snippet_chars: int) -> dict:
+    return {"docid": document["doc_id"], "score": score, "title": document["title"],
+            "snippet": document["text"][:snippet_chars]}
+
+
+class LocalSearch:
+    """Index and encoder inside each replica: the simple layout, for corpora one process holds."""
+
+    def __init__(self, snippet_chars: int):
+        self.snippet_chars = snippet_chars
+        self.loaded: _Loaded | None = None
+
+    async def load(self, directory: str) -> None:
+        if self.loaded is None or self.loaded.directory != directory:
+            loaded = await asyncio.to_thread(load_retriever, directory)
+            self.loaded = loaded  # one assignment: a request sees the old or the new index, whole
+
+    def describe(self) -> dict:
+        loaded = self.loaded
+        return {"index": loaded.directory, "documents": loaded.index.count, "model": loaded.index.manifest["model"],
+                "shards": len(loaded.index.shards)}
+
+    async def search(self, queries: list[str], depth: int) -> list[list[dict]]:
+        loaded = self.loaded
+
+        def work():
+            hits = loaded.index.hits(loaded.encoder.encode_queries(queries), depth)
+            return [[_result(loaded.index.shards[n].document(r), s, self.snippet_chars) for n, r, s in per_query]
+                    for per_query in hits]
+
+        return await asyncio.to_thread(work)
+
+    async def document(self, docid: str) -> dict | None:
+        return self.loaded.index.document(docid)
+
+
+class ComposedSearch:
+    """The encoder and every index shard in deployments of their own, reached through handles:
+    the query encoder scales (and takes GPUs) apart from the CPU search, and a replica of a shard
+    holds one shard. Each request names the index it was admitted under, so while a swap is
+    loading, every part answers from the same index."""
+
+    def __init__(self, encoder, shards: dict[int, Any]):
+        self.encoder, self.shards = encoder, shards
+        self.current: tuple[str, dict] | None = None
+
+    async def load(self, directory: str) -> None:
+        from lrat_ray.index import read_manifest
+
+        if self.current and self.current[0] == directory:
+            return
+        manifest = await asyncio.to_thread(read_manifest, directory)
+        numbers = {entry["shard"] for entry in manifest["shards"]}
+        if numbers != set(self.shards):
+            raise ValueError(f"index {directory} has shards {sorted(numbers)}, this application serves "
+                             f"{sorted(self.shards)}: deploy it with lrat serve instead of swapping")
+        # Loaded everywhere first, then switched in one assignment.
+        await asyncio.gather(self.encoder.load.remote(directory),
+                             *(handle.load.remote(directory) for handle in self.shards.values()))
+        self.current = (directory, manifest)
+
+    def describe(self) -> dict:
+        directory, manifest = self.current
+        return {"index": directory, "documents": manifest["count"], "model": manifest["model"],
+                "shards": len(self.shards)}
+
+    async def search(self, queries: list[str], depth: int) -> list[list[dict]]:
+        directory, _ = self.current
+        vectors = await self.encoder.encode.remote(directory, queries)
+        answers = await asyncio.gather(*(h.search.remote(directory, vectors, depth) for h in self.shards.values()))
+        # Stable sort over the shards in order: the same order as lrat_ray.index.merge_top_k.
+        return [sorted((hit for answer in answers for hit in answer[q]), key=lambda hit: -hit["score"])[:depth]
+                for q in range(len(queries))]
+
+    async def document(self, docid: str) -> dict | None:
+        from lrat_ray.index import shard_of
+
+        directory, manifest = self.current
+        handle = self.shards.get(shard_of(docid, manifest["shard_count"]))
+        return None if handle is None else await handle.document.remote(directory, docid)
+
+
+class _Versions:
+    """What a deployment loaded per index directory, the newest two: requests admitted before a
+    swap finish on the index they started with, and one that names a directory not loaded yet
+    (this replica had not reconfigured) waits for it instead of failing."""
+
+    def __init__(self, load):
+        self.load = load
+        self.tasks: dict[str, asyncio.Future] = {}
+
+    async def get(self, directory: str):
+        if directory not in self.tasks:
+            self.tasks[directory] = asyncio.ensure_future(asyncio.to_thread(self.load, directory))
+            while len(self.tasks) > 2:
+                self.tasks.pop(next(iter(self.tasks)))
+        try:
+            return await self.tasks[directory]
+        except Exception:
+            self.tasks.pop(directory, None)  # a later request tries again
+            raise
+
+
+@functools.cache
+def make_part_deployments():
+    """The encoder and index-shard deployments of the composed retriever."""
+    from ray import serve
+
+    @serve.deployment(name="QueryEncoder")
+    class QueryEncoder:
+        def __init__(self):
+            self.versions = _Versions(load_query_encoder)
+
+        async def reconfigure(self, user_config: dict) -> None:
+            await self.versions.get(user_config["index"])
+
+        async def load(self, directory: str) -> None:
+            await self.versions.get(directory)
+
+        async def encode(self, directory: str, queries: list[str]):
+            encoder = await self.versions.get(directory)
+            return await asyncio.to_thread(encoder.encode_queries, queries)
+
+    @serve.deployment(name="IndexShard")
+    class IndexShardServer:
+        def __init__(self, shard: int, snippet_chars: int):
+            from lrat_ray.index import RetrievalIndex
+
+            self.shard, self.snippet_chars = shard, snippet_chars
+            self.versions = _Versions(lambda directory: RetrievalIndex.load(directory, shards=[shard]))
+
+        async def reconfigure(self, user_config: dict) -> None:
+            await self.versions.get(user_config["index"])
+
+        async def load(self, directory: str) -> None:
+            await self.versions.get(directory)
+
+        async def search(self, directory: str, vectors, k: int) -> list[list[dict]]:
+            index = await self.versions.get(directory)
+            hits = await asyncio.to_thread(index.hits, vectors, k)
+            return [[_result(index.shards[n].document(r), s, self.snippet_chars) for n, r, s in per_query]
+                    for per_query in hits]
+
+        async def document(self, directory: str, docid: str) -> dict | None:
+            return (await self.versions.get(directory)).document(docid)
+
+    return QueryEncoder, IndexShardServer
 
 
 def build_fastapi_app():
@@ -136,8 +312,8 @@ def build_fastapi_app():
 
 @functools.cache
 def make_deployment():
-    """The Ray Serve deployment class (made once per process: redeploying the same class object
-    with only a new user_config is a lightweight update, not a code change)."""
+    """The Ray Serve ingress deployment class (made once per process: redeploying the same class
+    object with only a new user_config is a lightweight update, not a code change)."""
     from fastapi import Request
     from fastapi.responses import JSONResponse
     from ray import serve
@@ -148,10 +324,11 @@ def make_deployment():
     @serve.deployment(name="Retriever")
     @serve.ingress(app)
     class Retriever:
-        def __init__(self, config: dict):
+        def __init__(self, config: dict, encoder=None, shards: list | None = None, shard_numbers: list | None = None):
             # The index is not an init argument but the user_config: changing it must not restart us.
             self.config = ServeConfig(index="", **config)
-            self.loaded: _Loaded | None = None
+            self.backend = (LocalSearch(self.config.snippet_chars) if encoder is None
+                            else ComposedSearch(encoder, dict(zip(shard_numbers, shards))))
             self.queries_total = metrics.Counter("lrat_search_queries", "queries answered by /search")
             self.shed_total = metrics.Counter("lrat_requests_shed", "requests answered 503 (replica full)")
             self.in_flight = 0
@@ -163,14 +340,9 @@ def make_deployment():
             self._search_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
 
         async def reconfigure(self, user_config: dict) -> None:
-            directory = user_config["index"]
-            if self.loaded and self.loaded.directory == directory:
-                return
             started = time.time()
-            loaded = await asyncio.to_thread(load_retriever, directory)
-            self.loaded = loaded  # one assignment: a request sees the old or the new index, whole
-            log.info("serving %s (%d documents), loaded in %.1fs", directory, len(loaded.index.doc_ids),
-                     time.time() - started)
+            await self.backend.load(user_config["index"])
+            log.info("serving %s, loaded in %.1fs", self.backend.describe(), time.time() - started)
 
         def _busy(self) -> JSONResponse | None:
             """Admission: a full replica says so at once (503 + Retry-After) rather than queueing
@@ -201,30 +373,16 @@ def make_deployment():
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
         async def _search_batch(self, requests: list[tuple[list[str], int]]) -> list[list]:
-            loaded = self.loaded
             flat = [q for queries, _ in requests for q in queries]
-            depth = max(k for _, k in requests)
             self.batch_size.observe(len(requests))
-
-            def work():
-                return loaded.index.search(loaded.encoder.encode_queries(flat), depth)
-
-            hits = await asyncio.to_thread(work)
+            hits = await self.backend.search(flat, max(k for _, k in requests))
             out, start = [], 0
             for queries, k in requests:
-                out.append([self._format(loaded, h[:k]) for h in hits[start:start + len(queries)]])
+                out.append([h[:k] for h in hits[start:start + len(queries)]])
                 start += len(queries)
             self.queries_total.inc(len(flat))
             self.answered += len(requests)
             return out
-
-        def _format(self, loaded: _Loaded, hits: list) -> list[dict]:
-            results = []
-            for doc_id, score in hits:
-                doc = loaded.index.document(doc_id)
-                results.append({"docid": doc_id, "score": score, "title": doc["title"],
-                                "snippet": doc["text"][:self.config.snippet_chars]})
-            return results
 
         @app.post("/search")
         async def search(self, request: Request):
@@ -241,10 +399,11 @@ def make_deployment():
                 return busy
             self.in_flight += 1
             try:
+                index = self.backend.describe()["index"]
                 results = await self._search_batch((queries, k))
             finally:
                 self.in_flight -= 1
-            return {"results": results if as_list else results[0], "index": self.loaded.directory}
+            return {"results": results if as_list else results[0], "index": index}
 
         @app.get("/documents/{docid:path}")
         async def document(self, docid: str, request: Request):
@@ -253,16 +412,14 @@ def make_deployment():
             busy = self._busy()
             if busy:
                 return busy
-            doc = self.loaded.index.document(docid)
+            doc = await self.backend.document(docid)
             if doc is None:
                 return JSONResponse({"error": f"unknown document {docid!r}"}, status_code=404)
             return {"docid": doc["doc_id"], "title": doc["title"], "text": doc["text"]}
 
         @app.get("/healthz")
         async def health(self):
-            loaded = self.loaded
-            return {"status": "ok", "index": loaded.directory, "documents": len(loaded.index.doc_ids),
-                    "model": loaded.index.manifest["model"]}
+            return {"status": "ok", **self.backend.describe()}
 
     @app.exception_handler(Exception)
     async def _json_errors(request, exc):  # anything unexpected still answers JSON, and is logged
@@ -278,30 +435,35 @@ def build_app(args: dict):
     settings = ServeConfig(**args)
     if os.path.exists(settings.index):  # replicas may run elsewhere: a local index by absolute path
         settings = dataclasses.replace(settings, index=os.path.abspath(settings.index))
-    deployment = make_deployment()
-    options: dict[str, Any] = {
-        "user_config": {"index": settings.index},
-        # Serve hands a replica more than it admits, so that the replica's own admission answers the
-        # excess at once: a request the proxy must hold back waits in its slow retry loop (the
-        # throughput collapse once seen at 1,024 sessions). Beyond that the proxy answers 503.
-        "max_ongoing_requests": settings.max_in_flight * 2,
-        "max_queued_requests": settings.max_in_flight * 2,
-        "ray_actor_options": {"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus,
-                              **({"resources": settings.resources} if settings.resources else {})},
-        "logging_config": {"enable_access_log": settings.access_log},
-    }
+    index = {"index": settings.index}
+    # Serve hands a replica more than it admits, so that the replica's own admission answers the
+    # excess at once: a request the proxy must hold back waits in its slow retry loop (the
+    # throughput collapse once seen at 1,024 sessions). Beyond that the proxy answers 503.
+    queue = {"max_ongoing_requests": settings.max_in_flight * 2, "max_queued_requests": settings.max_in_flight * 2,
+             "logging_config": {"enable_access_log": settings.access_log}}
+    worker = {"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus,
+              **({"resources": settings.resources} if settings.resources else {})}
+    scaling: dict[str, Any] = {"num_replicas": settings.replicas}
     if settings.autoscale_min is not None or settings.autoscale_max is not None:
-        options["autoscaling_config"] = {
+        scaling = {"autoscaling_config": {
             "min_replicas": settings.autoscale_min or 1,
             "max_replicas": settings.autoscale_max or max(settings.autoscale_min or 1, 1),
-            "target_ongoing_requests": settings.target_ongoing_requests,
-        }
-    else:
-        options["num_replicas"] = settings.replicas
-    init = dataclasses.asdict(settings)
-    init.pop("index")
-    init.pop("swap")
-    return deployment.options(**options).bind(init)
+            "target_ongoing_requests": settings.target_ongoing_requests}}
+    init = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("index", "swap")}
+    if not settings.composed:
+        return make_deployment().options(user_config=index, ray_actor_options=worker, **queue, **scaling).bind(init)
+
+    from lrat_ray.index import read_manifest
+
+    encoder_class, shard_class = make_part_deployments()
+    encoder = encoder_class.options(user_config=index, ray_actor_options=worker, **queue, **scaling).bind()
+    numbers = [entry["shard"] for entry in read_manifest(settings.index)["shards"]]
+    shards = [shard_class.options(name=f"IndexShard{n}", user_config=index, num_replicas=settings.shard_replicas,
+                                  ray_actor_options={"num_cpus": settings.shard_cpus}, **queue
+                                  ).bind(n, settings.snippet_chars) for n in numbers]
+    return make_deployment().options(user_config=index, num_replicas=settings.ingress_replicas,
+                                     ray_actor_options={"num_cpus": settings.ingress_cpus}, **queue
+                                     ).bind(init, encoder, shards, numbers)
 
 
 def deploy(settings: ServeConfig, blocking: bool = False) -> str:

@@ -68,10 +68,11 @@ def _train(r: dict) -> str:
 
 def _index(r: dict) -> str:
     kind = (r.get("index") or {}).get("type", "?")
-    reused = ", embeddings reused" if r.get("embeddings_reused") else ""
-    return (f"{r.get('count')} documents, {r.get('dimension')}-d {kind}, encoded in "
-            f"{r.get('encode_seconds', 0):.0f}s ({_rate(r.get('count'), r.get('encode_seconds'))}{reused}); "
-            f"skipped {(r.get('corpus') or {}).get('records_skipped') or 'none'}")
+    seconds = (r.get("seconds") or {}).get("total")
+    shards = r.get("shards") or []
+    reused = f", vectors of {r['embeddings_reused']} reused" if r.get("embeddings_reused") else ""
+    return (f"{r.get('count')} documents in {len(shards)} shard(s){reused}, {r.get('dimension')}-d {kind}, "
+            f"indexed at {_rate(r.get('count'), seconds)}; skipped {(r.get('corpus') or {}).get('records_skipped') or 'none'}")
 
 
 def _rollout(r: dict) -> str:

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import uuid
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -135,6 +135,30 @@ def count_newlines(uri: str, start: int, end: int, chunk: int = 8 << 20) -> int:
             count += data.count(b"\n")
             remaining -= len(data)
     return count
+
+
+def line_pieces(files: list[str], split_bytes: int,
+                count_many: Callable[[list[tuple[str, int, int]]], list[int]] | None = None) -> list:
+    """Units of reading work, in input order: a file as its URI, except a JSONL file larger than
+    ``split_bytes``, which becomes its line-aligned byte ranges ``{"uri": ..., "range": [start, end,
+    first_line]}`` (for :func:`iter_records`), so several tasks share one big file. First line
+    numbers come from counting newlines, ``count_many`` (``[(uri, start, end)] -> counts``) doing
+    it, e.g. as parallel Ray tasks; positions in errors are then those of the whole file."""
+    count_many = count_many or (lambda jobs: [count_newlines(*job) for job in jobs])
+    sizes = {uri: file_size(uri) for uri in files if splittable(uri)}
+    ranges = {uri: byte_ranges(size, split_bytes) for uri, size in sizes.items() if size > split_bytes}
+    jobs = [(uri, max(0, a - 1), b - 1) for uri, rs in ranges.items() for (a, _), (b, _) in zip(rs, rs[1:])]
+    counts, used, pieces = count_many(jobs), 0, []
+    for uri in files:
+        if uri not in ranges:
+            pieces.append(uri)
+            continue
+        newlines = counts[used:used + len(ranges[uri]) - 1]
+        used += len(newlines)
+        # a range's first line follows the newlines counted up to the byte before it
+        first_lines = [1] + [sum(newlines[:k]) + 2 for k in range(1, len(ranges[uri]))]
+        pieces.extend({"uri": uri, "range": [a, b, line]} for (a, b), line in zip(ranges[uri], first_lines))
+    return pieces
 
 
 def read_line_range(uri: str, start: int, end: int) -> bytes:
@@ -312,6 +336,12 @@ def remove_dir(uri: str) -> None:
     fs, path = resolve(uri)
     if fs.get_file_info(path).type == pafs.FileType.Directory:
         fs.delete_dir(path)
+
+
+def remove_file(uri: str) -> None:
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
 
 
 STAGE_MANIFEST = "_lrat_stage.json"

@@ -68,7 +68,7 @@ def pytest_collection_modifyitems(items):
     """The tiers: ``-m "not slow"`` is the fast one (``make test-fast``); ``ray`` marks every test
     that needs the session's Ray."""
     for item in items:
-        if item.module.__name__ in SLOW_MODULES or item.originalname in SLOW_TESTS:
+        if item.module.__name__ in SLOW_MODULES or item.originalname in SLOW_TESTS or _composed_variant(item):
             item.add_marker(pytest.mark.slow)
         if "ray_session" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
@@ -167,3 +167,9 @@ def serve_port() -> int:
     from lrat_ray.runtime import free_port
 
     return free_port()
+
+
+def _composed_variant(item) -> bool:
+    """The composed-retriever runs of the serving tests, but one, belong to the full tier."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return params.get("server") == "composed" and item.originalname != "test_search_document_and_health"

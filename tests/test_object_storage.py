@@ -107,6 +107,7 @@ def test_stages_read_and_write_s3_with_versioned_outputs(s3, scifact_slice, tmp_
     assert {f"{trained}/model.safetensors", f"{trained}/train_report.json"} <= keys
     assert any(k.startswith(f"{trained}.ray/") and "checkpoint_" in k for k in keys)  # Ray Train wrote to S3
     index = outputs["index"][len("s3://lrat/"):]
-    assert {f"{index}/index.faiss", f"{index}/manifest.json", f"{index}/documents.parquet"} <= keys
+    assert f"{index}/manifest.json" in keys
+    assert {f"{index}/shard-00000/{name}" for name in ("index.faiss", "documents.arrow", "shard.json")} <= keys
     metrics = manifest("eval")["result"]["metrics"]
     assert 0 < metrics["ndcg@10"] <= 1 and manifest("eval")["result"]["queries"] == 12

@@ -50,17 +50,20 @@ def second_index(ray_session, msmarco_slice, tmp_path_factory):
     root = tmp_path_factory.mktemp("second")
     (root / "corpus.jsonl").write_text("\n".join(jsonl_lines(msmarco_slice / "corpus.jsonl")[:60]) + "\n")
     run_index(IndexConfig(corpus=[str(root / "corpus.jsonl")], output=str(root / "index"), workers=1,
-                          index_type="hnsw"))
+                          shards=2, index_type="hnsw"))  # the first index's shards: a composed app can swap
     return root / "index"
 
 
-@pytest.fixture(scope="module")
-def server(ray_session, msmarco_index, serve_port):
+@pytest.fixture(scope="module", params=["whole", "composed"])
+def server(request, ray_session, msmarco_index, serve_port):
+    """The retriever in both layouts: every replica whole, or an ingress, an encoder deployment and
+    one deployment per shard (the index has two)."""
     from ray import serve
 
     from lrat_ray.serving import ServeConfig, deploy
 
-    settings = ServeConfig(index=str(msmarco_index), port=serve_port, token=TOKEN, replica_cpus=0.5)
+    settings = ServeConfig(index=str(msmarco_index), port=serve_port, token=TOKEN, replica_cpus=0.5,
+                           composed=request.param == "composed")
     url = deploy(settings)
     client = httpx.Client(base_url=url, headers=bearer_headers(TOKEN), timeout=60)
     yield settings, url, client
@@ -92,7 +95,8 @@ def test_search_document_and_health(server, msmarco_index, msmarco_slice):
     doc = client.get(f"/documents/{hits[0]['docid']}").json()
     assert doc["docid"] == hits[0]["docid"] and doc["text"].startswith(hits[0]["snippet"][:50])
     health = httpx.get(f"{url}/healthz").json()
-    assert health["status"] == "ok" and health["documents"] == len(index.doc_ids)
+    assert health["status"] == "ok" and health["documents"] == index.count
+    assert health["shards"] == len(index.shards) == 2
 
 
 def test_concurrent_requests_are_batched_and_all_answered(server):
@@ -200,7 +204,7 @@ def test_swap_index_under_load_drops_no_request(server, second_index):
     from lrat_ray.cli import main
 
     assert main(["serve", "--swap", "--index", settings.index, "--port", str(settings.port), "--token", TOKEN,
-                 "--replica-cpus", "0.5"]) == 0
+                 "--replica-cpus", "0.5", *(["--composed"] if settings.composed else [])]) == 0
     health = httpx.get(f"{url}/healthz", headers=bearer_headers(TOKEN), timeout=30).json()
     assert health["index"] == settings.index
 
