@@ -16,8 +16,11 @@ index (to a copy in another directory) half-way through: the failures column cov
 Last, an autoscaling step: the app redeployed with autoscaling (1 to 2 replicas) under 256
 sessions, with the running replicas sampled while the load runs and the failures across it.
 
+With ``--composed`` the same load runs against the composed retriever (an ingress, a query-encoder
+deployment and one deployment per index shard; the autoscaling step then scales the encoder).
+
 Usage: ``python benchmarks/bench_serve.py [--index runs/msmarco-index] [--seconds 20]
-[--sessions 1 32 256 1024] [--max-in-flight 64]``
+[--sessions 1 32 256 1024] [--max-in-flight 64] [--composed]``
 """
 
 from __future__ import annotations
@@ -129,26 +132,34 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 32, 256, 1024, 2048])
     parser.add_argument("--max-in-flight", type=int, default=1024, help="the replica's queue depth (admission)")
     parser.add_argument("--swap-at", type=int, default=1024, help="sessions of the level with the hot swap")
+    parser.add_argument("--composed", action="store_true", help="serve as ingress + encoder + index-shard deployments")
     parser.add_argument("--autoscale-seconds", type=float, default=75.0,
                         help="length of the autoscaling step (Serve scales up after 30 s of load)")
     args = parser.parse_args()
 
-    from lrat_ray.index import IndexConfig, run_index
+    from lrat_ray.errors import LratError
+    from lrat_ray.index import IndexConfig, read_manifest, run_index
     from lrat_ray.runtime import free_port, init_ray
     from lrat_ray.serving import ServeConfig, deploy, swap_index
 
     init_ray(num_cpus=2)
-    if not (Path(args.index) / "manifest.json").exists():
+    try:
+        read_manifest(args.index)
+    except LratError:  # missing, or built by an older lrat
         run_index(IndexConfig(corpus=[str(DATA / "msmarco-5k" / "corpus.jsonl")], output=args.index))
     swapped = os.path.abspath(args.index.rstrip("/") + "-swap")
-    if not Path(swapped).exists():
-        shutil.copytree(args.index, swapped)
+    shutil.rmtree(swapped, ignore_errors=True)
+    shutil.copytree(args.index, swapped)
     queries = [json.loads(line)["text"] for line in (DATA / "msmarco-5k" / "queries.jsonl").read_text().splitlines()
                if line]
     bare = in_process_rate(args.index, queries)
     print(f"index {args.index}; in-process search (encode + FAISS, one query at a time): {bare:.1f} queries/s")
 
-    settings = ServeConfig(index=os.path.abspath(args.index), port=free_port(), max_in_flight=args.max_in_flight)
+    # Composed on 2 CPUs: ingress 0.25 + encoder 0.5 (+0.5 when autoscaled) + shards 0.25 each.
+    parts = {"composed": True, "replica_cpus": 0.5, "shard_cpus": 0.25} if args.composed else {}
+    settings = ServeConfig(index=os.path.abspath(args.index), port=free_port(), max_in_flight=args.max_in_flight,
+                           **parts)
+    print(f"layout: {'composed (ingress, encoder, ' + str(len(read_manifest(args.index)['shards'])) + ' shard deployments)' if args.composed else 'whole retriever per replica'}")
     url = deploy(settings)
     asyncio.run(fleet(url, queries, 4, 3))  # warm up the replica and the connections
     rows = []
@@ -172,11 +183,26 @@ def main() -> int:
         print(f"| {r['sessions']} | {r['answered']} | {r['rate']:.1f} | {r['rate'] / best:.2f}x | {r['searches']:.1f} "
               f"| {r['searches'] / bare:.2f}x | {r['p50']:.0f} | {r['p99']:.0f} | {r['turned_away']} "
               f"| {r['failed']}{note} |")
+    print_replica_memory()
     autoscaling_step(settings, queries, args.autoscale_seconds)
     from ray import serve
 
     serve.shutdown()
     return 0
+
+
+def print_replica_memory() -> None:
+    """Resident memory of each running replica of the app (all on this machine)."""
+    import psutil
+    from ray.util.state import list_actors
+
+    from lrat_ray.serving import APP_NAME
+
+    sizes = []
+    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+        if actor.class_name.startswith(f"ServeReplica:{APP_NAME}:") and actor.pid:
+            sizes.append(f"{actor.class_name.split(':')[-1]} {psutil.Process(actor.pid).memory_info().rss / 2**20:.0f} MB")
+    print("\nreplica resident memory: " + ", ".join(sorted(sizes)))
 
 
 def autoscaling_step(settings, queries: list[str], seconds: float) -> None:
@@ -195,7 +221,8 @@ def autoscaling_step(settings, queries: list[str], seconds: float) -> None:
 
     def watch():
         while not done.is_set():
-            states = serve.status().applications[APP_NAME].deployments["Retriever"].replica_states
+            scaled = "QueryEncoder" if settings.composed else "Retriever"
+            states = serve.status().applications[APP_NAME].deployments[scaled].replica_states
             counts.append(states.get("RUNNING", 0))
             done.wait(2.0)
 

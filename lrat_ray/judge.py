@@ -594,6 +594,22 @@ def _extend_cache(tmp: str, cache: str) -> None:
     storage.remove_dir(staged)
 
 
+def _keep_finished_answers(partial: str, cache: str) -> None:
+    """An interrupted run's judged blocks go into the cache, so a resubmitted job sends only the
+    rest to the model; a file cut off mid-write is dropped (its rows are judged again)."""
+    import pyarrow.parquet as pq
+
+    if not storage.exists(partial):
+        return
+    for uri in storage.expand_inputs([partial], suffixes=(".parquet",)):
+        fs, path = storage.resolve(uri)
+        try:
+            pq.read_metadata(path, filesystem=fs)
+        except (pa.ArrowInvalid, OSError):
+            fs.delete_file(path)
+    _extend_cache(partial, cache)
+
+
 def _only_ok(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.equal(batch.column("judge_status"), "ok")).select(["judge_key", "judge_label", "judge_raw"])
 
@@ -633,7 +649,11 @@ def run_judge(config: JudgeConfig) -> dict:
     # An engine that cannot be placed (no GPU, too few CPUs) fails the stage instead of waiting forever.
     DataContext.get_current().wait_for_min_actors_s = config.start_timeout_s
     final = storage.join(config.output, config.output_table)
-    tmp = storage.temp_sibling(final)
+    # A fixed place, not a fresh one: the blocks an interrupted run finished are found here again.
+    tmp = storage.join(config.output, f".{config.output_table}.partial")
+    if config.backend in MODEL_BACKENDS:
+        _keep_finished_answers(tmp, config.cache or default_cache(config.output))
+    storage.remove_dir(tmp)
     scratch = storage.temp_sibling(storage.join(config.output, "scratch"))
     rows, input_schema = _input(config)
     schema = output_schema(input_schema)

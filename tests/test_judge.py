@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -108,3 +109,17 @@ def test_run_judge_openai_uses_the_cache_on_a_rerun(ray_session, tmp_path):
     assert (second["cached"], second["unparseable"]) == (3, 1) and server.calls == calls + 1  # only the unparseable
     rows = pads.dataset(str(tmp_path / "two" / "pairs"), format="parquet").to_table().to_pylist()
     assert sorted(r["browse_turn"] for r in rows) == [1, 2, 3, 4]  # every pair comes back exactly once
+
+    # A job killed after writing its judged blocks (one cut off mid-write), resubmitted with a new cache:
+    # the finished answers are kept, only the rest goes to the model.
+    partial = tmp_path / "three" / ".pairs.partial"
+    partial.mkdir(parents=True)
+    for block in (tmp_path / "one" / "pairs").glob("judged_*.parquet"):
+        shutil.copy(block, partial / block.name)
+    (partial / "judged_cut_off.parquet").write_bytes(b"PAR1 half a file")
+    with ScriptedOpenAI() as server:
+        third = run_judge(JudgeConfig(output=str(tmp_path / "three"), cache=str(tmp_path / "cache3"),
+                                      **{**config, "endpoint": server.url}))
+        assert server.calls == 1  # the unparseable one again
+    assert (third["cached"], third["unparseable"], third["pairs"]) == (3, 1, 4)
+    assert not partial.exists()

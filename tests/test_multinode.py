@@ -184,6 +184,26 @@ def test_training_job_killed_with_its_driver_resumes_when_resubmitted(cluster, t
     assert [p.name for p in checkpoints.iterdir()] == [f"train-{key}"]  # one run, continued
 
 
+def test_index_job_stopped_and_resubmitted_keeps_its_finished_shards(cluster, scifact_slice, tmp_path):
+    """`ray job stop` once the first shard is written; the resubmitted job keeps that shard (and
+    any other finished one) and builds only the rest."""
+    out = tmp_path / "index"
+    args = ("--corpus", str(scifact_slice / "corpus.jsonl"), "--output", str(out), "--shards", "6", "--workers", "1",
+            "--resources", json.dumps(STAGE), "--document-max-length", "128", "--batch-size", "8")
+    first = submit(cluster, "index", *args)
+    status = wait(cluster, first, until=lambda: any(out.glob("shard-*/shard.json")))
+    assert status == "RUNNING", logs(cluster, first)
+    cluster.jobs().stop_job(first)
+    assert wait(cluster, first) == "STOPPED"
+    finished = len(list(out.glob("shard-*/shard.json")))
+    assert 1 <= finished < 6 and not (out / "manifest.json").exists()
+    second = submit(cluster, "index", *args)
+    assert wait(cluster, second) == "SUCCEEDED", logs(cluster, second)[-4000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["shards"]) == 6 and finished <= manifest["embeddings_reused"] < 6
+    assert manifest["count"] == len((scifact_slice / "corpus.jsonl").read_text().splitlines())
+
+
 def test_flywheel_job_stopped_and_resubmitted_skips_finished_stages(cluster, scifact_slice, tmp_path):
     """One flywheel iteration as a Ray job; the first submission stops after mining (as a job killed
     mid-way would), the resubmission resumes at the judge, a third finds the output finished."""
