@@ -192,17 +192,19 @@ def main() -> int:
 
 
 def print_replica_memory() -> None:
-    """Resident memory of each running replica of the app (all on this machine)."""
+    """Resident memory of each running replica of the app (their processes are on this machine,
+    titled ``ray::ServeReplica:<app>:<deployment>``)."""
     import psutil
-    from ray.util.state import list_actors
 
     from lrat_ray.serving import APP_NAME
 
     sizes = []
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
-        if actor.class_name.startswith(f"ServeReplica:{APP_NAME}:") and actor.pid:
-            sizes.append(f"{actor.class_name.split(':')[-1]} {psutil.Process(actor.pid).memory_info().rss / 2**20:.0f} MB")
-    print("\nreplica resident memory: " + ", ".join(sorted(sizes)))
+    for process in psutil.process_iter(["cmdline", "memory_info"]):
+        title = " ".join(process.info["cmdline"] or [])
+        if f"ServeReplica:{APP_NAME}:" in title and process.info["memory_info"]:
+            name = title.split(f"ServeReplica:{APP_NAME}:")[1].split()[0]
+            sizes.append(f"{name} {process.info['memory_info'].rss / 2**20:.0f} MB")
+    print("\nreplica resident memory: " + (", ".join(sorted(sizes)) or "no replica process found"))
 
 
 def autoscaling_step(settings, queries: list[str], seconds: float) -> None:

@@ -40,6 +40,8 @@ Each judged row gets ``relevant`` (the label used downstream), ``judge_label`` (
 ``judge_backend``, ``judge_model``, ``judge_prompt_version`` and ``judge_key``. Parsed answers
 are cached (Parquet under ``cache``) by the hash of the model, the prompt version and the rendered
 prompt; a re-run joins the rows with the cache in Ray Data and sends only the misses to the model.
+A job killed mid-way keeps the blocks it finished (``OUTPUT/.pairs.partial``): the resubmitted job
+puts their answers into the cache first, so only the rest reaches the model.
 
 Backends (``backend``): ``vllm`` (``ray.data.llm`` engine actors; GPU or CPU), ``openai`` (any
 OpenAI-compatible endpoint through :class:`~lrat_ray.llm_client.ChatClient`), ``transformers`` (a

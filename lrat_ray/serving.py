@@ -44,6 +44,7 @@ from lrat_ray.config import RayCluster, checked, option
 
 log = logging.getLogger(__name__)
 APP_NAME = "lrat-retriever"
+COMPOSED_BATCHES = 4  # search batches one composed ingress replica keeps in flight
 
 
 @dataclass(kw_only=True)
@@ -58,7 +59,7 @@ class ServeConfig(RayCluster):
     replicas: int = option(1, help="replicas (ignored when autoscaling)")
     autoscale_min: int | None = option(None, help="autoscaling: minimum replicas (enables autoscaling)")
     autoscale_max: int | None = option(None, help="autoscaling: maximum replicas")
-    target_ongoing_requests: float = option(8.0, help="autoscaling: target in-flight requests per replica")
+    target_ongoing_requests: float = option(8.0, help="autoscaling (whole layout): target in-flight requests per replica")
     replica_cpus: float = option(1.0, help="CPUs reserved per replica")
     replica_gpus: float = option(0.0, help="GPUs per replica (encoder and FAISS on GPU)")
     resources: dict = option({}, help="custom resources per replica, e.g. {\"cpu_stage\": 1}")
@@ -81,6 +82,8 @@ class ServeConfig(RayCluster):
     shard_replicas: int = option(1, minimum=1, help="composed: replicas of each index-shard deployment")
     shard_cpus: float = option(0.5, help="composed: CPUs reserved per index-shard replica")
     ingress_replicas: int = option(1, minimum=1, help="composed: replicas of the HTTP ingress")
+    target_ongoing_batches: float = option(2.0, help="composed, autoscaling: target encode batches in flight per "
+                                                     "encoder replica (each ingress keeps up to 4 in flight)")
     ingress_cpus: float = option(0.25, help="composed: CPUs reserved per ingress replica (it parses, admits and "
                                             "merges; the work is in the parts)")
     access_log: bool = option(False, help="log every request (Ray Serve access log)")
@@ -336,8 +339,9 @@ def make_deployment():
             self._rate, self._rate_since, self._answered_since = 0.0, time.monotonic(), 0
             self.batch_size = metrics.Histogram("lrat_search_batch_requests", "requests per encoder batch",
                                                 boundaries=[1, 2, 4, 8, 16, 32, 64])
-            self._search_batch.set_max_batch_size(self.config.max_batch_size)
-            self._search_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+            self.batched = self._search_batch if encoder is None else self._search_batch_pipelined
+            self.batched.set_max_batch_size(self.config.max_batch_size)
+            self.batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
 
         async def reconfigure(self, user_config: dict) -> None:
             started = time.time()
@@ -373,6 +377,16 @@ def make_deployment():
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
         async def _search_batch(self, requests: list[tuple[list[str], int]]) -> list[list]:
+            return await self._search(requests)
+
+        # Composed, a batch mostly waits on the encoder and the shards: several in flight keep
+        # both busy (and give the encoder's autoscaling a load to see). Whole, one at a time
+        # lets the next batch grow while this one computes.
+        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, max_concurrent_batches=COMPOSED_BATCHES)
+        async def _search_batch_pipelined(self, requests: list[tuple[list[str], int]]) -> list[list]:
+            return await self._search(requests)
+
+        async def _search(self, requests: list[tuple[list[str], int]]) -> list[list]:
             flat = [q for queries, _ in requests for q in queries]
             self.batch_size.observe(len(requests))
             hits = await self.backend.search(flat, max(k for _, k in requests))
@@ -400,7 +414,7 @@ def make_deployment():
             self.in_flight += 1
             try:
                 index = self.backend.describe()["index"]
-                results = await self._search_batch((queries, k))
+                results = await self.batched((queries, k))
             finally:
                 self.in_flight -= 1
             return {"results": results if as_list else results[0], "index": index}
@@ -448,7 +462,9 @@ def build_app(args: dict):
         scaling = {"autoscaling_config": {
             "min_replicas": settings.autoscale_min or 1,
             "max_replicas": settings.autoscale_max or max(settings.autoscale_min or 1, 1),
-            "target_ongoing_requests": settings.target_ongoing_requests}}
+            # composed, the encoder sees batches, not requests
+            "target_ongoing_requests": settings.target_ongoing_batches if settings.composed
+            else settings.target_ongoing_requests}}
     init = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("index", "swap")}
     if not settings.composed:
         return make_deployment().options(user_config=index, ray_actor_options=worker, **queue, **scaling).bind(init)
