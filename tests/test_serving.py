@@ -134,6 +134,7 @@ def test_bearer_token_is_required(server):
     assert httpx.get(f"{url}/documents/x").status_code == 401
 
 
+@pytest.mark.parametrize("server", ["whole"], indirect=True)  # same ingress code in both layouts
 def test_mcp_tools_answer_like_http(server):
     import uvicorn
     from mcp.client.client import Client
@@ -209,6 +210,7 @@ def test_swap_index_under_load_drops_no_request(server, second_index):
     assert health["index"] == settings.index
 
 
+@pytest.mark.parametrize("server", ["whole"], indirect=True)  # same ingress code in both layouts
 def test_a_full_replica_turns_requests_away_with_retry_after_and_the_agent_client_retries(server):
     from concurrent.futures import ThreadPoolExecutor
 
