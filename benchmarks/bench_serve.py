@@ -134,7 +134,7 @@ def main() -> int:
     parser.add_argument("--swap-at", type=int, default=1024, help="sessions of the level with the hot swap")
     parser.add_argument("--composed", action="store_true", help="serve as ingress + encoder + index-shard deployments")
     parser.add_argument("--autoscale-seconds", type=float, default=75.0,
-                        help="length of the autoscaling step (Serve scales up after 30 s of load)")
+                        help="length of the autoscaling step (Serve scales up after 30 s of load; 0 skips it)")
     args = parser.parse_args()
 
     from lrat_ray.errors import LratError
@@ -184,7 +184,8 @@ def main() -> int:
               f"| {r['searches'] / bare:.2f}x | {r['p50']:.0f} | {r['p99']:.0f} | {r['turned_away']} "
               f"| {r['failed']}{note} |")
     print_replica_memory()
-    autoscaling_step(settings, queries, args.autoscale_seconds)
+    if args.autoscale_seconds > 0:
+        autoscaling_step(settings, queries, args.autoscale_seconds)
     from ray import serve
 
     serve.shutdown()

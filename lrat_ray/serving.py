@@ -2,7 +2,7 @@
 
 ``POST /search`` ``{"query": str | [str], "k": int}`` returns ranked ``{docid, score, title,
 snippet}`` (a list of such lists for a list of queries); ``GET /documents/{docid}`` returns the full
-document; ``GET /healthz`` says which index is loaded. Queries arriving at the same time are
+document; ``GET /healthz`` says which index is loaded (and which replica answers). Queries arriving at the same time are
 encoded and searched together (``@serve.batch``): one forward pass and one FAISS call for many
 requests, which is what makes a CPU replica keep up with a fleet of agents.
 
@@ -15,7 +15,8 @@ memory-mapped and read by row). The ingress encodes a batch once, asks every sha
 and merges them by score, which is exactly what one flat index over the corpus returns.
 
 The loaded index is the deployment's ``user_config`` (``{"index": DIR}``). Changing it is a Ray
-Serve lightweight update: every replica loads the new model and index in a worker thread while it
+Serve lightweight update (the deployments' versions are pinned to everything but the index, see
+:func:`_pinned`): every replica loads the new model and index in a worker thread while it
 keeps answering from the old one, then swaps them in one assignment, so the flywheel redeploys a
 retrained retriever without failing a request. Composed, the ingress switches once the encoder and
 every shard have loaded the new index; each request names the index it was admitted under, and the
@@ -29,8 +30,9 @@ Ray's metrics system (Prometheus format on each node's metrics export port).
 """
 
 import asyncio
-import functools
 import dataclasses
+import functools
+import hashlib
 import hmac
 import json
 import math
@@ -38,6 +40,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lrat_ray.config import RayCluster, checked, option
@@ -330,6 +333,7 @@ def make_deployment():
         def __init__(self, config: dict, encoder=None, shards: list | None = None, shard_numbers: list | None = None):
             # The index is not an init argument but the user_config: changing it must not restart us.
             self.config = ServeConfig(index="", **config)
+            self.replica = os.urandom(4).hex()  # in /healthz: shows that a swap reconfigured, not restarted
             self.backend = (LocalSearch(self.config.snippet_chars) if encoder is None
                             else ComposedSearch(encoder, dict(zip(shard_numbers, shards))))
             self.queries_total = metrics.Counter("lrat_search_queries", "queries answered by /search")
@@ -433,7 +437,7 @@ def make_deployment():
 
         @app.get("/healthz")
         async def health(self):
-            return {"status": "ok", **self.backend.describe()}
+            return {"status": "ok", **self.backend.describe(), "replica": self.replica}
 
     @app.exception_handler(Exception)
     async def _json_errors(request, exc):  # anything unexpected still answers JSON, and is logged
@@ -467,19 +471,40 @@ def build_app(args: dict):
             else settings.target_ongoing_requests}}
     init = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("index", "swap")}
     if not settings.composed:
-        return make_deployment().options(user_config=index, ray_actor_options=worker, **queue, **scaling).bind(init)
+        return _pinned(make_deployment().options(user_config=index, ray_actor_options=worker, **queue, **scaling),
+                       init).bind(init)
 
     from lrat_ray.index import read_manifest
 
     encoder_class, shard_class = make_part_deployments()
-    encoder = encoder_class.options(user_config=index, ray_actor_options=worker, **queue, **scaling).bind()
+    encoder = _pinned(encoder_class.options(user_config=index, ray_actor_options=worker, **queue, **scaling),
+                      init).bind()
     numbers = [entry["shard"] for entry in read_manifest(settings.index)["shards"]]
-    shards = [shard_class.options(name=f"IndexShard{n}", user_config=index, num_replicas=settings.shard_replicas,
-                                  ray_actor_options={"num_cpus": settings.shard_cpus}, **queue
-                                  ).bind(n, settings.snippet_chars) for n in numbers]
-    return make_deployment().options(user_config=index, num_replicas=settings.ingress_replicas,
-                                     ray_actor_options={"num_cpus": settings.ingress_cpus}, **queue
-                                     ).bind(init, encoder, shards, numbers)
+    shards = [_pinned(shard_class.options(name=f"IndexShard{n}", user_config=index, num_replicas=settings.shard_replicas,
+                                          ray_actor_options={"num_cpus": settings.shard_cpus}, **queue), init, n
+                      ).bind(n, settings.snippet_chars) for n in numbers]
+    return _pinned(make_deployment().options(user_config=index, num_replicas=settings.ingress_replicas,
+                                             ray_actor_options={"num_cpus": settings.ingress_cpus}, **queue),
+                   init, numbers).bind(init, encoder, shards, numbers)
+
+
+def _pinned(deployment, *identity):
+    """The deployment with a version made of everything but its index (``identity``: its init
+    settings; the code of this package). ``serve.run`` from Python gives a deployment a fresh random
+    version each time, so even a new user_config restarted every replica (a rolling restart: no
+    failed request, but a cold start of every part under load); with the version pinned, a swap is
+    Serve's in-place reconfigure. No public option sets it (``Deployment.options(version=)`` is
+    kept for Serve's own use), hence ``_internal``."""
+    code = b"".join(Path(module).read_bytes() for module in (__file__, _index_module_file()))
+    version = hashlib.sha256(json.dumps([deployment.name, identity, hashlib.sha256(code).hexdigest()],
+                                        sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return deployment.options(version=version, _internal=True)
+
+
+def _index_module_file() -> str:
+    from lrat_ray import index
+
+    return index.__file__
 
 
 def deploy(settings: ServeConfig, blocking: bool = False) -> str:

@@ -172,6 +172,7 @@ def test_swap_index_under_load_drops_no_request(server, second_index):
     from lrat_ray.serving import swap_index
 
     settings, url, _ = server
+    replica = httpx.get(f"{url}/healthz", timeout=30).json()["replica"]
     outcomes: list = []
     stop = threading.Event()
 
@@ -200,6 +201,7 @@ def test_swap_index_under_load_drops_no_request(server, second_index):
     # once switched, never back: each request saw one whole index
     first_new = indexes.index(str(second_index))
     assert set(indexes[first_new:]) == {str(second_index)}
+    assert httpx.get(f"{url}/healthz", timeout=30).json()["replica"] == replica  # reconfigured in place
 
     # the same from the command line, against the running cluster: back to the first index
     from lrat_ray.cli import main
