@@ -209,8 +209,9 @@ def print_replica_memory() -> None:
 
 
 def autoscaling_step(settings, queries: list[str], seconds: float) -> None:
-    """256 sessions against the same app redeployed with autoscaling (1 to 2 replicas): the
-    replicas counted every 2 s while the load runs, and the failures across the scale-up."""
+    """256 sessions against the same app redeployed with autoscaling (1 to 2 replicas, default
+    targets; composed, of the encoder): the replicas counted every 2 s while the
+    load runs, and the failures across the scale-up."""
     import dataclasses
     import threading
 
@@ -218,7 +219,7 @@ def autoscaling_step(settings, queries: list[str], seconds: float) -> None:
 
     from lrat_ray.serving import APP_NAME, deploy
 
-    deploy(dataclasses.replace(settings, autoscale_min=1, autoscale_max=2, target_ongoing_requests=8))
+    deploy(dataclasses.replace(settings, autoscale_min=1, autoscale_max=2))
     counts: list[int] = []
     done = threading.Event()
 

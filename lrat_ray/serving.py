@@ -85,7 +85,7 @@ class ServeConfig(RayCluster):
     shard_replicas: int = option(1, minimum=1, help="composed: replicas of each index-shard deployment")
     shard_cpus: float = option(0.5, help="composed: CPUs reserved per index-shard replica")
     ingress_replicas: int = option(1, minimum=1, help="composed: replicas of the HTTP ingress")
-    target_ongoing_batches: float = option(2.0, help="composed, autoscaling: target encode batches in flight per "
+    target_ongoing_batches: float = option(1.0, help="composed, autoscaling: target encode batches in flight per "
                                                      "encoder replica (each ingress keeps up to 4 in flight)")
     ingress_cpus: float = option(0.25, help="composed: CPUs reserved per ingress replica (it parses, admits and "
                                             "merges; the work is in the parts)")
