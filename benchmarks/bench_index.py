@@ -1,8 +1,8 @@
 """Indexing and search throughput.
 
-1. Encoding: documents per second of ``lrat index`` (Ray Data actor pool, embedded MiniLM, 256
-   tokens) against a bare ``transformers`` loop (AutoModel, batches of 64 in file order, mean
-   pooling) over the same documents in the same run.
+1. Encoding: documents per second of ``lrat index`` (encoder actors, embedded MiniLM, 256 tokens)
+   against a bare ``transformers`` loop (AutoModel, batches of 64 in file order, mean pooling) over
+   the same documents in the same run, in fp32 and under bf16 autocast.
 2. Search: queries per second of :class:`RetrievalIndex.search` against raw FAISS
    (``IndexFlatIP.search``) on the same vectors, batched (1,000 queries at once) and one by one.
 3. bf16 (``--bf16``): documents/s of the encoder in fp32 and under bf16 autocast in this run, and
@@ -27,7 +27,7 @@ import numpy as np
 DATA = Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
-def bare_transformers(texts: list[str], batch_size: int = 64, max_length: int = 256) -> np.ndarray:
+def bare_transformers(texts: list[str], batch_size: int = 64, max_length: int = 256, bf16: bool = False) -> np.ndarray:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -36,13 +36,13 @@ def bare_transformers(texts: list[str], batch_size: int = 64, max_length: int = 
     tok = AutoTokenizer.from_pretrained(embedded_model_path())
     model = AutoModel.from_pretrained(embedded_model_path()).eval()
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for i in range(0, len(texts), batch_size):
             batch = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
                         return_tensors="pt")
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).float()
-            out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy())
+            out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).float().numpy())
     return np.concatenate(out)
 
 
@@ -86,17 +86,20 @@ def main() -> int:
     (work / "corpus.jsonl").write_text("\n".join(lines) + "\n")
     print(f"encoding {len(texts)} SciFact abstracts (max 256 tokens), torch threads={__import__('torch').get_num_threads()}")
 
-    start = time.perf_counter()
-    reference = bare_transformers(texts)
-    base = rate_line("bare transformers loop, 1 process", len(texts), time.perf_counter() - start, "docs")
-
     init_ray(num_cpus=2)
-    start = time.perf_counter()
-    run_index(IndexConfig(corpus=[str(work / "corpus.jsonl")], output=str(work / "index"), workers=args.workers))
-    rate_line(f"lrat index, Ray Data, {args.workers} actor(s), incl. FAISS", len(texts),
-              time.perf_counter() - start, "docs", base)
-    ours = stored_vectors(work / "index", [json.loads(l)["_id"] for l in lines if l.strip()])
-    print(f"max |ours - bare| over all vectors: {np.abs(ours - reference).max():.2e}")
+    ids = [json.loads(l)["_id"] for l in lines if l.strip()]
+    for precision, bf16 in (("fp32", False), ("bf16 autocast", True)):
+        start = time.perf_counter()
+        reference = bare_transformers(texts, bf16=bf16)
+        base = rate_line(f"bare transformers loop, 1 process, {precision}", len(texts), time.perf_counter() - start,
+                         "docs")
+        start = time.perf_counter()
+        output = work / f"index-{'bf16' if bf16 else 'fp32'}"
+        run_index(IndexConfig(corpus=[str(work / "corpus.jsonl")], output=str(output), workers=args.workers, bf16=bf16))
+        rate_line(f"lrat index, {args.workers} actor(s), incl. FAISS, {precision}", len(texts),
+                  time.perf_counter() - start, "docs", base)
+        ours = stored_vectors(output, ids)
+        print(f"max |ours - bare| over all vectors, {precision}: {np.abs(ours - reference).max():.2e}")
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(args.search_vectors, ours.shape[1])).astype(np.float32)
