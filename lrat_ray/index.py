@@ -334,7 +334,7 @@ class ShardBuilder:
             vectors = self._encode(documents)
             storage.write_bytes_atomic(storage.join(folder, "embeddings.npy"), _npy_bytes(vectors))
             storage.write_bytes_atomic(storage.join(folder, "documents.arrow"), payload)
-        storage.write_bytes_atomic(storage.join(folder, "index.faiss"), self._faiss_bytes(vectors, params))
+        storage.write_bytes_atomic(storage.join(folder, "index.faiss"), self._faiss_bytes(vectors))
         summary = {"shard": shard, "name": name, "count": len(vectors), "dimension": int(vectors.shape[1]),
                    "content_sha256": content, "key": key, "index": params}
         storage.write_json_atomic(done_path, summary)
@@ -349,7 +349,7 @@ class ShardBuilder:
             [document_text({"title": t, "text": x}) for t, x in zip(documents.column("title").to_pylist(),
                                                                       documents.column("text").to_pylist())])
 
-    def _faiss_bytes(self, vectors: np.ndarray, params: dict) -> bytes:
+    def _faiss_bytes(self, vectors: np.ndarray) -> bytes:
         import faiss
 
         c = self.config
