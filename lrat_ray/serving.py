@@ -161,9 +161,14 @@ def load_query_encoder(index_dir: str, manifest: dict | None = None, device: str
     return encoder
 
 
-def _result(document: dict, score: float, snippet_chars: int) -> dict:
-    return {"docid": document["doc_id"], "score": score, "title": document["title"],
-            "snippet": document["text"][:snippet_chars]}
+def _results(index, hits: list[list[tuple[int, int, float]]], snippet_chars: int) -> list[list[dict]]:
+    """:meth:`RetrievalIndex.hits` as the API's ``{docid, score, title, snippet}`` lists."""
+    out = []
+    for per_query in hits:
+        documents = [(index.shards[n].document(r), s) for n, r, s in per_query]
+        out.append([{"docid": d["doc_id"], "score": s, "title": d["title"], "snippet": d["text"][:snippet_chars]}
+                    for d, s in documents])
+    return out
 
 
 class LocalSearch:
@@ -178,6 +183,10 @@ class LocalSearch:
             loaded = await asyncio.to_thread(load_retriever, directory)
             self.loaded = loaded  # one assignment: a request sees the old or the new index, whole
 
+    @property
+    def directory(self) -> str:
+        return self.loaded.directory
+
     def describe(self) -> dict:
         loaded = self.loaded
         return {"index": loaded.directory, "documents": loaded.index.count, "model": loaded.index.manifest["model"],
@@ -188,8 +197,7 @@ class LocalSearch:
 
         def work():
             hits = loaded.index.hits(loaded.encoder.encode_queries(queries), depth)
-            return [[_result(loaded.index.shards[n].document(r), s, self.snippet_chars) for n, r, s in per_query]
-                    for per_query in hits]
+            return _results(loaded.index, hits, self.snippet_chars)
 
         return await asyncio.to_thread(work)
 
@@ -221,6 +229,10 @@ class ComposedSearch:
         await asyncio.gather(self.encoder.load.remote(directory),
                              *(handle.load.remote(directory) for handle in self.shards.values()))
         self.current = (directory, manifest)
+
+    @property
+    def directory(self) -> str:
+        return self.current[0]
 
     def describe(self) -> dict:
         directory, manifest = self.current
@@ -301,8 +313,7 @@ def make_part_deployments():
         async def search(self, directory: str, vectors, k: int) -> list[list[dict]]:
             index = await self.versions.get(directory)
             hits = await asyncio.to_thread(index.hits, vectors, k)
-            return [[_result(index.shards[n].document(r), s, self.snippet_chars) for n, r, s in per_query]
-                    for per_query in hits]
+            return _results(index, hits, self.snippet_chars)
 
         async def document(self, directory: str, docid: str) -> dict | None:
             return (await self.versions.get(directory)).document(docid)
@@ -417,7 +428,7 @@ def make_deployment():
                 return busy
             self.in_flight += 1
             try:
-                index = self.backend.describe()["index"]
+                index = self.backend.directory
                 results = await self.batched((queries, k))
             finally:
                 self.in_flight -= 1
