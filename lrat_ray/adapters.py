@@ -26,11 +26,12 @@ from __future__ import annotations
 import ast
 import json
 import re
-from typing import Any, Iterator
+from functools import partial
+from typing import Any, Iterator, Sequence
 
 from lrat_ray import storage
 from lrat_ray.errors import RecordError
-from lrat_ray.trajectory import (ANSWER, BROWSE, SEARCH, THINK, SearchHit, Step, Trajectory,
+from lrat_ray.trajectory import (ANSWER, BROWSE, SEARCH, THINK, LazyHits, SearchHit, Step, Trajectory,
                                  trajectory_from_dict)
 
 FORMATS = ("auto", "native", "browsecomp", "openai")
@@ -40,8 +41,10 @@ BROWSE_TOOLS = frozenset({"get_document", "visit", "browse", "open"})
 _SEARCH_HEADER = re.compile(r"^A search for '(?P<query>.*)' found \d+ results?:[ \t]*$", re.MULTILINE)
 _NO_RESULTS = re.compile(r"^No results found for '(?P<query>.*)'", re.MULTILINE)
 _DOCID_LINE = re.compile(r"^DocID:", re.MULTILINE)
+_DOCID_LINE_ID = re.compile(r"^DocID:(.*)", re.MULTILINE)
 _DOCUMENT_HEADER = re.compile(r"^Document (?P<id>\S+?):\s*\n", re.DOTALL)
 _DOCID_PREFIX = re.compile(r"^\s*docid:\s*", re.IGNORECASE)
+_new_tuple = tuple.__new__
 
 
 def detect_format(obj: Any) -> str:
@@ -139,7 +142,7 @@ def _tool_step(name: Any, arguments: Any, output: Any, path: str, args_field: st
         queries = _search_queries(args.get("query"), f"{path}.{args_field}.query")
         named_query, hits = parse_search_output(output, f"{path}.output")
         query = named_query if named_query is not None else queries[0]
-        return Step(SEARCH, query=query, results=tuple(hits))
+        return Step(SEARCH, query=query, results=hits if isinstance(hits, LazyHits) else tuple(hits))
     if name in BROWSE_TOOLS:
         doc_id = _browse_doc_id(args, f"{path}.{args_field}")
         return Step(BROWSE, doc_id=doc_id, text=parse_document_output(output))
@@ -193,13 +196,14 @@ def normalize_doc_id(doc: Any) -> str:
     return _DOCID_PREFIX.sub("", str(doc)).strip()
 
 
-def parse_search_output(output: Any, path: str = "output") -> tuple[str | None, list[SearchHit]]:
+def parse_search_output(output: Any, path: str = "output") -> tuple[str | None, Sequence[SearchHit]]:
     """Ranked hits of a search tool's output, and the query the output says was run (if it says).
 
     Understands both real forms: a JSON list of ``{"docid", "score", "snippet"|"text"}`` (also
     already decoded), and the text blocks of BrowseComp-Plus/LRAT search tools
     (``A search for '<q>' found N results:`` / ``## Web Results`` / ``DocID:<id>`` / ``[<title>]`` /
-    snippet). Empty, error and "No results" outputs give no hits.
+    snippet), whose titles and snippets are parsed when first read (:class:`LazyHits`). Empty,
+    error and "No results" outputs give no hits.
     """
     if output is None:
         return None, []
@@ -236,10 +240,16 @@ def _json_hits(decoded: Any, path: str) -> list[SearchHit]:
     return hits
 
 
-def _text_hits(text: str) -> tuple[str | None, list[SearchHit]]:
-    header, *blocks = _DOCID_LINE.split(text)
+def _text_hits(text: str) -> tuple[str | None, LazyHits]:
+    first = _DOCID_LINE.search(text)
+    header = text[:first.start()] if first else text
     named = _SEARCH_HEADER.search(header) or _NO_RESULTS.search(header)
-    return (named.group("query") if named else None), [_text_hit(block) for block in blocks]
+    ids = [doc.strip() for doc in _DOCID_LINE_ID.findall(text)]
+    return (named.group("query") if named else None), LazyHits(ids, partial(_text_hit_blocks, text))
+
+
+def _text_hit_blocks(text: str) -> list[SearchHit]:
+    return [_text_hit(block) for block in _DOCID_LINE.split(text)[1:]]
 
 
 def _text_hit(block: str) -> SearchHit:
@@ -249,7 +259,8 @@ def _text_hit(block: str) -> SearchHit:
     first, _, rest = body.partition("\n")
     if first.startswith("[") and first.endswith("]"):
         title, body = first[1:-1], rest
-    return SearchHit(id_line.strip(), title, body.strip() or None)
+    # tuple.__new__ skips the NamedTuple's Python-level constructor: hundreds of thousands are made
+    return _new_tuple(SearchHit, (id_line.strip(), title, body.strip() or None, None))
 
 
 def parse_document_output(output: Any) -> str | None:
@@ -261,8 +272,9 @@ def parse_document_output(output: Any) -> str | None:
     text = str(output)
     header = _DOCUMENT_HEADER.match(text)
     body = text[header.end():] if header else text
-    if body.lstrip()[:1] == "{":
-        decoded = _decode_mapping(body.strip())
+    stripped = body.strip()
+    if stripped[:1] == "{" and stripped[-1:] == "}":  # a cut-off dict is text: no decoder can read it
+        decoded = _decode_mapping(stripped)
         if isinstance(decoded, dict) and isinstance(decoded.get("text"), str):
             return decoded["text"]
     return body

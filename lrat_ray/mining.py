@@ -223,7 +223,7 @@ def _mine_attributed(traj: Trajectory, options: MiningOptions, judge: Judge | No
             continue
         emitted.add((search_turn, step.doc_id))
         excluded = browsed_anywhere | {step.doc_id}
-        negatives = _unique(h.doc_id for h in search.results if h.doc_id not in excluded)
+        negatives = _unique(d for d in search.result_ids if d not in excluded)
         snippets = _snippets([search])
         reasoning = post_browse_reasoning(steps, turn)
         result.pairs.append(MinedPair(

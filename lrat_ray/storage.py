@@ -13,11 +13,12 @@ from __future__ import annotations
 import fnmatch
 import glob
 import hashlib
+import io
 import json
 import os
 import shutil
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -199,29 +200,37 @@ def iter_records(uri: str, line_range: LineRange | None = None) -> Iterator[tupl
         return
     if line_range is not None:
         start, end, first_line = line_range
-        yield from _jsonl_records(uri, read_line_range(uri, start, end).decode("utf-8", errors="replace"),
-                                  first_line)
+        yield from _jsonl_records(uri, _lines(io.BytesIO(read_line_range(uri, start, end))), first_line)
+        return
+    if not name.endswith(".json"):
+        fs, path = resolve(uri)
+        with fs.open_input_stream(path, compression="detect") as stream:
+            yield from _jsonl_records(uri, _lines(stream), 1)
         return
     text = read_bytes(uri).decode("utf-8", errors="replace")
-    if name.endswith(".json"):
-        try:
-            whole = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if "Extra data" not in str(exc):  # several objects, one per line: read it as JSONL below
-                yield None, RecordError("invalid_json", f"not valid JSON: {exc}", source=uri)
-                return
-        else:
-            if isinstance(whole, list):
-                yield from ((f"item {i}", item) for i, item in enumerate(whole))
-            else:
-                yield None, whole
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if "Extra data" not in str(exc):  # several objects, one per line: read it as JSONL below
+            yield None, RecordError("invalid_json", f"not valid JSON: {exc}", source=uri)
             return
-    yield from _jsonl_records(uri, text, 1)
+        yield from _jsonl_records(uri, text.split("\n"), 1)
+        return
+    if isinstance(whole, list):
+        yield from ((f"item {i}", item) for i, item in enumerate(whole))
+    else:
+        yield None, whole
 
 
-def _jsonl_records(uri: str, text: str, first_line: int) -> Iterator[tuple[str, Any]]:
-    for lineno, line in enumerate(text.split("\n"), start=first_line):
-        if not line.strip():
+def _lines(stream) -> io.TextIOWrapper:
+    # Streamed and decoded in chunks: faster than decoding and splitting a whole file, and the
+    # file is never held in memory. Lines end at "\n" only, so numbers match any line counter.
+    return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="\n")
+
+
+def _jsonl_records(uri: str, lines: Iterable[str], first_line: int) -> Iterator[tuple[str, Any]]:
+    for lineno, line in enumerate(lines, start=first_line):
+        if not line or line.isspace():
             continue
         position = f"line {lineno}"
         try:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import pyarrow as pa
 
@@ -54,6 +54,46 @@ class SearchHit(NamedTuple):
     score: float | None = None
 
 
+class LazyHits(Sequence):
+    """Ranked hits whose ids are known at once but whose titles and snippets are parsed only when a
+    hit is first read.
+
+    Mining needs the ids of every search (attribution, negatives) but the snippets only of the
+    searches a pair comes from; splitting every logged search output into titles and snippets was a
+    third of the miner's time. Behaves as the tuple of hits it stands for (equality, hashing)."""
+
+    def __init__(self, ids: list[str], parse: Callable[[], Sequence[SearchHit]]):
+        self.ids = ids
+        self._parse: Callable[[], Sequence[SearchHit]] | None = parse
+        self._hits: tuple[SearchHit, ...] = ()
+
+    def _parsed(self) -> tuple[SearchHit, ...]:
+        if self._parse is not None:
+            self._hits, self._parse = tuple(self._parse()), None
+        return self._hits
+
+    def __getitem__(self, index):
+        return self._parsed()[index]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self):
+        return iter(self._parsed())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, (tuple, LazyHits)) and self._parsed() == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(self._parsed())
+
+    def __repr__(self) -> str:
+        return repr(self._parsed())
+
+    def __reduce__(self):
+        return tuple, (self._parsed(),)
+
+
 @dataclass(frozen=True)
 class Step:
     """One step of a trajectory; which fields are set depends on ``kind`` (see the module doc)."""
@@ -62,10 +102,12 @@ class Step:
     text: str | None = None
     query: str | None = None
     doc_id: str | None = None
-    results: tuple[SearchHit, ...] = ()
+    results: Sequence[SearchHit] = ()  # a tuple, or LazyHits for outputs parsed on demand
 
     @cached_property
     def result_ids(self) -> list[str]:
+        if isinstance(self.results, LazyHits):
+            return self.results.ids
         return [hit.doc_id for hit in self.results]
 
 

@@ -1,10 +1,12 @@
 import json
+import pickle
 
 import pytest
 
 from conftest import FIXTURES
 from lrat_ray.adapters import detect_format, parse_search_output, parse_trajectory
 from lrat_ray.errors import RecordError
+from lrat_ray.trajectory import SearchHit
 
 
 def test_real_browsecomp_runs_match_their_own_tool_counts(real_trajectory_files):
@@ -38,6 +40,22 @@ def test_real_list_query_uses_the_query_the_output_names(real_trajectory_files):
     assert browse.doc_id == "9358159"
     # the harness printed the document as a Python dict; the text inside is what the agent read
     assert browse.text.startswith("Bedřich Havlíček\nCzech historian")
+
+
+def test_text_hits_ids_found_without_parsing_equal_the_parsed_hits(real_trajectory_files):
+    """Ids come from one scan; titles and snippets are parsed when first read (LazyHits). Both must
+    agree on every real search output, and a pickled step carries the parsed hits."""
+    outputs = [item["output"] for path in real_trajectory_files for item in json.loads(path.read_text())["result"]
+               if item.get("tool_name") == "search"]
+    assert len(outputs) > 50
+    for output in outputs:
+        _, hits = parse_search_output(output)
+        ids = list(hits.ids)
+        parsed = tuple(hits)
+        assert ids == [h.doc_id for h in parsed] and all(h.snippet for h in parsed)
+        assert pickle.loads(pickle.dumps(hits)) == parsed == hits and hash(hits) == hash(parsed)
+    _, hits = parse_search_output("DocID: 7 \n[Title]\nsnippet\nDocID:8")
+    assert hits.ids == ["7", "8"] and tuple(hits) == (SearchHit("7", "Title", "snippet"), SearchHit("8"))
 
 
 def test_browsecomp_json_search_output_dict_arguments_and_int_ids():
@@ -74,7 +92,8 @@ def test_openai_messages():
 
 
 def test_text_search_output_with_no_results_and_docid_prefix():
-    assert parse_search_output("No results found for 'xyz'. Try with a more general query.") == ("xyz", [])
+    query, hits = parse_search_output("No results found for 'xyz'. Try with a more general query.")
+    assert query == "xyz" and len(hits) == 0 and list(hits) == []
     query, hits = parse_search_output("A search for 'a b' found 1 results:\n\n## Web Results\n"
                                       "DocID:42\n[T]\nline one\n\nline two after a blank line")
     assert query == "a b" and hits[0].doc_id == "42" and hits[0].snippet == "line one\n\nline two after a blank line"
