@@ -244,8 +244,12 @@ def _text_hits(text: str) -> tuple[str | None, LazyHits]:
     first = _DOCID_LINE.search(text)
     header = text[:first.start()] if first else text
     named = _SEARCH_HEADER.search(header) or _NO_RESULTS.search(header)
-    ids = [doc.strip() for doc in _DOCID_LINE_ID.findall(text)]
-    return (named.group("query") if named else None), LazyHits(ids, partial(_text_hit_blocks, text))
+    hits = LazyHits(partial(_text_hit_ids, text), partial(_text_hit_blocks, text))
+    return (named.group("query") if named else None), hits
+
+
+def _text_hit_ids(text: str) -> list[str]:
+    return [doc.strip() for doc in _DOCID_LINE_ID.findall(text)]
 
 
 def _text_hit_blocks(text: str) -> list[SearchHit]:

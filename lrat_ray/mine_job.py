@@ -8,8 +8,9 @@ Pipeline (``run_mine``):
    and returns a small summary: record counts by outcome, a histogram of reasoning lengths and the
    Table-1 sums. Finished groups are reused if the run is restarted with the same configuration.
 2. The driver merges the summaries. The histogram gives the exact global ``beta`` and ``mu_raw``.
-3. A second Ray Data pass adds the ``weight`` column and writes ``DIR/pairs/*.parquet``, built in a
-   temporary directory and renamed into place; ``DIR/report.json`` is written last, atomically.
+3. One Ray task per staged file adds the ``weight`` column and writes ``DIR/pairs/part-NNNNN.parquet``
+   (input order), built in a temporary directory and renamed into place; ``DIR/report.json`` is
+   written last, atomically.
 
 Every record read is counted as used or as skipped under a reason: records_read = records_used +
 sum(records_skipped). With ``strict`` the first bad record stops the run with an error naming the
@@ -19,6 +20,7 @@ file, the record and the field.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import gc
 import hashlib
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from lrat_ray import __version__, storage
 from lrat_ray.adapters import FORMATS, read_trajectories
@@ -115,6 +118,14 @@ def length_measure(tokenizer: str) -> LengthMeasure:
     except (OSError, ValueError) as exc:
         raise LratError(f"tokenizer {tokenizer!r} does not load: {exc}") from None
 
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        # The Rust tokenizer directly, without offsets or Python id lists: only the lengths are needed.
+        backend = copy.deepcopy(backend)
+        backend.no_truncation()
+        backend.no_padding()
+        return lambda texts: [len(e) for e in backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+
     def measure(texts):
         if not texts:
             return []
@@ -171,8 +182,8 @@ def mine_file_group(files: list, options: MiningOptions, measure: LengthMeasure,
 
 
 @contextlib.contextmanager
-def _rare_young_collections(threshold: int = 50_000):
-    """Run the garbage collector's youngest pass every 50,000 allocations instead of 700: mining
+def _rare_young_collections(threshold: int = 100_000):
+    """Run the garbage collector's youngest pass every 100,000 allocations instead of 700: mining
     makes millions of short-lived objects that never form cycles, and collecting them that often
     cost a fifth of the miner's time. The old thresholds are restored afterwards."""
     old = gc.get_threshold()
@@ -275,8 +286,9 @@ class _MineGroups:
         return summary
 
 
-def _weigh(batch: pa.Table, params) -> pa.Table:
-    return add_weights(batch, params)
+def _weigh_file(staged: str, destination: str, params) -> None:
+    fs, path = storage.resolve(staged)
+    storage.write_table_atomic(destination, add_weights(pq.read_table(path, filesystem=fs), params))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,7 +330,7 @@ def run_mine(config: MineConfig) -> dict:
     lengths = LengthHistogram.from_json(report.pop("lengths"))
     params = fit_weights(lengths, config.beta, config.zero_length)
     pairs_dir = storage.join(config.output, "pairs")
-    _write_weighted_pairs([s["shard"] for s in summaries if s.get("shard")], pairs_dir, params)
+    _write_weighted_pairs([s["shard"] for s in summaries if s.get("shard")], pairs_dir, params, per_worker)
     report.update(beta=params.beta, mu_raw=params.mu_raw, zero_length=params.zero_length,
                   weights_uniform=params.uniform, pairs_with_empty_reasoning=lengths.counts.get(0, 0),
                   pairs_with_weight_zero=0 if params.zero_length == "neutral" or params.uniform
@@ -355,14 +367,17 @@ def _merge_summaries(summaries: list[dict]) -> dict:
             "lengths": histogram.to_json(), "stats": stats.summary()}
 
 
-def _write_weighted_pairs(shards: list[str], pairs_dir: str, params) -> None:
+def _write_weighted_pairs(shards: list[str], pairs_dir: str, params, per_worker: dict) -> None:
+    # Plain tasks, not a Ray Data pass: a file in, a file out, and no executor to start.
     import ray
+
+    from lrat_ray.runtime import remote_args
 
     tmp = storage.temp_sibling(pairs_dir)
     if shards:
-        (ray.data.read_parquet(shards)
-         .map_batches(_weigh, fn_kwargs={"params": params}, batch_format="pyarrow")
-         .write_parquet(tmp))
+        weigh = ray.remote(**remote_args(per_worker))(_weigh_file)
+        ray.get([weigh.remote(shard, storage.join(tmp, f"part-{i:05d}.parquet"), params)
+                 for i, shard in enumerate(shards)])
     else:
         storage.write_table_atomic(storage.join(tmp, "part-empty.parquet"), PAIR_SCHEMA.empty_table())
     storage.publish_dir(tmp, pairs_dir)

@@ -55,17 +55,24 @@ class SearchHit(NamedTuple):
 
 
 class LazyHits(Sequence):
-    """Ranked hits whose ids are known at once but whose titles and snippets are parsed only when a
-    hit is first read.
+    """Ranked hits of a logged search output, parsed only when read: the ids when a browse is
+    attributed or negatives are chosen, titles and snippets when a hit itself is read.
 
-    Mining needs the ids of every search (attribution, negatives) but the snippets only of the
-    searches a pair comes from; splitting every logged search output into titles and snippets was a
-    third of the miner's time. Behaves as the tuple of hits it stands for (equality, hashing)."""
+    Mining needs the ids of the searches a browse could come from and the snippets only of those a
+    pair comes from; parsing every logged search output up front was a third of the miner's time.
+    Behaves as the tuple of hits it stands for (equality, hashing, pickling)."""
 
-    def __init__(self, ids: list[str], parse: Callable[[], Sequence[SearchHit]]):
-        self.ids = ids
+    def __init__(self, parse_ids: Callable[[], list[str]], parse: Callable[[], Sequence[SearchHit]]):
+        self._parse_ids: Callable[[], list[str]] | None = parse_ids
+        self._ids: list[str] = []
         self._parse: Callable[[], Sequence[SearchHit]] | None = parse
         self._hits: tuple[SearchHit, ...] = ()
+
+    @property
+    def ids(self) -> list[str]:
+        if self._parse_ids is not None:
+            self._ids, self._parse_ids = self._parse_ids(), None
+        return self._ids
 
     def _parsed(self) -> tuple[SearchHit, ...]:
         if self._parse is not None:

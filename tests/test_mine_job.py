@@ -81,6 +81,20 @@ def test_mine_job_on_real_trajectories(ray_session, real_trajectory_files, tmp_p
                                   .column("positive_text")[0].as_py()]
 
 
+def test_token_lengths_equal_the_tokenizers_own_count(real_trajectory_files):
+    """The miner counts with the Rust tokenizer directly; it must agree with transformers' call."""
+    from transformers import AutoTokenizer
+
+    from lrat_ray.embedded import resolve_model
+    from lrat_ray.mine_job import length_measure
+
+    table, _ = mine_file_group([str(p) for p in real_trajectory_files], MiningOptions(), character_lengths)
+    texts = table.column("reasoning").to_pylist() + ["", "Ünïcode 北京 and a very long word " * 200]
+    tok = AutoTokenizer.from_pretrained(resolve_model("embedded"))
+    expected = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+    assert length_measure("embedded")(texts) == expected and max(expected) > 512
+
+
 def test_sharded_job_equals_single_process(ray_session, real_trajectory_files, tmp_path):
     """Each real file in its own task (10 shards): beta, mu_raw and every weight equal one process."""
     from lrat_ray.mine_job import length_measure
