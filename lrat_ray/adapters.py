@@ -44,6 +44,7 @@ _DOCID_LINE = re.compile(r"^DocID:", re.MULTILINE)
 _DOCID_LINE_ID = re.compile(r"^DocID:(.*)", re.MULTILINE)
 _DOCUMENT_HEADER = re.compile(r"^Document (?P<id>\S+?):\s*\n", re.DOTALL)
 _DOCID_PREFIX = re.compile(r"^\s*docid:\s*", re.IGNORECASE)
+_JSON_START = re.compile(r"\s*[\[{]")
 _new_tuple = tuple.__new__
 
 
@@ -210,10 +211,9 @@ def parse_search_output(output: Any, path: str = "output") -> tuple[str | None, 
     if isinstance(output, (list, dict)):
         return None, _json_hits(output, path)
     text = str(output)
-    stripped = text.strip()
-    if stripped[:1] in "[{":
+    if _JSON_START.match(text):  # not text.strip(): that copies every logged search output
         try:
-            decoded = json.loads(stripped)
+            decoded = json.loads(text)
         except json.JSONDecodeError:
             decoded = None  # text that merely starts with a bracket: read it as text blocks
         if decoded is not None:
