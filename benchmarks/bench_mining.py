@@ -101,6 +101,9 @@ def main() -> int:
     print("\n| measurement | seconds | trajectories/s | vs baseline |\n|---|---:|---:|---:|")
     for label, seconds, rate, ratio in rows:
         print(f"| {label} | {seconds:.1f} | {rate:.0f} | {ratio:.2f} |")
+    if len(rows) == 5:
+        print(f"\npure miner / json loop: {rows[1][3]:.2f}x in characters, {rows[2][3]:.2f}x in tokens (goal 0.5x); "
+              f"lrat mine 2 workers / 1 worker: {rows[4][2] / rows[3][2]:.2f}x (goal 1.8x)")
     return 0
 
 

@@ -11,7 +11,7 @@ from conftest import SHARED_DATA
 from lrat_ray.errors import LratError
 from lrat_ray.pairs import PAIR_SCHEMA
 from lrat_ray.runtime import free_port
-from lrat_ray.train import StepRunner, TrainConfig, deepspeed_config, group_texts, load_examples, run_train
+from lrat_ray.train import StepRunner, TrainConfig, deepspeed_config, dropout, group_texts, load_examples, run_train
 
 SAMPLE = SHARED_DATA / "lrat" / "train_pairs_sample.jsonl"
 
@@ -85,7 +85,7 @@ def test_bad_training_input(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def _runner(config):
+def _runner(config, fast_dropout=False):
     from transformers import AutoTokenizer
 
     from lrat_ray.embedded import embedded_model_path
@@ -93,6 +93,8 @@ def _runner(config):
 
     torch.manual_seed(0)
     model = load_transformer(embedded_model_path())
+    if fast_dropout:
+        dropout.install(model)
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
     spec = spec_for("embedded", document_max_length=64)
     return StepRunner(model, tokenizer, spec, config, torch.device("cpu")), model
@@ -115,9 +117,11 @@ def test_grad_cache_equals_no_caching():
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-6)
 
 
-def test_grad_cache_replays_dropout_so_it_equals_the_big_batch_gradient():
-    """With dropout on (training mode), GradCache's second pass must see the random masks of the
-    first: then its gradient equals one differentiable pass over the same chunks."""
+@pytest.mark.parametrize("fast_dropout", [False, True])
+def test_grad_cache_replays_dropout_so_it_equals_the_big_batch_gradient(fast_dropout):
+    """With dropout on (training mode; torch's or the cheaper CPU one), GradCache's second pass must
+    see the random masks of the first: then its gradient equals one differentiable pass over the
+    same chunks."""
     import random
 
     from lrat_ray.loss import distributed_loss
@@ -128,13 +132,13 @@ def test_grad_cache_replays_dropout_so_it_equals_the_big_batch_gradient():
     config = TrainConfig(pairs=["x"], output="x", group_size=3, grad_cache_chunk=3)
 
     def cached(seed):
-        runner, model = _runner(config)
+        runner, model = _runner(config, fast_dropout)
         model.train()
         torch.manual_seed(seed)
         runner.run(queries, documents, mask, weights, backward=lambda v: v.backward())
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    runner, model = _runner(config)
+    runner, model = _runner(config, fast_dropout)
     model.train()
     torch.manual_seed(7)
     q_chunks, d_chunks = runner._chunks(queries, documents)
@@ -280,35 +284,52 @@ def test_lora_trains_only_adapters_and_merges_on_save(tmp_path):
     assert merged.shape == base.shape and not np.allclose(merged, base, atol=1e-4)
 
 
-def test_pair_forward_encodes_queries_and_documents_at_their_own_lengths_like_two_calls():
-    """The DDP/DeepSpeed wrapper: one forward, the same vectors as encoding queries and documents
-    separately (no query padded to the documents' width), the same gradient."""
+def test_length_groups_split_only_where_padding_costs_more_than_a_call():
+    from lrat_ray.train.step import GROUP_COST_TOKENS, length_groups
+
+    assert length_groups([20] * 32, 4) == [list(range(32))]  # nothing to save: the batch as it is
+    mixed = [128 if i % 2 else 10 for i in range(32)]
+    groups = length_groups(mixed, 4)
+    assert groups == [list(range(0, 32, 2)), list(range(1, 32, 2))]  # short ones apart from long ones
+    assert length_groups(mixed, 1) == [list(range(32))]
+    assert length_groups([10, 11], 4) == [[0, 1]]  # saving 1 token is not worth a call
+    assert GROUP_COST_TOKENS > 1 and length_groups([], 4) == [[]]
+
+
+def test_grouped_and_paired_encoding_equal_one_padded_batch():
+    """Encoding each side in length groups (plain module: a call per group; the DDP/DeepSpeed
+    ``PairForward``: one forward for all) gives the vectors and gradient of one batch padded to
+    its longest, in the input order."""
     from transformers import AutoTokenizer
 
     from lrat_ray.embedded import embedded_model_path
     from lrat_ray.model import load_transformer, spec_for
-    from lrat_ray.train.step import StepRunner, pair_forward, unwrap
+    from lrat_ray.train.step import StepRunner, length_groups, pair_forward, unwrap
 
     path = embedded_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    spec = spec_for("embedded", query_max_length=16, document_max_length=64)
-    config = TrainConfig(pairs=["-"], output="-", group_size=1)
-    queries = ["what causes tides", "who wrote the iliad"]
-    documents = ["Tides are caused by the gravitational pull of the moon and the sun on the oceans. " * 3,
-                 "The Iliad is an ancient Greek epic poem attributed to Homer."]
+    spec = spec_for("embedded", query_max_length=32, document_max_length=96)
+    queries = ["tides", "who wrote the iliad", "why is the sky blue on a clear day but red at sunset, and why"] * 4
+    documents = ["Tides are caused by the gravitational pull of the moon and the sun on the oceans. " * 4,
+                 "The Iliad is an ancient Greek epic poem attributed to Homer.", "Rayleigh scattering."] * 4
+    lengths = [len(x) for x in tokenizer(documents, truncation=True, max_length=96)["input_ids"]]
+    assert len(length_groups(lengths, 4)) > 1  # the case under test: documents are really grouped
     results = []
-    for wrap in (False, True):
+    for groups, wrap in ((1, False), (4, False), (4, True)):
         torch.manual_seed(0)
-        model = load_transformer(path).eval()  # no dropout: the two paths must agree exactly
+        model = load_transformer(path).eval()  # no dropout: the paths must agree exactly
+        config = TrainConfig(pairs=["-"], output="-", group_size=1, length_groups=groups)
         runner = StepRunner(pair_forward(model) if wrap else model, tokenizer, spec, config, torch.device("cpu"))
         assert runner.paired == wrap and unwrap(runner.model) is model
         q, d = runner._embed_pair(queries, documents)
-        (q @ d.T).trace().backward()
+        (q @ d.T * torch.arange(1.0, 13.0)).sum().backward()
         results.append((q.detach(), d.detach(), model.embeddings.word_embeddings.weight.grad.clone()))
-    (q1, d1, g1), (q2, d2, g2) = results
-    torch.testing.assert_close(q1, q2, rtol=0, atol=1e-6)
-    torch.testing.assert_close(d1, d2, rtol=0, atol=1e-6)
-    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-7)
+    (q1, d1, g1) = results[0]
+    for q2, d2, g2 in results[1:]:
+        torch.testing.assert_close(q1, q2, rtol=0, atol=1e-6)
+        torch.testing.assert_close(d1, d2, rtol=0, atol=1e-6)
+        # Sums in another order: elementwise noise near zero, so compare the gradient as a whole.
+        assert ((g1 - g2).norm() / g1.norm()).item() < 1e-5
 
 
 def test_streamed_examples_equal_the_examples_built_in_one_process(ray_session, tmp_path, real_trajectory_files):

@@ -16,7 +16,7 @@ from lrat_ray.outputs import default_storage_path
 from lrat_ray.train.config import TrainConfig
 from lrat_ray.train.data import EXAMPLE_COLUMNS, example_dataset, group_texts
 from lrat_ray.train.step import StepRunner
-from lrat_ray.train.worker import _optimizer, _starting_model, train_loop_per_worker
+from lrat_ray.train.worker import build_optimizer, _starting_model, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def fit_in_process(config: TrainConfig, examples: list[dict], steps: int, output
 
     torch.manual_seed(config.seed)
     spec, tokenizer, model = _starting_model(config)
-    params, optimizer, scheduler = _optimizer(model, config, steps)
+    params, optimizer, scheduler = build_optimizer(model, config, steps)
     model.train()
     runner = StepRunner(model, tokenizer, spec, config, torch.device("cpu"))
     order_rng = random.Random(config.seed)

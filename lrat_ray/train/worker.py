@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from lrat_ray.errors import LratError
+from lrat_ray.train import dropout
 from lrat_ray.train.config import CONFIG_DIR, TrainConfig
 from lrat_ray.train.data import group_texts
 from lrat_ray.train.step import StepRunner, pair_forward, unwrap
@@ -42,7 +43,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.load_state_dict(state["model"])
         start_step, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
 
-    params, optimizer, scheduler = _optimizer(model, config, total_steps)
+    params, optimizer, scheduler = build_optimizer(model, config, total_steps)
     if config.backend == "deepspeed" or world > 1:
         model = pair_forward(model)  # one forward per step for the wrapper, queries unpadded
     if config.backend == "deepspeed":
@@ -125,13 +126,16 @@ def epoch_batches(shard, config: TrainConfig, epoch: int, rank: int):
 
 
 def _starting_model(config: TrainConfig):
-    """The encoder spec, tokenizer and model to train (with LoRA adapters and checkpointing)."""
+    """The encoder spec, tokenizer and model to train (with LoRA adapters, checkpointing and, on
+    CPU, the cheaper dropout)."""
     from lrat_ray.embedded import resolve_model
     from lrat_ray.model import load_tokenizer, load_transformer
 
     spec = config.encoder_spec()
     tokenizer = load_tokenizer(resolve_model(config.model), spec)
     model = load_transformer(resolve_model(config.model))
+    if config.fast_dropout and not config.use_gpu:
+        dropout.install(model)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if config.lora_rank:
@@ -139,13 +143,16 @@ def _starting_model(config: TrainConfig):
     return spec, tokenizer, model
 
 
-def _optimizer(model, config: TrainConfig, total_steps: int):
+def build_optimizer(model, config: TrainConfig, total_steps: int):
     """Trainable parameters, AdamW and the linear warmup-then-decay schedule."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    # The fused kernel updates every tensor in one pass (CPU and CUDA), as Hugging Face's Trainer
+    # does by default; the per-tensor loop it replaces cost ~3% of a MiniLM step on CPU.
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), max(total_steps, 1))
     return params, optimizer, scheduler
 
