@@ -49,7 +49,7 @@ class TrainConfig(EncoderOptions, ActorPool):
                                 "weights are rescaled to mean 1 over the pairs kept")
     grad_cache_chunk: int | None = option(None, help="GradCache: texts per re-encoded chunk (off when unset)")
     fast_dropout: bool = option(True, help="on CPU, dropout masks from 16-bit random numbers (p rounded to "
-                                           "1/65536), 2.5x cheaper than torch's (lrat_ray.train.dropout)")
+                                           "1/65536), ~3.5x cheaper than torch's here (lrat_ray.train.dropout)")
     length_groups: int = option(4, minimum=1, help="encode each side of a batch in up to this many groups of "
                                                    "similar length, each padded to its own longest (1: one group)")
     lora_rank: int | None = option(None, help="train LoRA adapters of this rank instead of all weights (peft)")

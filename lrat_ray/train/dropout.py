@@ -21,27 +21,28 @@ LEVELS = 1 << 16
 ATTENTION = "lrat_cpu_dropout"
 
 
-def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
-    """A boolean keep mask of ``shape`` (drop probability ``p`` rounded to 1/65536) and the scale
-    that keeps the output unbiased."""
+def drop_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
+    """A boolean mask of ``shape``, True where an element is dropped (probability ``p`` rounded to
+    1/65536), and the scale of the kept elements that keeps the output unbiased."""
     count = shape.numel()
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_(-(1 << 63), (1 << 63) - 1)
     numbers = words.view(torch.int16)[:count].view(shape)
     dropped = round(p * LEVELS)
-    return numbers >= dropped - LEVELS // 2, LEVELS / (LEVELS - dropped)
+    return numbers < dropped - LEVELS // 2, LEVELS / (LEVELS - dropped)
 
 
-class _MaskedScale(torch.autograd.Function):
+class _ScaleAndDrop(torch.autograd.Function):
+    # masked_fill_ on the scaled copy: one pass, where multiplying by the mask converts it to floats first.
     @staticmethod
-    def forward(ctx, x, mask, scale):
-        ctx.save_for_backward(mask)
+    def forward(ctx, x, dropped, scale):
+        ctx.save_for_backward(dropped)
         ctx.scale = scale
-        return x * mask * scale
+        return (x * scale).masked_fill_(dropped, 0.0)
 
     @staticmethod
     def backward(ctx, grad):
-        (mask,) = ctx.saved_tensors
-        return grad * mask * ctx.scale, None, None
+        (dropped,) = ctx.saved_tensors
+        return (grad * ctx.scale).masked_fill_(dropped, 0.0), None, None
 
 
 def drop(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -50,8 +51,8 @@ def drop(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return x
     if p >= 1.0:
         return x * 0.0
-    mask, scale = keep_mask(x.shape, p, x.device)
-    return _MaskedScale.apply(x, mask, scale)
+    dropped, scale = drop_mask(x.shape, p, x.device)
+    return _ScaleAndDrop.apply(x, dropped, scale)
 
 
 class Dropout(torch.nn.Dropout):

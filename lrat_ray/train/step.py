@@ -70,8 +70,8 @@ def unwrap(model):
     return model.tower if isinstance(model, _pair_forward_class()) else model
 
 
-# What one more encoder call costs beyond its tokens, counted in tokens (MiniLM on these CPUs: a
-# forward + backward of 16 x 20 tokens takes about as long as 16 x 22 in one call with the rest).
+# An estimate, in tokens, of what one more encoder call costs beyond its tokens: splitting must save
+# more padding than that. bench_train's "one length group" row measures what grouping buys.
 GROUP_COST_TOKENS = 32
 
 
