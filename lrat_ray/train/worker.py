@@ -150,7 +150,7 @@ def build_optimizer(model, config: TrainConfig, total_steps: int):
 
     params = [p for p in model.parameters() if p.requires_grad]
     # The fused kernel updates every tensor in one pass (CPU and CUDA), as Hugging Face's Trainer
-    # does by default; the per-tensor loop it replaces cost ~3% of a MiniLM step on CPU.
+    # does by default; in a MiniLM step on CPU it took under 1% of the time (torch.profiler).
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), max(total_steps, 1))
