@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lrat_ray.hardware import summary_line
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic import generate  # noqa: E402
 
@@ -85,6 +87,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args()
+    print(summary_line(), flush=True)  # figures depend on it: bf16 native or emulated
 
     from lrat_ray.mine_job import MineConfig, run_mine
     from lrat_ray.runtime import init_ray

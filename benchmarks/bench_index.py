@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lrat_ray.hardware import summary_line
+
 import numpy as np
 
 DATA = Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -71,6 +73,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="also compare fp32 and bf16 encoding (speed, quality)")
     args = parser.parse_args()
+    print(summary_line(), flush=True)  # figures depend on it: bf16 native or emulated
     if args.bf16:
         compare_bf16()
 

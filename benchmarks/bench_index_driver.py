@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lrat_ray.hardware import summary_line
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHILD = """
 import json, sys, time
@@ -66,6 +68,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=10000)
     args = parser.parse_args()
+    print(summary_line(), flush=True)  # figures depend on it: bf16 native or emulated
     sizes = (args.docs, 10 * args.docs)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

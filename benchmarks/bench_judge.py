@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lrat_ray.hardware import engine_dtype, summary_line
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -78,7 +80,8 @@ def bare_vllm(pairs: Path) -> tuple[float, float, int, int]:
     rows = pads.dataset(str(pairs / "pairs"), format="parquet").to_table(columns=["reasoning"]).column(0).to_pylist()
     conversations = [[{"role": "user", "content": render_prompt(config, r)}] for r in rows]
     started = time.time()
-    llm = LLM(tiny_model_path(), dtype="bfloat16", max_model_len=8192, enforce_eager=True,
+    # dtype: what the stage's CPU engine resolves to on this machine
+    llm = LLM(tiny_model_path(), dtype=engine_dtype(), max_model_len=8192, enforce_eager=True,
               kv_cache_memory_bytes=256 << 20, max_num_seqs=16)
     generating = time.time()
     outputs = llm.chat(conversations, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS), use_tqdm=False)
@@ -103,6 +106,7 @@ def main() -> None:
     parser.add_argument("--memory-pairs", type=int, default=20000)
     parser.add_argument("--memory-only", action="store_true", help="skip the throughput comparison")
     args = parser.parse_args()
+    print(summary_line(), flush=True)  # figures depend on it: bf16 native or emulated
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lrat_ray.hardware import summary_line
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic import generate  # noqa: E402
 
@@ -74,6 +76,7 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=20)
     parser.add_argument("--keep", help="generate into this directory and keep it")
     args = parser.parse_args()
+    print(summary_line(), flush=True)  # figures depend on it: bf16 native or emulated
 
     from lrat_ray.mine_job import MineConfig, length_measure, run_mine
     from lrat_ray.mining import character_lengths

@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lrat_ray.hardware import summary_line
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic import generate  # noqa: E402
 
@@ -103,6 +105,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--output", default=str(Path(__file__).with_name("results") / "scale.md"))
     args = parser.parse_args()
+    print(summary_line(), flush=True)  # figures depend on it: bf16 native or emulated
 
     import ray
     from ray import serve
@@ -135,7 +138,7 @@ def main() -> None:
         rows.append(f"| {stage} | {by_workers[1]:.1f} | {by_workers[2]:.1f} | {by_workers[2] / by_workers[1]:.2f}x |")
     table = "\n".join(["| stage | 1 worker | 2 workers | 2 vs 1 |", "|---|---:|---:|---:|", *rows]) + "\n"
     header = (f"# bench_scale ({time.strftime('%Y-%m-%d')}; {os.cpu_count()} cores; {args.trajectories} trajectories, "
-              f"{args.documents} documents, {args.tasks} tasks)\n\n")
+              f"{args.documents} documents, {args.tasks} tasks)\n\n{summary_line()}\n\n")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(header + table)
     print(header + table)

@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from lrat_ray.hardware import summary_line
+
 import numpy as np
 
 DATA = Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -136,6 +138,7 @@ def main() -> int:
     parser.add_argument("--autoscale-seconds", type=float, default=75.0,
                         help="length of the autoscaling step (Serve scales up after 30 s of load; 0 skips it)")
     args = parser.parse_args()
+    print(summary_line(), flush=True)  # figures depend on it: bf16 native or emulated
 
     from lrat_ray.errors import LratError
     from lrat_ray.index import IndexConfig, read_manifest, run_index

@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+from lrat_ray.hardware import summary_line
+
 import torch
 
 DATA = Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -181,6 +183,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quality", action="store_true", help="also compare fp32 and bf16 training quality")
     args = parser.parse_args()
+    print(summary_line(), flush=True)  # figures depend on it: bf16 native or emulated
 
     from sentence_transformers import SentenceTransformer, losses
     from transformers import AutoTokenizer

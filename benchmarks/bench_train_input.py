@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lrat_ray.hardware import summary_line
+
 CHILD = """
 import json, sys
 mode, pairs, out = sys.argv[1:4]
@@ -71,6 +73,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=20000)
     args = parser.parse_args()
+    print(summary_line(), flush=True)  # figures depend on it: bf16 native or emulated
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         rows = []

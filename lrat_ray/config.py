@@ -24,15 +24,19 @@ T = TypeVar("T")
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | None = None,
-           minimum: float | None = None, runtime: bool = False, path: bool = False, **kwargs):
+           minimum: float | None = None, runtime: bool = False, path: bool = False,
+           convert: Callable[[Any], Any] | None = None, default_text: str | None = None, **kwargs):
     """A dataclass field with help text (and optional choices or minimum) for the command line.
 
     ``choices`` and ``minimum`` are enforced whenever a :func:`checked` config is built.
     ``runtime`` marks a field that changes how a stage runs but not what it writes (workers,
     resources, addresses): it is left out of the stage's version key. ``path`` marks an input
     path (or list of them) whose content goes into that key (see :mod:`lrat_ray.outputs`).
+    ``convert`` normalises a value given in another form (``bf16: auto`` in YAML) when a
+    :func:`checked` config is built; ``default_text`` is how ``--help`` names the default.
     """
-    metadata = {"help": help, "choices": choices, "minimum": minimum, "runtime": runtime, "path": path}
+    metadata = {"help": help, "choices": choices, "minimum": minimum, "runtime": runtime, "path": path,
+                "convert": convert, "default_text": default_text}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
@@ -87,6 +91,12 @@ def check_values(config: Any) -> None:
     for f in dataclasses.fields(config):
         choices, minimum = f.metadata.get("choices"), f.metadata.get("minimum")
         value = getattr(config, f.name)
+        if f.metadata.get("convert") is not None:
+            try:
+                value = f.metadata["convert"](value)
+            except ValueError as exc:
+                raise ValueError(f"option {f.name} (--{f.name.replace('_', '-')}): {exc}") from None
+            object.__setattr__(config, f.name, value)
         if value is None:
             continue
         if choices and value not in choices:
@@ -199,6 +209,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def _help_with_default(f: dataclasses.Field) -> str:
     text = f.metadata.get("help", "")
+    if f.metadata.get("default_text"):
+        return f"{text} (default: {f.metadata['default_text']})"
     if f.default is not dataclasses.MISSING:
         return f"{text} (default: {f.default})"
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]

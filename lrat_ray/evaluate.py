@@ -240,7 +240,7 @@ def retrieve(index_dir: str, queries: dict[str, str], depth: int, model: str | N
     index = RetrievalIndex.load(index_dir)
     spec = index.spec if model is None else spec_for(model)
     index.check_encoder(spec)
-    encoder = Encoder(spec, batch_size=batch_size, bf16=index.manifest.get("bf16", False))
+    encoder = Encoder(spec, batch_size=batch_size)  # this machine's precision (see serving.load_query_encoder)
     qids = list(queries)
     hits = index.search(encoder.encode_queries([queries[q] for q in qids]), depth)
     return {q: dict(h) for q, h in zip(qids, hits)}

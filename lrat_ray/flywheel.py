@@ -25,7 +25,6 @@ finished with other options. Results accumulate in
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
@@ -166,6 +165,7 @@ class FlywheelState:
     qrels: dict[str, dict[str, int]]
     answers: dict[str, str] = dataclasses.field(default_factory=dict)
     serve_settings: object = None
+    agent_llm: tuple | None = None  # (endpoint, what was served) while the agents' LLM is deployed
 
 
 @dataclass
@@ -275,29 +275,43 @@ def _rollout(state: FlywheelState, url: str, ids: list[str], path: str) -> dict:
     agent = state.config.stage_config("agent")
     tasks = load_tasks(state.queries, state.qrels, ids, state.answers, agent.answer_with, agent.evidence_grade)
     per_worker = actor_resources(ACTOR_CPUS, 0, state.config.resources_of("rollout"))
-    with _agent_llm(state, agent) as agent:
-        summary = run_rollouts(url, tasks, agent, os.path.join(path, "runs"), state.config.rollout_workers,
-                               per_worker=per_worker)
+    agent, served = _agent_llm(state, agent)
+    summary = run_rollouts(url, tasks, agent, os.path.join(path, "runs"), state.config.rollout_workers,
+                           per_worker=per_worker)
+    if served:
+        summary["agent_llm"] = served
     if summary["failed"]:
         log.warning("%d rollouts failed: %s", summary["failed"], summary["errors"][:3])
     return summary
 
 
-@contextlib.contextmanager
 def _agent_llm(state: FlywheelState, agent):
-    """Serve the agents' LLM on Ray Serve for the rollouts only: training and a vLLM judge need the
-    machine it would hold."""
+    """The agent config pointed at the agents' LLM, served on Ray Serve while agents run, and what
+    was served (model, dtype, hardware). It stays deployed from one agent stage to the next (the
+    held-out evaluation of iteration i, then the rollouts of i+1: one engine start, not two) and is
+    released (:func:`_release_agent_llm`) before the stages that need the machine it holds (a vLLM
+    judge, training, indexing)."""
     if not state.config.serves_agent_llm:
-        yield agent
-        return
-    from lrat_ray.llm_serve import deploy_llm, undeploy_llm
-
+        return agent, None
     llm = state.config.stage_config("agent_llm")
-    endpoint = deploy_llm(llm, state.serve_settings.host, state.serve_settings.port)
-    try:
-        yield dataclasses.replace(agent, endpoint=endpoint, model=llm.name)
-    finally:
+    if state.agent_llm is None:
+        from lrat_ray.hardware import describe, engine_dtype
+        from lrat_ray.llm_serve import deploy_llm
+        from lrat_ray.runtime import gpus_or_cpu
+
+        endpoint = deploy_llm(llm, state.serve_settings.host, state.serve_settings.port)
+        state.agent_llm = (endpoint, {"model": llm.model, "dtype": engine_dtype(llm.dtype, gpus_or_cpu(
+            llm.gpus_per_replica)), "hardware": describe()})
+    endpoint, served = state.agent_llm
+    return dataclasses.replace(agent, endpoint=endpoint, model=llm.name), served
+
+
+def _release_agent_llm(state: FlywheelState) -> None:
+    if state.agent_llm is not None:
+        from lrat_ray.llm_serve import undeploy_llm
+
         undeploy_llm()
+        state.agent_llm = None
 
 
 def _evaluate(state: FlywheelState, iteration: int, url: str) -> dict:
@@ -366,6 +380,7 @@ def _train_iteration(state: FlywheelState, iteration: int, url: str) -> dict:
         ids = sorted(random.Random(config.seed * 1000 + iteration).sample(ids, min(config.train_tasks, len(ids))))
     rollout = _agent_stage(state, iteration, "rollout", ids)
     _run(state, iteration, "rollout", rollout, lambda stage: _rollout(state, url, ids, stage.output))
+    _release_agent_llm(state)  # the judge, training and indexing need the machine it holds
     mine_dir, judge_dir = _stage(state, iteration, "mine"), _stage(state, iteration, "judge")
     runs = [os.path.join(rollout.output, "runs")]
     judge = config.stage_config("judge", output=judge_dir, pairs=None, events=runs) if config.judges_events \

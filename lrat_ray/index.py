@@ -55,6 +55,7 @@ from lrat_ray import __version__, storage
 from lrat_ray.config import ActorPool, checked, option
 from lrat_ray.corpus import document_text, piece_documents
 from lrat_ray.errors import LratError
+from lrat_ray.hardware import default_device, describe, resolve_bf16
 from lrat_ray.model import EncoderOptions, EncoderSpec, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -307,6 +308,10 @@ class ShardBuilder:
         self.staging = staging
         self.fingerprint = model_fingerprint(self.spec.model)
         self.encoder = None
+        # auto precision is this actor's device's, so each node of a mixed cluster encodes at its
+        # own best; the shard records what it used.
+        self.device = default_device()
+        self.bf16 = resolve_bf16(self.config.bf16, self.device)
 
     def build(self, shard: int) -> dict:
         try:
@@ -321,12 +326,12 @@ class ShardBuilder:
         payload = _ipc_bytes(documents)
         content = hashlib.sha256(payload).hexdigest()
         key = hashlib.sha256(json.dumps([content, self.fingerprint, dataclasses.asdict(self.spec),
-                                         self.config.bf16]).encode()).hexdigest()
+                                         self.bf16]).encode()).hexdigest()
         params = self.config.index_params()
         done_path = storage.join(folder, SHARD_DONE)
         done = json.loads(storage.read_bytes(done_path)) if storage.exists(done_path) else {}
         if done.get("key") == key and done.get("index") == params:
-            return {**done, "reused": True}
+            return {**done, "bf16": self.bf16, "reused": True}  # the key holds the precision
         storage.remove_file(done_path)  # from here on the shard is incomplete
         if done.get("key") == key:  # same documents and encoder: only the FAISS parameters changed
             vectors = np.load(io.BytesIO(storage.read_bytes(storage.join(folder, "embeddings.npy"))))
@@ -336,7 +341,8 @@ class ShardBuilder:
             storage.write_bytes_atomic(storage.join(folder, "documents.arrow"), payload)
         storage.write_bytes_atomic(storage.join(folder, "index.faiss"), self._faiss_bytes(vectors))
         summary = {"shard": shard, "name": name, "count": len(vectors), "dimension": int(vectors.shape[1]),
-                   "content_sha256": content, "key": key, "index": params}
+                   "content_sha256": content, "key": key, "index": params, "bf16": self.bf16,
+                   "hardware": describe(self.device)}
         storage.write_json_atomic(done_path, summary)
         return {**summary, "reused": done.get("key") == key}
 
@@ -344,7 +350,7 @@ class ShardBuilder:
         from lrat_ray.model import Encoder
 
         if self.encoder is None:
-            self.encoder = Encoder(self.spec, batch_size=self.config.batch_size, bf16=self.config.bf16)
+            self.encoder = Encoder(self.spec, device=self.device, batch_size=self.config.batch_size, bf16=self.bf16)
         return self.encoder.encode_documents(
             [document_text({"title": t, "text": x}) for t, x in zip(documents.column("title").to_pylist(),
                                                                       documents.column("text").to_pylist())])
@@ -425,7 +431,10 @@ def run_index(config: IndexConfig) -> dict:
                    "sha256": hashlib.sha256("".join(e["content_sha256"] for e in built).encode()).hexdigest()},
         "index": config.index_params(),
         "embeddings_reused": sum(entry["reused"] for entry in built),
-        "bf16": config.bf16,
+        # What the shards were encoded in (one value, or "mixed" across a heterogeneous cluster; a
+        # query encoder uses its own machine's precision either way: serving.load_query_encoder).
+        "bf16": _one_or_mixed([entry.get("bf16") for entry in built]),
+        "hardware": _distinct([entry.get("hardware") for entry in built]),
         "seconds": {"partition": round(partition_seconds, 3), "total": round(time.time() - started, 3)},
         "versions": {"lrat_ray": __version__, "faiss": faiss.__version__},
     }
@@ -469,6 +478,14 @@ def _build_shards(config: IndexConfig, staging: str, workers: int, per_worker: d
             ray.kill(actor)
     _raise_first_error(results)
     return sorted(results, key=lambda entry: entry["shard"])
+
+
+def _one_or_mixed(values: list):
+    return values[0] if len(set(map(str, values))) == 1 else "mixed"
+
+
+def _distinct(values: list) -> list:
+    return [v for i, v in enumerate(values) if v is not None and v not in values[:i]]
 
 
 def _raise_first_error(results: list[dict]) -> None:

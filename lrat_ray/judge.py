@@ -68,6 +68,7 @@ import pyarrow.compute as pc
 from lrat_ray import storage
 from lrat_ray.config import RayCluster, checked, option
 from lrat_ray.errors import LratError
+from lrat_ray.hardware import DTYPES, default_device, describe, engine_dtype, torch_dtype
 from lrat_ray.pairs import pairs_source
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,9 @@ class JudgeConfig(RayCluster):
     resources: dict = option({}, help="custom resources per engine replica (vllm: added to its first bundle), "
                                       "e.g. {\"gpu_stage\": 1}", runtime=True)
     max_model_len: int = option(8192, help="vllm: context length of the engine")
+    dtype: str = option("auto", choices=DTYPES,
+                        help="vllm and transformers: the model's compute dtype; auto: bfloat16 on GPUs and on "
+                             "CPUs with AVX512-BF16/AMX, float32 on other CPUs (lrat_ray.hardware)")
     engine_kwargs: dict = option({}, help="vllm: extra engine arguments (JSON), e.g. {\"max_num_seqs\": 64}",
                                  runtime=True)
     start_timeout_s: float = option(900.0, help="fail if the engines have not started after this long "
@@ -352,13 +356,12 @@ class OpenAIAnswers:
 class TransformersAnswers:
     """Ray Data actor: a local causal LM with greedy decoding (chat template when it has one)."""
 
-    def __init__(self, model: str, max_new_tokens: int):
-        import torch
+    def __init__(self, model: str, max_new_tokens: int, dtype: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.model = AutoModelForCausalLM.from_pretrained(model).eval()
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = default_device()
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype(dtype, self.device)).eval()
         self.model.to(self.device)
         self.max_new_tokens = max_new_tokens
 
@@ -392,13 +395,17 @@ def vllm_processor_config(config: JudgeConfig, model_path: str):
     from lrat_ray.runtime import gpus_or_cpu
 
     gpus = gpus_or_cpu(config.gpus_per_replica)
-    engine_kwargs = {"max_model_len": config.max_model_len}
+    dtype = engine_dtype(config.dtype, gpus)
+    engine_kwargs = {"max_model_len": config.max_model_len, "dtype": dtype}
     if gpus:
         engine_kwargs["tensor_parallel_size"] = gpus
         bundles = [{"GPU": 1, "CPU": 1} for _ in range(gpus)]
     else:
-        # vLLM on CPU: bf16, no graph capture, a small KV cache (it would claim most of the RAM).
-        engine_kwargs.update(dtype="bfloat16", enforce_eager=True, kv_cache_memory_bytes=256 << 20, max_num_seqs=16)
+        # vLLM on CPU: no graph capture, a small KV cache (it would claim most of the RAM), sized
+        # for one sequence of max_model_len: fp32 entries take twice bf16's (8,192 tokens of the
+        # tiny model: 0.35 GiB in fp32).
+        engine_kwargs.update(enforce_eager=True, max_num_seqs=16,
+                             kv_cache_memory_bytes=(512 << 20) if dtype == "float32" else (256 << 20))
         bundles = [{"CPU": 1}]
     bundles[0] = {**bundles[0], **config.resources}
     engine_kwargs.update(config.engine_kwargs)
@@ -445,7 +452,8 @@ def answer_dataset(ds, config: JudgeConfig):
         per_replica = actor_resources(1, 0, config.resources)
         return ds.map_batches(TransformersAnswers, batch_size=config.batch_size, batch_format="pyarrow",
                               compute=ray.data.ActorPoolStrategy(size=config.concurrency), **remote_args(per_replica),
-                              fn_constructor_kwargs={"model": model, "max_new_tokens": config.max_new_tokens})
+                              fn_constructor_kwargs={"model": model, "max_new_tokens": config.max_new_tokens,
+                                                     "dtype": config.dtype})
     from ray.data.llm import build_processor
 
     sampling = {"temperature": config.temperature, "max_tokens": config.max_new_tokens}
@@ -636,6 +644,19 @@ def _counts(tmp: str) -> dict:
     return counts
 
 
+def _precision(config: JudgeConfig) -> dict:
+    """The model's dtype as resolved for this run, and the driver's hardware (model backends)."""
+    if config.backend not in ("vllm", "transformers"):
+        return {}
+    if config.backend == "vllm":
+        from lrat_ray.runtime import gpus_or_cpu
+
+        dtype = engine_dtype(config.dtype, gpus_or_cpu(config.gpus_per_replica))
+    else:
+        dtype = str(torch_dtype(config.dtype, default_device())).removeprefix("torch.")
+    return {"dtype": dtype, "hardware": describe()}
+
+
 def run_judge(config: JudgeConfig) -> dict:
     """Judge every pair (or browse event); writes OUTPUT/pairs (or labels) and OUTPUT/report.json."""
     from ray.data import DataContext
@@ -677,7 +698,7 @@ def run_judge(config: JudgeConfig) -> dict:
               "model": config.model_label, "prompt": config.prompt, "prompt_version": config.prompt_version,
               "prompt_sha256": prompt_hash, "on_failure": config.on_failure,
               "cache": (config.cache or default_cache(config.output)) if config.backend in MODEL_BACKENDS else None,
-              "cache_files_before": cached_entries, "config": dataclasses.asdict(config),
+              "cache_files_before": cached_entries, **_precision(config), "config": dataclasses.asdict(config),
               "wall_seconds": round(time.time() - started, 2)}
     storage.write_json_atomic(storage.join(config.output, "report.json"), report)
     return report

@@ -72,11 +72,27 @@ def _message(payload: dict) -> dict:
         raise ChatError(f"malformed chat completion: {str(payload)[:300]}") from None
 
 
+def _has_elapsed(response) -> bool:
+    try:
+        response.elapsed  # set once httpx has read the whole response; absent on hand-built ones
+        return True
+    except RuntimeError:
+        return False
+
+
+def usage_rate(usage: dict) -> float | None:
+    """Generated tokens per second of waiting, over a client's (or several clients') ``usage``."""
+    return round(usage["completion_tokens"] / usage["seconds"], 2) if usage.get("seconds") else None
+
+
 class ChatClient:
     """Chat completions at ``endpoint``; ``chat`` returns the assistant message dict."""
 
     def __init__(self, endpoint: ChatEndpoint):
         self.endpoint = endpoint
+        # What this client's answered calls cost: generated tokens (the server's ``usage``) and the
+        # seconds spent waiting for them. A run records it; on a slow machine its rate says why.
+        self.usage = {"calls": 0, "completion_tokens": 0, "seconds": 0.0}
 
     def _body(self, messages: list[dict], params: dict) -> dict:
         return {"model": self.endpoint.model, "messages": messages, **params}
@@ -130,9 +146,15 @@ class ChatClient:
         if response.status_code >= 400:
             raise ChatError(f"{self.endpoint.base_url}: HTTP {response.status_code}: {response.text[:300]}")
         try:
-            return _message(response.json())
+            payload = response.json()
         except ValueError:
             raise ChatError(f"{self.endpoint.base_url}: not JSON: {response.text[:200]}") from None
+        message = _message(payload)
+        usage = payload.get("usage") if isinstance(payload, dict) else None
+        self.usage["calls"] += 1
+        self.usage["completion_tokens"] += int((usage or {}).get("completion_tokens") or 0)
+        self.usage["seconds"] += response.elapsed.total_seconds() if _has_elapsed(response) else 0.0
+        return message
 
     def async_session(self):
         import httpx

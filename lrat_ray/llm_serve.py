@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from lrat_ray.config import checked, option
 from lrat_ray.errors import LratError
+from lrat_ray.hardware import DTYPES, engine_dtype
 
 APP_NAME = "lrat-llm"
 ROUTE_PREFIX = "/llm"
@@ -37,6 +38,9 @@ class LLMServeConfig:
                                                   "the cluster has GPUs, else 0", runtime=True)
     replicas: int = option(1, help="engine replicas", runtime=True)
     kv_cache_bytes: int = option(512 << 20, help="CPU engines: KV cache size in bytes", runtime=True)
+    dtype: str = option("auto", choices=DTYPES,
+                        help="the model's compute dtype; auto: bfloat16 on GPUs and on CPUs with AVX512-BF16/AMX, "
+                             "float32 on other CPUs, where bf16 is emulated and ~3x slower (lrat_ray.hardware)")
     tool_call_parser: str = option("hermes", help="vLLM tool-call parser matching the model's chat template")
     ready_timeout_s: float = option(600.0, help="fail if the engine is not answering after this long",
                                     runtime=True)
@@ -56,8 +60,9 @@ def llm_config(config: LLMServeConfig):
         engine_kwargs["tensor_parallel_size"] = gpus
         bundles = [{"GPU": 1, "CPU": 1}] * gpus
     else:
-        engine_kwargs.update(dtype="bfloat16", enforce_eager=True, kv_cache_memory_bytes=config.kv_cache_bytes)
+        engine_kwargs.update(enforce_eager=True, kv_cache_memory_bytes=config.kv_cache_bytes)
         bundles = [{"CPU": 1}]
+    engine_kwargs["dtype"] = engine_dtype(config.dtype, gpus)
     return LLMConfig(
         model_loading_config={"model_id": config.name, "model_source": resolve_llm(config.model)},
         engine_kwargs=engine_kwargs,

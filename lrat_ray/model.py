@@ -27,6 +27,7 @@ import numpy as np
 from lrat_ray.config import option
 from lrat_ray.embedded import resolve_model
 from lrat_ray.errors import LratError
+from lrat_ray.hardware import parse_bf16, resolve_bf16
 
 POOLINGS = ("mean", "cls", "last")
 SPEC_FILE = "lrat_encoder.json"
@@ -73,8 +74,11 @@ class EncoderOptions:
     query_max_length: int | None = option(None, minimum=1, help="max query tokens (default: the model's spec, 64)")
     document_max_length: int | None = option(None, minimum=1,
                                              help="max document tokens (default: the model's spec, 256)")
-    bf16: bool = option(False, help="bfloat16 autocast: GPUs, and CPUs with AVX512-BF16 or AMX (2.5x faster "
-                                    "encoding on this project's CPUs; see the README's performance table)")
+    bf16: bool | None = option(None, convert=parse_bf16, default_text="auto",
+                               help="bfloat16 autocast (--bf16 / --no-bf16; 'auto' in YAML): auto uses it where "
+                                    "it is native, on GPUs and CPUs with AVX512-BF16 or AMX (2.5x faster encoding "
+                                    "there), and float32 elsewhere, where bf16 is emulated and ~3x slower "
+                                    "(lrat_ray.hardware; LRAT_PRECISION=fp32|bf16 overrides auto)")
 
     def encoder_spec(self) -> "EncoderSpec":
         return spec_for(self.model, pooling=self.pooling, query_prefix=self.query_prefix,
@@ -182,17 +186,18 @@ class Encoder:
         spec: the :class:`EncoderSpec`.
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
         batch_size: texts per forward pass.
-        bf16: run the forward pass under bfloat16 autocast (CPUs with AVX512-BF16/AMX, GPUs);
-            vectors come back as float32.
+        bf16: run the forward pass under bfloat16 autocast; ``None`` (auto): where the device
+            computes bf16 natively (:mod:`lrat_ray.hardware`). Vectors come back as float32.
     """
 
-    def __init__(self, spec: EncoderSpec, device: str | None = None, batch_size: int = 64, bf16: bool = False):
+    def __init__(self, spec: EncoderSpec, device: str | None = None, batch_size: int = 64,
+                 bf16: bool | None = None):
         import torch
 
         self.spec = spec
         self.batch_size = batch_size
-        self.bf16 = bf16
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.bf16 = resolve_bf16(bf16, self.device)
         path = resolve_model(spec.model)
         try:
             self.tokenizer = load_tokenizer(path, spec)
@@ -202,12 +207,12 @@ class Encoder:
         self.dimension = int(self.model.config.hidden_size)
 
     @classmethod
-    def wrap(cls, spec: EncoderSpec, model, tokenizer, batch_size: int = 64) -> "Encoder":
+    def wrap(cls, spec: EncoderSpec, model, tokenizer, batch_size: int = 64, bf16: bool | None = None) -> "Encoder":
         """An encoder over an already loaded (e.g. just trained) model."""
         encoder = cls.__new__(cls)
         encoder.spec, encoder.batch_size, encoder.model, encoder.tokenizer = spec, batch_size, model.eval(), tokenizer
-        encoder.bf16 = False
         encoder.device = str(next(model.parameters()).device)
+        encoder.bf16 = resolve_bf16(bf16, encoder.device)
         encoder.dimension = int(model.config.hidden_size)
         return encoder
 

@@ -39,6 +39,7 @@ from lrat_ray import __version__, storage
 from lrat_ray.config import runtime_options
 from lrat_ray.embedded import EMBEDDED
 from lrat_ray.errors import LratError
+from lrat_ray.hardware import describe
 
 log = logging.getLogger(__name__)
 STARTED = "_lrat_stage.started.json"
@@ -132,7 +133,7 @@ def run_stage(stage: str, config: C, run: Callable[[C], Any], local_only: bool =
             _release_if_untouched(output)
         raise
     manifest = {"stage": stage, "key": key, "output": output, "config": dataclasses.asdict(config),
-                "inputs": content, "versions": versions(), "started": started,
+                "inputs": content, "versions": versions(), "hardware": describe(), "started": started,
                 "finished": time.time(), "host": socket.gethostname(), "result": result}
     storage.write_bytes_atomic(storage.join(output, storage.STAGE_MANIFEST),
                                (json.dumps(manifest, indent=2, default=str) + "\n").encode())

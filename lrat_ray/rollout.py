@@ -55,6 +55,7 @@ from typing import Any
 
 from lrat_ray import storage
 from lrat_ray.config import ActorPool, checked, option
+from lrat_ray.llm_client import usage_rate
 
 log = logging.getLogger(__name__)
 AGENTS = ("simulated", "simulated-judged", "llm")
@@ -100,6 +101,9 @@ class AgentConfig:
     retries: int = option(3, help="llm: retries of a failed call (backoff; Retry-After honoured)")
     temperature: float = option(0.7, help="llm: sampling temperature")
     max_tokens: int = option(384, help="llm: tokens per turn (a bounded tool call needs ~100-300)")
+    thought_chars: int = option(400, minimum=1,
+                                help="llm: the longest thought a tool call may carry (its JSON schema's maxLength): "
+                                     "it bounds the tokens of every call, and is the reasoning LRAT weighs")
     document_chars: int = option(2000, help="llm: characters of a document shown to the agent")
     task_prompt: str = option("{question}", help="llm: the user message; {question} is the task text")
     min_reads: int = option(1, help="llm: documents read before the answer tool is offered (a research agent "
@@ -414,7 +418,7 @@ def _browse_probability(question: str, hit: dict, is_useful: bool, reads_snippet
 # ---------------------------------------------------------------------------------------------
 
 def _tool(name: str, description: str, argument: str, argument_help: str, max_length: int,
-          choices: list[str] | None = None) -> dict:
+          choices: list[str] | None = None, thought_chars: int = 400) -> dict:
     # Every tool also takes the agent's thought, so the reasoning written after reading a document
     # (what LRAT weighs and judges) exists even for models that write no free text around a call.
     # maxLength bounds each string: small models otherwise loop inside an argument until max_tokens.
@@ -423,28 +427,37 @@ def _tool(name: str, description: str, argument: str, argument_help: str, max_le
         "name": name, "description": description, "strict": True,
         "parameters": {"type": "object", "additionalProperties": False, "required": ["thought", argument],
                        "properties": {
-                           "thought": {"type": "string", "maxLength": 400,
+                           "thought": {"type": "string", "maxLength": thought_chars,
                                        "description": "what you learned so far and why you take this step"},
                            argument: {**value, "description": argument_help}}}}}
 
 
-SEARCH_TOOL = _tool("search", "Search the corpus; returns the top results with docid and snippet.", "query",
-                    "the search query", 300)
-ANSWER_TOOL = _tool("answer", "Give the final answer and stop.", "answer", "the final answer, short", 300)
+def search_tool(thought_chars: int = 400) -> dict:
+    return _tool("search", "Search the corpus; returns the top results with docid and snippet.", "query",
+                 "the search query", 300, thought_chars=thought_chars)
+
+
+def answer_tool(thought_chars: int = 400) -> dict:
+    return _tool("answer", "Give the final answer and stop.", "answer", "the final answer, short", 300,
+                 thought_chars=thought_chars)
+
+
 BROWSABLE = 20  # docids get_document accepts: those of the latest search results
 
 
-def tools_for(shown: list[str], may_answer: bool, must_read: bool) -> list[dict]:
+def tools_for(shown: list[str], may_answer: bool, must_read: bool, thought_chars: int = 400) -> list[dict]:
     """The tools of one turn. get_document takes only docids the agent has been shown (an enum,
     enforced by servers that decode tool calls against their schema): an agent opens documents it
     found, as in the logs LRAT mines, and a small model cannot invent ids. ``answer`` is offered
     once the agent has read enough (``min_reads``); with ``must_read`` (right after a search, when
     ``read_after_search``) reading one of the results is the only move."""
     browse = [_tool("get_document", "Read one document in full by its docid.", "docid",
-                    "a docid from the search results", 64, list(dict.fromkeys(reversed(shown)))[:BROWSABLE])]
+                    "a docid from the search results", 64, list(dict.fromkeys(reversed(shown)))[:BROWSABLE],
+                    thought_chars)]
     if must_read and shown:
         return browse
-    return [SEARCH_TOOL] + (browse if shown else []) + ([ANSWER_TOOL] if may_answer else [])
+    return [search_tool(thought_chars)] + (browse if shown else []) + ([answer_tool(thought_chars)] if may_answer
+                                                                         else [])
 SYSTEM_PROMPT = ("You are a deep-research agent. Use search to find documents and get_document to read the "
                  "promising ones in full. In every call, write your thought: what the last result told you. "
                  "When you are confident, call answer.")
@@ -468,8 +481,8 @@ def run_llm(task: Task, client: RetrieverClient, config: AgentConfig) -> dict:
         for turn in range(config.max_turns + 1):
             last = turn == config.max_turns
             must_read = config.read_after_search and previous == "search"
-            tools = [ANSWER_TOOL] if last else tools_for(shown, recorder.counts["get_document"] >= config.min_reads,
-                                                         must_read)
+            tools = [answer_tool(config.thought_chars)] if last else tools_for(
+                shown, recorder.counts["get_document"] >= config.min_reads, must_read, config.thought_chars)
             choice = {"type": "function", "function": {"name": "answer"}} if last else "required"
             message = llm.chat_sync(messages, http, tools=tools, tool_choice=choice, **params)
             calls = message.get("tool_calls") or []
@@ -493,6 +506,7 @@ def run_llm(task: Task, client: RetrieverClient, config: AgentConfig) -> dict:
             if name == "search" and recorder.last_hits is not None:
                 shown.extend(recorder.last_hits)
             previous = name
+    recorder.metadata["llm_usage"] = dict(llm.usage)
     grader = Grader(config.grader_config(), config.endpoint, config.model)
     return recorder.answer(final or "", grader.grade(task.question, final, task.answer))
 
@@ -543,7 +557,8 @@ class RolloutWorker:
                 continue
             storage.write_json_atomic(storage.join(output, f"{_safe(task.id)}.json"), run)
             summaries.append({"task": task.id, "status": "completed", "seconds": round(time.time() - started, 3),
-                              "correct": run["correct"], "steps": sum(run["tool_call_counts"].values())})
+                              "correct": run["correct"], "steps": sum(run["tool_call_counts"].values()),
+                              "llm_usage": run["metadata"].get("llm_usage")})
         return summaries
 
 
@@ -570,10 +585,15 @@ def run_rollouts(url: str, tasks: list[Task], config: AgentConfig, output: str, 
     for worker in pool:
         ray.kill(worker)
     completed = [r for r in results if r["status"] == "completed"]
-    return {"tasks": len(tasks), "completed": len(completed), "failed": len(results) - len(completed),
-            "errors": [r for r in results if r["status"] != "completed"][:10],
-            "success_rate": sum(bool(r["correct"]) for r in completed) / len(completed) if completed else None,
-            "avg_steps": sum(r["steps"] for r in completed) / len(completed) if completed else None}
+    summary = {"tasks": len(tasks), "completed": len(completed), "failed": len(results) - len(completed),
+               "errors": [r for r in results if r["status"] != "completed"][:10],
+               "success_rate": sum(bool(r["correct"]) for r in completed) / len(completed) if completed else None,
+               "avg_steps": sum(r["steps"] for r in completed) / len(completed) if completed else None}
+    usages = [r["llm_usage"] for r in completed if r.get("llm_usage")]
+    if usages:  # LLM agents: what their calls cost, and the rate the endpoint served them at
+        total = {k: sum(u[k] for u in usages) for k in ("calls", "completion_tokens", "seconds")}
+        summary["llm"] = {**total, "seconds": round(total["seconds"], 2), "tokens_per_s": usage_rate(total)}
+    return summary
 
 
 def run_rollout_config(config: RolloutConfig) -> dict:

@@ -9,6 +9,10 @@ import pytest
 
 from lrat_ray.trajectory import SearchHit, Step, Trajectory
 
+# One numeric path on every CPU: auto precision resolves to fp32 in the suite unless the caller
+# says otherwise (LRAT_PRECISION=auto runs it at the machine's best, bf16 where native), so an
+# AMX machine and an AVX2-only one run the same computations and the same test sizes hold on both.
+os.environ.setdefault("LRAT_PRECISION", "fp32")
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED_DATA = Path(os.environ.get("LRAT_DATA", REPO.parent / "shared" / "data"))
@@ -61,7 +65,36 @@ SLOW_TESTS = {"test_deepspeed_zero2_trains_on_cpu_workers", "test_lora_trains_on
               "test_two_worker_gathered_loss_and_gradient_equal_one_process", "test_metrics_equal_an_independent_library",
               "test_run_judge_openai_uses_the_cache_on_a_rerun",
               "test_one_large_jsonl_file_mined_in_byte_ranges_by_several_actors_equals_one_process",
-              "test_swap_index_under_load_drops_no_request", "test_sharded_job_equals_single_process"}
+              "test_swap_index_under_load_drops_no_request", "test_sharded_job_equals_single_process",
+              "test_index_in_one_precision_searched_in_the_other"}
+
+
+# The real-LLM tests' one timeout policy: every test has the suite's timeout (pyproject, 600 s)
+# and is sized to take at most a third of it on the slower CPU kind (AVX2 only, fp32). When one
+# fails anyway (a timeout included), its report says how fast this machine generated tokens in the
+# session, its CPU and the precision in force, so a slow machine fails loudly, not mysteriously.
+LLM_MEASURED: list[str] = []
+
+
+def record_llm_rate(what: str, tokens: int | None = None, seconds: float | None = None, rows: int | None = None):
+    """Note a measured LLM rate (a test calls this after each LLM phase) for failure reports."""
+    parts = [f"{tokens} tokens" if tokens is not None else None, f"{rows} rows" if rows is not None else None]
+    rate = (f", {tokens / seconds:.1f} tokens/s" if tokens and seconds else "") + \
+        (f", {rows / seconds:.2f} rows/s" if rows and seconds else "")
+    LLM_MEASURED.append(f"{what}: {', '.join(p for p in parts if p)} in {seconds:.1f} s{rate}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and item.get_closest_marker("llm") is not None:
+        from lrat_ray.hardware import summary_line
+
+        lines = [summary_line(), f"LRAT_PRECISION={os.environ.get('LRAT_PRECISION')} in this session",
+                 "LLM work measured in this session (a rate far below the README's figures means a slow machine):"]
+        lines += [f"  {m}" for m in LLM_MEASURED] or ["  nothing measured yet"]
+        report.sections.append(("LLM speed on this machine", "\n".join(lines)))
 
 
 def pytest_collection_modifyitems(items):

@@ -12,6 +12,7 @@ import time
 
 from lrat_ray import __version__, storage
 from lrat_ray.errors import LratError
+from lrat_ray.hardware import describe, resolve_bf16
 from lrat_ray.outputs import default_storage_path
 from lrat_ray.train.config import TrainConfig
 from lrat_ray.train.data import EXAMPLE_COLUMNS, example_dataset, group_texts
@@ -73,6 +74,7 @@ def run_train(config: TrainConfig) -> dict:
             raise LratError("training ended without a final model checkpoint")
         _publish_model(model_dir, config.output)
     summary = {"model": config.output, "base_model": config.model, "examples": count,
+               "precision": result.metrics.get("precision"), "hardware": describe("cuda" if config.use_gpu else "cpu"),
                "examples_used_per_epoch": usable, "steps": state_step, "total_steps": total_steps,
                "final_metrics": result.metrics, "config": dataclasses.asdict(config),
                "encoder": dataclasses.asdict(spec_for(config.output)),
@@ -141,6 +143,7 @@ def fit_in_process(config: TrainConfig, examples: list[dict], steps: int, output
     from lrat_ray.model import save_encoder
 
     torch.manual_seed(config.seed)
+    config = dataclasses.replace(config, bf16=resolve_bf16(config.bf16, "cpu"))
     spec, tokenizer, model = _starting_model(config)
     params, optimizer, scheduler = build_optimizer(model, config, steps)
     model.train()
@@ -169,4 +172,5 @@ def fit_in_process(config: TrainConfig, examples: list[dict], steps: int, output
     model.eval()
     if output:
         save_encoder(model, tokenizer, spec, output)
-    return {"losses": losses, "model": model, "tokenizer": tokenizer, "spec": spec}
+    return {"losses": losses, "model": model, "tokenizer": tokenizer, "spec": spec,
+            "precision": "bf16" if config.bf16 else "fp32"}

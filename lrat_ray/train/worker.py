@@ -3,6 +3,7 @@ accumulation, checkpoints (and resuming from them), DDP or DeepSpeed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from lrat_ray.errors import LratError
+from lrat_ray.hardware import resolve_bf16
 from lrat_ray.train import dropout
 from lrat_ray.train.config import CONFIG_DIR, TrainConfig
 from lrat_ray.train.data import group_texts
@@ -31,6 +33,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config.seed)
     device = ray.train.torch.get_device() if config.use_gpu else torch.device("cpu")
+    # auto precision is decided here, on the worker's own device (the driver may have no GPU).
+    config = dataclasses.replace(config, bf16=resolve_bf16(config.bf16, device.type))
 
     spec, tokenizer, model = _starting_model(config)
 
@@ -102,6 +106,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             step += 1
             elapsed = max(time.time() - window_start, 1e-9)
             metrics = {"step": step, "epoch": epoch, "loss": window_loss / config.grad_accumulation,
+                       "precision": "bf16" if config.bf16 else "fp32",
                        "lr": scheduler.get_last_lr()[0], "examples_per_s": window_examples / elapsed,
                        "resumed_from_step": start_step if checkpoint else None}
             window_loss, window_examples, window_start = 0.0, 0, time.time()
