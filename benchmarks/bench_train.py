@@ -11,7 +11,8 @@ uses):
 * ``lrat``: :class:`lrat_ray.train.StepRunner` (weights, masks, gathered loss; each side encoded in
   length groups, ``length_groups``) on the model as ``lrat train`` prepares it on CPU (the cheaper
   dropout of :mod:`lrat_ray.train.dropout`) + the optimizer ``lrat train`` builds. Two more rows
-  take one away each: one length group per side, torch's dropout.
+  take one away each: one length group per side, torch's dropout; one packs each side into a
+  padding-free row (:mod:`lrat_ray.packing`, its exact CPU attention: what the GPU default is).
 
 The three steps run in turn, ``--rounds`` times over the same batches, and each rate sums its
 rounds, so a slow minute of the machine does not land on one of them only.
@@ -129,7 +130,7 @@ def training_quality(path: str, batch: int) -> None:
     from lrat_ray.index import build_faiss
     from lrat_ray.model import Encoder, load_transformer, spec_for
     from lrat_ray.train import StepRunner, TrainConfig, dropout
-    from lrat_ray.train.worker import build_optimizer
+    from lrat_ray.train.optimizer import build_optimizer
 
     scifact = DATA / "scifact-beir"
     qrels = load_qrels(str(scifact / "qrels" / "test.tsv"))
@@ -190,8 +191,9 @@ def main() -> int:
 
     from lrat_ray.embedded import embedded_model_path
     from lrat_ray.model import load_transformer, spec_for
+    from lrat_ray import packing
     from lrat_ray.train import StepRunner, TrainConfig, dropout
-    from lrat_ray.train.worker import build_optimizer
+    from lrat_ray.train.optimizer import build_optimizer
 
     path = embedded_model_path()
     batches = scifact_batches(args.batch, args.steps)
@@ -224,17 +226,20 @@ def main() -> int:
     steps["sentence-transformers MNRL"] = st_step
 
     spec = spec_for("embedded", query_max_length=32, document_max_length=128)
-    for label, bf16, groups, fast_dropout in (
-            ("lrat StepRunner (weighted, gathered)", False, TrainConfig.length_groups, True),
-            ("lrat, one length group per side", False, 1, True),
-            ("lrat, torch dropout", False, TrainConfig.length_groups, False),
-            ("lrat StepRunner bf16 autocast", True, TrainConfig.length_groups, True)):
+    for label, bf16, groups, fast_dropout, packed in (
+            ("lrat StepRunner (weighted, gathered)", False, TrainConfig.length_groups, True, False),
+            ("lrat, one length group per side", False, 1, True, False),
+            ("lrat, torch dropout", False, TrainConfig.length_groups, False, False),
+            ("lrat, packed (padding-free)", False, 1, True, True),
+            ("lrat StepRunner bf16 autocast", True, TrainConfig.length_groups, True, False)):
         torch.manual_seed(0)
         ours_model = load_transformer(path).train()
         if fast_dropout:
             dropout.install(ours_model)
+        if packed:
+            packing.install(ours_model)
         config = TrainConfig(pairs=["-"], output="-", group_size=1, temperature=0.05, bf16=bf16,
-                             learning_rate=1e-5, warmup_ratio=0.0, length_groups=groups)
+                             learning_rate=1e-5, warmup_ratio=0.0, length_groups=groups, packing=packed)
         _, ours_opt, _ = build_optimizer(ours_model, config, args.steps)
         runner = StepRunner(ours_model, tok, spec, config, torch.device("cpu"))
 
@@ -257,6 +262,7 @@ def main() -> int:
     print(f"\nlrat / sentence-transformers (fp32, both with dropout): {ours / rates['sentence-transformers MNRL']:.3f}x; "
           f"length groups / one group: {ours / rates['lrat, one length group per side']:.3f}x; "
           f"cheaper dropout / torch's: {ours / rates['lrat, torch dropout']:.3f}x; "
+          f"packed / padded: {rates['lrat, packed (padding-free)'] / ours:.3f}x; "
           f"lrat bf16 / fp32: {ours_bf16 / ours:.2f}x")
     if args.quality:
         training_quality(path, args.batch)

@@ -109,9 +109,9 @@ def resolve_bf16(value: bool | None, device: str = "cpu", cpu: CpuInfo | None = 
     return bool(value) if value is not None else fast_bf16(device, cpu)
 
 
-def parse_bf16(value) -> bool | None:
-    """A ``bf16`` option as given in YAML, JSON or Python: a bool, or ``auto``/``on``/``off`` and
-    friends as text (``None`` = auto)."""
+def parse_auto(value) -> bool | None:
+    """An on/off/auto option (``bf16``, ``packing``) as given in YAML, JSON or Python: a bool, or
+    ``auto``/``on``/``off`` and friends as text (``None`` = auto)."""
     if value is None or isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -121,7 +121,10 @@ def parse_bf16(value) -> bool | None:
         return True
     if text in ("false", "off", "no", "0", "fp32"):
         return False
-    raise ValueError(f"bf16: {value!r} is not one of auto, true, false")
+    raise ValueError(f"{value!r} is not one of auto, true, false")
+
+
+parse_bf16 = parse_auto
 
 
 DTYPES = ("auto", "bfloat16", "float32", "float16")

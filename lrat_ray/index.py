@@ -147,12 +147,14 @@ def to_gpu(index):
 
 def merge_top_k(results: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The best ``k`` of several shards' FAISS answers ``(scores, rows)``, each ``(queries, k_s)``:
-    ``(scores, shard positions, rows)``, best first; a missing hit has row -1."""
+    ``(scores, shard positions, rows)``, best first; a missing hit has row -1. Equal scores (the
+    same text twice gives the same vector) are ordered by shard, then row: FAISS returns ties in
+    an order of its own, which also differs between its SIMD code paths."""
     scores = np.concatenate([s for s, _ in results], axis=1)
     rows = np.concatenate([r for _, r in results], axis=1)
     which = np.concatenate([np.full(r.shape, i) for i, (_, r) in enumerate(results)], axis=1)
     scores = np.where(rows >= 0, scores, -np.inf)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    order = np.lexsort((rows, which, -scores), axis=1)[:, :k]
     return tuple(np.take_along_axis(a, order, axis=1) for a in (scores, which, rows))
 
 
@@ -350,7 +352,8 @@ class ShardBuilder:
         from lrat_ray.model import Encoder
 
         if self.encoder is None:
-            self.encoder = Encoder(self.spec, device=self.device, batch_size=self.config.batch_size, bf16=self.bf16)
+            self.encoder = Encoder(self.spec, device=self.device, batch_size=self.config.batch_size, bf16=self.bf16,
+                                   packed=self.config.packing)
         return self.encoder.encode_documents(
             [document_text({"title": t, "text": x}) for t, x in zip(documents.column("title").to_pylist(),
                                                                       documents.column("text").to_pylist())])

@@ -27,7 +27,7 @@ import numpy as np
 from lrat_ray.config import option
 from lrat_ray.embedded import resolve_model
 from lrat_ray.errors import LratError
-from lrat_ray.hardware import parse_bf16, resolve_bf16
+from lrat_ray.hardware import parse_auto, parse_bf16, resolve_bf16
 
 POOLINGS = ("mean", "cls", "last")
 SPEC_FILE = "lrat_encoder.json"
@@ -79,6 +79,10 @@ class EncoderOptions:
                                     "it is native, on GPUs and CPUs with AVX512-BF16 or AMX (2.5x faster encoding "
                                     "there), and float32 elsewhere, where bf16 is emulated and ~3x slower "
                                     "(lrat_ray.hardware; LRAT_PRECISION=fp32|bf16 overrides auto)")
+    packing: bool | None = option(None, convert=parse_auto, default_text="auto",
+                                  help="encode texts as padding-free packed rows (lrat_ray.packing; --packing / "
+                                       "--no-packing); auto: where the varlen attention kernel exists (CUDA); "
+                                       "elsewhere padded batches (training: with length groups)")
 
     def encoder_spec(self) -> "EncoderSpec":
         return spec_for(self.model, pooling=self.pooling, query_prefix=self.query_prefix,
@@ -188,22 +192,29 @@ class Encoder:
         batch_size: texts per forward pass.
         bf16: run the forward pass under bfloat16 autocast; ``None`` (auto): where the device
             computes bf16 natively (:mod:`lrat_ray.hardware`). Vectors come back as float32.
+        packed: encode each batch as one padding-free row (:mod:`lrat_ray.packing`); ``None``
+            (auto): where the varlen attention kernel exists (CUDA).
     """
 
     def __init__(self, spec: EncoderSpec, device: str | None = None, batch_size: int = 64,
-                 bf16: bool | None = None):
+                 bf16: bool | None = None, packed: bool | None = None):
         import torch
+
+        from lrat_ray import packing
 
         self.spec = spec
         self.batch_size = batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.bf16 = resolve_bf16(bf16, self.device)
+        self.packed = packing.packed_supported(self.device) if packed is None else bool(packed)
         path = resolve_model(spec.model)
         try:
             self.tokenizer = load_tokenizer(path, spec)
             self.model = load_transformer(path).to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise LratError(f"model {spec.model!r} does not load: {exc}") from None
+        if self.packed:
+            packing.install(self.model)
         self.dimension = int(self.model.config.hidden_size)
 
     @classmethod
@@ -213,6 +224,7 @@ class Encoder:
         encoder.spec, encoder.batch_size, encoder.model, encoder.tokenizer = spec, batch_size, model.eval(), tokenizer
         encoder.device = str(next(model.parameters()).device)
         encoder.bf16 = resolve_bf16(bf16, encoder.device)
+        encoder.packed = getattr(model.config, "_attn_implementation", None) == "lrat_packed"
         encoder.dimension = int(model.config.hidden_size)
         return encoder
 
@@ -232,9 +244,17 @@ class Encoder:
         with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
             for start in range(0, len(texts), self.batch_size):
                 idx = order[start:start + self.batch_size]
-                batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                       max_length=max_length, return_tensors="pt").to(self.device)
-                out[idx] = embed(self.model, batch, self.spec, self.tokenizer.padding_side).float().cpu().numpy()
+                chunk = [texts[i] for i in idx]
+                if self.packed:
+                    from lrat_ray.packing import embed_packed, tokenize_packed
+
+                    vectors = embed_packed(self.model, tokenize_packed(self.tokenizer, chunk, max_length)
+                                           .to(self.device), self.spec)
+                else:
+                    batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=max_length,
+                                           return_tensors="pt").to(self.device)
+                    vectors = embed(self.model, batch, self.spec, self.tokenizer.padding_side)
+                out[idx] = vectors.float().cpu().numpy()
         return out
 
 

@@ -66,7 +66,7 @@ SLOW_TESTS = {"test_deepspeed_zero2_trains_on_cpu_workers", "test_lora_trains_on
               "test_run_judge_openai_uses_the_cache_on_a_rerun",
               "test_one_large_jsonl_file_mined_in_byte_ranges_by_several_actors_equals_one_process",
               "test_swap_index_under_load_drops_no_request", "test_sharded_job_equals_single_process",
-              "test_index_in_one_precision_searched_in_the_other"}
+              "test_index_in_one_precision_searched_in_the_other", "test_index_vectors_with_packing_equal_without"}
 
 
 # The real-LLM tests' one timeout policy: every test has the suite's timeout (pyproject, 600 s)

@@ -221,14 +221,17 @@ def test_deepspeed_config_plumbing(tmp_path):
 
 
 def test_deepspeed_zero2_trains_on_cpu_workers(ray_session, tmp_path):
-    """DeepSpeed ZeRO-2 inside the TorchTrainer with 2 CPU workers (gloo), torch's AdamW."""
+    """DeepSpeed ZeRO-2 inside the TorchTrainer with 2 CPU workers (gloo), torch's AdamW, packed
+    encoding through PairForward's one forward (the padded PairForward runs in the multi-node test)."""
     pytest.importorskip("deepspeed")
     from lrat_ray.model import Encoder, spec_for
 
     out = tmp_path / "ds-model"
     summary = run_train(TrainConfig(pairs=[str(SAMPLE)], output=str(out), workers=2, per_device_batch=2,
-                                    group_size=2, backend="deepspeed", document_max_length=64, max_steps=2))
+                                    group_size=2, backend="deepspeed", document_max_length=64, max_steps=2,
+                                    packing=True))
     assert summary["steps"] == 2 and np.isfinite(summary["final_metrics"]["loss"])
+    assert summary["final_metrics"]["packing"] is True and summary["precision"] == "fp32"
     vectors = Encoder(spec_for(str(out))).encode_queries(["who founded the club"])
     assert vectors.shape == (1, 384) and np.isfinite(vectors).all()
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lrat_ray.config import ActorPool, checked, option
+from lrat_ray.hardware import parse_auto
 from lrat_ray.loss import ABLATIONS, NORMALIZATIONS
 from lrat_ray.model import EncoderOptions
 
@@ -52,6 +53,10 @@ class TrainConfig(EncoderOptions, ActorPool):
                                            "1/65536), ~3.5x cheaper than torch's here (lrat_ray.train.dropout)")
     length_groups: int = option(4, minimum=1, help="encode each side of a batch in up to this many groups of "
                                                    "similar length, each padded to its own longest (1: one group)")
+    bf16_weights: bool | None = option(None, convert=parse_auto, default_text="auto",
+                                       help="keep the model's weights in bf16 with fp32 master weights and "
+                                            "optimizer state (lrat_ray.train.optimizer; no per-forward weight "
+                                            "casts); auto: on CUDA when bf16 is on; DeepSpeed keeps its own masters")
     lora_rank: int | None = option(None, help="train LoRA adapters of this rank instead of all weights (peft)")
     gradient_checkpointing: bool = option(False, help="recompute activations in backward to save memory")
     seed: int = option(0, help="seed for shuffling, negative sampling and initialisation")

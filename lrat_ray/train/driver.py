@@ -12,12 +12,13 @@ import time
 
 from lrat_ray import __version__, storage
 from lrat_ray.errors import LratError
-from lrat_ray.hardware import describe, resolve_bf16
+from lrat_ray.hardware import describe
 from lrat_ray.outputs import default_storage_path
 from lrat_ray.train.config import TrainConfig
 from lrat_ray.train.data import EXAMPLE_COLUMNS, example_dataset, group_texts
 from lrat_ray.train.step import StepRunner
-from lrat_ray.train.worker import build_optimizer, _starting_model, train_loop_per_worker
+from lrat_ray.train.optimizer import build_optimizer, optimizer_step, to_bf16_weights
+from lrat_ray.train.worker import _starting_model, resolve_device_options, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +144,11 @@ def fit_in_process(config: TrainConfig, examples: list[dict], steps: int, output
     from lrat_ray.model import save_encoder
 
     torch.manual_seed(config.seed)
-    config = dataclasses.replace(config, bf16=resolve_bf16(config.bf16, "cpu"))
+    config = resolve_device_options(config, torch.device("cpu"))
     spec, tokenizer, model = _starting_model(config)
-    params, optimizer, scheduler = build_optimizer(model, config, steps)
+    if config.bf16_weights:
+        to_bf16_weights(model)
+    params, optimizer, scheduler = build_optimizer(model, config, steps, config.bf16_weights)
     model.train()
     runner = StepRunner(model, tokenizer, spec, config, torch.device("cpu"))
     order_rng = random.Random(config.seed)
@@ -165,10 +168,7 @@ def fit_in_process(config: TrainConfig, examples: list[dict], steps: int, output
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {step}: lower the learning rate or check weights")
             losses.append(loss)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(params, optimizer, scheduler)
     model.eval()
     if output:
         save_encoder(model, tokenizer, spec, output)

@@ -53,8 +53,11 @@ def _pair_forward_class():
             self.tower = tower
 
         def forward(self, batches):
-            """``batches``: ``(input_ids, attention_mask)`` pairs -> their last hidden states."""
-            return [self.tower(input_ids=ids, attention_mask=mask).last_hidden_state for ids, mask in batches]
+            """``batches``: ``(input_ids, attention_mask)`` pairs or packed rows
+            (:class:`lrat_ray.packing.Packed`) -> their last hidden states."""
+            return [self.tower(**batch.model_inputs()).last_hidden_state if hasattr(batch, "model_inputs")
+                    else self.tower(input_ids=batch[0], attention_mask=batch[1]).last_hidden_state
+                    for batch in batches]
 
     return PairForward
 
@@ -112,13 +115,16 @@ class StepRunner:
         return [self._tokens([texts[i] for i in group], max_length) for group in groups], groups
 
     def _encode(self, sides: list[tuple[list[str], int]]):
-        """Embeddings of each ``(texts, max_length)`` side, each text padded only to the longest of
-        its length group: a plain module by one call per group, a ``PairForward`` under DDP or
-        DeepSpeed by one forward for all groups of all sides."""
+        """Embeddings of each ``(texts, max_length)`` side: packed (one padding-free row per side,
+        ``config.packing``), or each text padded only to the longest of its length group; a plain
+        module by one call per row or group, a ``PairForward`` under DDP or DeepSpeed by one forward
+        for all of them."""
         import torch
 
         from lrat_ray.model import embed, pool
 
+        if self.config.packing:
+            return self._encode_packed(sides)
         grouped = [self._grouped_tokens(texts, max_length) for texts, max_length in sides]
         batches = [batch for side_batches, _ in grouped for batch in side_batches]
         side = self.tokenizer.padding_side
@@ -134,6 +140,14 @@ class StepRunner:
             out.append(rows if len(groups) == 1 else rows[torch.tensor(positions).argsort()])
             start += len(side_batches)
         return out
+
+    def _encode_packed(self, sides: list[tuple[list[str], int]]):
+        from lrat_ray.packing import pool_packed, tokenize_packed
+
+        rows = [tokenize_packed(self.tokenizer, texts, max_length).to(self.device) for texts, max_length in sides]
+        hidden = self.model(rows) if self.paired else [self.model(**row.model_inputs()).last_hidden_state
+                                                       for row in rows]
+        return [pool_packed(h, row.cu_seqlens, self.spec.pooling, self.spec.normalize) for h, row in zip(hidden, rows)]
 
     def _embed(self, texts: list[str], max_length: int):
         return self._encode([(texts, max_length)])[0]

@@ -17,6 +17,7 @@ from lrat_ray.hardware import resolve_bf16
 from lrat_ray.train import dropout
 from lrat_ray.train.config import CONFIG_DIR, TrainConfig
 from lrat_ray.train.data import group_texts
+from lrat_ray.train.optimizer import build_optimizer, optimizer_step, to_bf16_weights
 from lrat_ray.train.step import StepRunner, pair_forward, unwrap
 
 SHUFFLE_BUFFER = 4096  # rows each worker reshuffles at a time after the first epoch
@@ -34,7 +35,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(config.seed)
     device = ray.train.torch.get_device() if config.use_gpu else torch.device("cpu")
     # auto precision is decided here, on the worker's own device (the driver may have no GPU).
-    config = dataclasses.replace(config, bf16=resolve_bf16(config.bf16, device.type))
+    config = resolve_device_options(config, device)
 
     spec, tokenizer, model = _starting_model(config)
 
@@ -47,7 +48,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.load_state_dict(state["model"])
         start_step, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
 
-    params, optimizer, scheduler = build_optimizer(model, config, total_steps)
+    if config.bf16_weights:
+        to_bf16_weights(model)
+    params, optimizer, scheduler = build_optimizer(model, config, total_steps, config.bf16_weights)
     if config.backend == "deepspeed" or world > 1:
         model = pair_forward(model)  # one forward per step for the wrapper, queries unpadded
     if config.backend == "deepspeed":
@@ -99,14 +102,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if micro % config.grad_accumulation:
                 continue
             if engine is None:
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(params, optimizer, scheduler)
             step += 1
             elapsed = max(time.time() - window_start, 1e-9)
             metrics = {"step": step, "epoch": epoch, "loss": window_loss / config.grad_accumulation,
-                       "precision": "bf16" if config.bf16 else "fp32",
+                       "precision": "bf16" if config.bf16 else "fp32", "packing": bool(config.packing),
+                       "bf16_weights": bool(config.bf16_weights),
                        "lr": scheduler.get_last_lr()[0], "examples_per_s": window_examples / elapsed,
                        "resumed_from_step": start_step if checkpoint else None}
             window_loss, window_examples, window_start = 0.0, 0, time.time()
@@ -119,6 +120,21 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if done:
                 return
         skip_batches = 0
+
+
+def resolve_device_options(config: TrainConfig, device) -> TrainConfig:
+    """bf16, bf16 weights and packing as this worker's device resolves their ``auto``. bf16 weights
+    (with fp32 masters) by default only on CUDA, where per-forward weight casts cost most; with
+    DeepSpeed, its own bf16 section keeps the masters instead."""
+    import torch
+
+    from lrat_ray.packing import packed_supported
+
+    device = torch.device(device)
+    bf16 = resolve_bf16(config.bf16, str(device))
+    weights = config.bf16_weights if config.bf16_weights is not None else (bf16 and device.type == "cuda")
+    return dataclasses.replace(config, bf16=bf16, bf16_weights=bool(weights) and config.backend != "deepspeed",
+                               packing=packed_supported(device) if config.packing is None else config.packing)
 
 
 def epoch_batches(shard, config: TrainConfig, epoch: int, rank: int):
@@ -141,25 +157,15 @@ def _starting_model(config: TrainConfig):
     model = load_transformer(resolve_model(config.model))
     if config.fast_dropout and not config.use_gpu:
         dropout.install(model)
+    if config.packing:  # after the dropout's attention function: packed attention replaces it
+        from lrat_ray import packing
+
+        packing.install(model)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if config.lora_rank:
         model = _with_lora(model, config.lora_rank)
     return spec, tokenizer, model
-
-
-def build_optimizer(model, config: TrainConfig, total_steps: int):
-    """Trainable parameters, AdamW and the linear warmup-then-decay schedule."""
-    import torch
-    from transformers import get_linear_schedule_with_warmup
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    # The fused kernel updates every tensor in one pass (CPU and CUDA), as Hugging Face's Trainer
-    # does by default; in a MiniLM step on CPU it took under 1% of the time (torch.profiler).
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), max(total_steps, 1))
-    return params, optimizer, scheduler
 
 
 def _report_with_checkpoint(metrics, model, optimizer, scheduler, step, epoch, batches, rank, spec, tokenizer,

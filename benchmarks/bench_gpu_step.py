@@ -1,0 +1,278 @@
+"""The paper's training step, device-agnostic: lrat's step (padded, length groups; packed) against
+bare torch and sentence-transformers on the same batches, then corpus encoding.
+
+The model is built from a config, no download: Qwen3-Embedding-0.6B's shape (28 x 1024, 16/8 heads,
+head_dim 128, FFN 3072) on CUDA, a tiny shape of the same family on CPU (``--shape``), random
+weights, SmolLM2's tokenizer (prepared by ``lrat prepare-llm``) with EOS appended for last-token
+pooling. The batch is the paper's per-device recipe from SciFact: ``--queries`` claims x
+``--group`` documents (the relevant abstract and random others), ``--max-length`` tokens, tau
+0.02; on CUDA bf16 autocast and gradient checkpointing, as the recipe needs to fit in 80 GB.
+
+Rows (each: s/step, queries/s, real tokens/s, peak memory, share of a matmul peak measured in this
+run, bf16 on CUDA and fp32 on CPU):
+
+* ``bare torch``: one padded forward per side, last-token pooling, in-set + in-batch softmax;
+* ``sentence-transformers MNRL`` (when importable): the same weights (saved, then loaded by
+  ``SentenceTransformer``) and batches as (anchor, positive, negatives...) columns, scale 1/tau;
+* ``lrat padded, length groups``: :class:`lrat_ray.train.StepRunner` as on CPU today;
+* ``lrat padded, one group``;
+* ``lrat packed``: each side one padding-free row (:mod:`lrat_ray.packing`; torch's varlen
+  attention on CUDA, the exact per-text fallback on CPU).
+
+Then documents/s of corpus encoding: a bare transformers loop (padded) against ``Encoder`` padded
+and packed. Not yet here (issue 22): bf16 weights with fp32 masters, fused kernels (Liger) or
+regional ``torch.compile``, selective checkpointing, prefetched input.
+
+    python benchmarks/bench_gpu_step.py [--shape auto|qwen3-0.6b|tiny] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lrat_ray.hardware import summary_line
+
+DATA = Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHAPES = {"qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                             num_key_value_heads=8, head_dim=128),
+          "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=32)}
+
+
+def recipe_batch(queries: int, group: int, seed: int = 0):
+    """SciFact claims with their relevant abstract first, then ``group - 1`` random others."""
+    from lrat_ray.corpus import document_text
+
+    corpus = {}
+    for line in (DATA / "scifact-beir" / "corpus.jsonl").read_text().split("\n"):
+        if line.strip():
+            doc = json.loads(line)
+            corpus[doc["_id"]] = document_text(doc)
+    claims = {json.loads(l)["_id"]: json.loads(l)["text"]
+              for l in (DATA / "scifact-beir" / "queries.jsonl").read_text().split("\n") if l.strip()}
+    rng = random.Random(seed)
+    pairs = [line.split("\t") for line in (DATA / "scifact-beir" / "qrels" / "train.tsv").read_text().split("\n")[1:]]
+    pairs = [(claims[p[0]], p[1]) for p in pairs if len(p) == 3 and p[0] in claims and p[1] in corpus]
+    rng.shuffle(pairs)
+    ids = sorted(corpus)
+    qs, docs = [], []
+    for claim, positive in pairs[:queries]:
+        qs.append(claim)
+        docs.append(corpus[positive])
+        docs.extend(corpus[d] for d in rng.sample(ids, group - 1))
+    return qs, docs
+
+
+def matmul_peak(device, dtype) -> float:
+    import torch
+
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    _sync(device)
+    start, reps = time.perf_counter(), 20 if device.type == "cuda" else 5
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return reps * 2 * n ** 3 / (time.perf_counter() - start)
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_model(shape: str, vocab: int, device):
+    import torch
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=vocab, max_position_embeddings=4096, **SHAPES[shape])
+    model = Qwen3Model(config).to(device)
+    model.set_attn_implementation("sdpa")
+    return model
+
+
+def non_embedding_params(model) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", default="auto", choices=("auto", *SHAPES))
+    parser.add_argument("--queries", type=int, default=None, help="default 32 on CUDA, 8 on CPU")
+    parser.add_argument("--group", type=int, default=10, help="documents per query (1 positive + negatives)")
+    parser.add_argument("--max-length", type=int, default=None, help="default 512 on CUDA, 128 on CPU")
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    print(summary_line(), flush=True)
+
+    import torch
+
+    from lrat_ray import packing
+    from lrat_ray.model import EncoderSpec, load_tokenizer, save_encoder
+    from lrat_ray.tiny_llm import tiny_model_path
+    from lrat_ray.train import StepRunner, TrainConfig
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    shape = args.shape if args.shape != "auto" else ("qwen3-0.6b" if cuda else "tiny")
+    queries_n, max_length = args.queries or (32 if cuda else 8), args.max_length or (512 if cuda else 128)
+    spec = EncoderSpec(model="bench", pooling="last", query_max_length=max_length, document_max_length=max_length)
+    tokenizer = load_tokenizer(tiny_model_path(prepare=False), spec)
+    queries, documents = recipe_batch(queries_n, args.group)
+    lengths = [len(ids) for ids in tokenizer(queries + documents, truncation=True, max_length=max_length)["input_ids"]]
+    real = sum(lengths)
+    padded = len(queries) * max(lengths[:len(queries)]) + len(documents) * max(lengths[len(queries):])
+    dtype = torch.bfloat16 if cuda else torch.float32
+    peak = matmul_peak(device, dtype)
+    base = build_model(shape, len(tokenizer), device)
+    params = non_embedding_params(base)
+    flops = 6 * params * real  # forward + backward of the dense layers on the real tokens
+    print(f"{shape}: {params / 1e6:.0f}M non-embedding parameters on {device}; {len(queries)} queries x {args.group} "
+          f"documents, {max_length} tokens: {real} real tokens, {padded} padded; "
+          f"{'bf16' if cuda else 'fp32'} matmul peak {peak / 1e12:.2f} TFLOP/s", flush=True)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
+    group = args.group
+
+    def bare_step(model, optimizer):
+        def encode(texts):
+            batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
+            hidden = model(**batch).last_hidden_state
+            last = batch["attention_mask"].sum(1) - 1 if tokenizer.padding_side == "right" else \
+                torch.full((len(texts),), hidden.size(1) - 1, device=device)
+            return torch.nn.functional.normalize(hidden[torch.arange(len(texts), device=device), last], dim=-1)
+
+        with autocast:
+            q, d = encode(queries), encode(documents)
+            loss = torch.nn.functional.cross_entropy((q @ d.T).float() / 0.02,
+                                                     torch.arange(len(queries), device=device) * group)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def lrat_step(groups: int, packed: bool):
+        config = TrainConfig(pairs=["-"], output="-", group_size=group, temperature=0.02, bf16=cuda,
+                             length_groups=groups, packing=packed)
+
+        def step(model, optimizer):
+            runner = StepRunner(model, tokenizer, spec, config, device)
+            runner.run(queries, documents, [True] * len(documents), [1.0] * len(queries), lambda v: v.backward())
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step, packed
+
+    def st_step(model, optimizer):
+        from sentence_transformers import losses
+
+        st, mnrl = model
+        columns = [queries] + [documents[i::group] for i in range(group)]  # anchor, positive, negatives
+        with autocast:
+            features = [{k: v.to(device) for k, v in st.tokenize(column).items()} for column in columns]
+            loss = mnrl(features, None)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    rows = {"bare torch": (bare_step, False),
+            "sentence-transformers MNRL": (st_step, False),
+            "lrat padded, length groups (4)": lrat_step(4, False),
+            "lrat padded, one group": lrat_step(1, False),
+            "lrat packed": lrat_step(1, True)}
+    results = []
+    saved = tempfile.TemporaryDirectory()
+    save_encoder(base.eval(), tokenizer, spec, saved.name)  # the same weights for sentence-transformers
+    for label, (step, packed) in rows.items():
+        if label.startswith("sentence-transformers"):
+            try:
+                from sentence_transformers import SentenceTransformer, losses
+            except ImportError as exc:
+                print(f"{label:<34} skipped: {exc}")
+                continue
+            st = SentenceTransformer(saved.name, device=str(device)).train()
+            st.max_seq_length = max_length
+            if cuda:
+                st[0].auto_model.gradient_checkpointing_enable()
+            model = (st, losses.MultipleNegativesRankingLoss(st, scale=1 / 0.02))
+            optimizer = torch.optim.AdamW(st.parameters(), lr=1e-6, fused=True)
+        else:
+            model = copy.deepcopy(base).train()
+            if cuda:
+                model.gradient_checkpointing_enable()
+            if packed:
+                packing.install(model)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+        step(model, optimizer)  # warm-up
+        _sync(device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        for _ in range(args.steps):
+            step(model, optimizer)
+        _sync(device)
+        seconds = (time.perf_counter() - started) / args.steps
+        memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
+        results.append((label, seconds, memory))
+        print(f"{label:<34} {seconds:7.3f} s/step  {len(queries) / seconds:7.2f} queries/s  "
+              f"{real / seconds:9.0f} real tokens/s  {memory:>9}  {flops / seconds / peak:6.1%} of matmul peak",
+              flush=True)
+        del model, optimizer
+        if cuda:
+            torch.cuda.empty_cache()
+    baseline = dict((label, seconds) for label, seconds, _ in results)["bare torch"]
+    print("\n| step | s/step | queries/s | real tokens/s | peak memory | share of matmul peak | vs bare torch |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, seconds, memory in results:
+        print(f"| {label} | {seconds:.3f} | {len(queries) / seconds:.2f} | {real / seconds:.0f} | {memory} | "
+              f"{flops / seconds / peak:.1%} | {baseline / seconds:.2f}x |")
+    encoding(base.eval(), tokenizer, spec, documents, device, cuda, saved.name)
+    saved.cleanup()
+    return 0
+
+
+def encoding(model, tokenizer, spec, documents, device, cuda, tmp) -> None:
+    """documents/s: a bare padded transformers loop against Encoder, padded and packed."""
+    import torch
+
+    from lrat_ray.model import Encoder, EncoderSpec
+
+    texts = documents * 4
+    batch = 64
+
+    def bare():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            for i in range(0, len(texts), batch):
+                inputs = tokenizer(texts[i:i + batch], padding=True, truncation=True,
+                                   max_length=spec.document_max_length, return_tensors="pt").to(device)
+                model(**inputs).last_hidden_state[:, -1].float().cpu()
+
+    timings = {}
+    for label, run in (("bare transformers loop", bare),
+                       ("Encoder padded", Encoder(EncoderSpec(**{**spec.__dict__, "model": tmp}), str(device),
+                                                  batch, bf16=cuda, packed=False).encode_documents),
+                       ("Encoder packed", Encoder(EncoderSpec(**{**spec.__dict__, "model": tmp}), str(device),
+                                                  batch, bf16=cuda, packed=True).encode_documents)):
+        call = run if label == "bare transformers loop" else (lambda run=run: run(texts))
+        call()  # warm-up
+        _sync(device)
+        started = time.perf_counter()
+        call()
+        _sync(device)
+        timings[label] = len(texts) / (time.perf_counter() - started)
+    print(f"\ncorpus encoding ({len(texts)} documents, {spec.document_max_length} tokens): " + ", ".join(
+        f"{label} {rate:.1f} docs/s ({rate / timings['bare transformers loop']:.2f}x)"
+        for label, rate in timings.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
