@@ -178,7 +178,8 @@ def main() -> int:
         st, mnrl = model
         columns = [queries] + [documents[i::group] for i in range(group)]  # anchor, positive, negatives
         with autocast:
-            features = [{k: v.to(device) for k, v in st.tokenize(column).items()} for column in columns]
+            features = [{k: v.to(device) if hasattr(v, "to") else v for k, v in st.tokenize(column).items()}
+                        for column in columns]
             loss = mnrl(features, None)
         loss.backward()
         optimizer.step()
