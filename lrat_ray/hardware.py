@@ -124,9 +124,6 @@ def parse_auto(value) -> bool | None:
     raise ValueError(f"{value!r} is not one of auto, true, false")
 
 
-parse_bf16 = parse_auto
-
-
 DTYPES = ("auto", "bfloat16", "float32", "float16")
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from lrat_ray.config import option
 from lrat_ray.embedded import resolve_model
 from lrat_ray.errors import LratError
-from lrat_ray.hardware import parse_auto, parse_bf16, resolve_bf16
+from lrat_ray.hardware import parse_auto, resolve_bf16
 
 POOLINGS = ("mean", "cls", "last")
 SPEC_FILE = "lrat_encoder.json"
@@ -74,7 +74,7 @@ class EncoderOptions:
     query_max_length: int | None = option(None, minimum=1, help="max query tokens (default: the model's spec, 64)")
     document_max_length: int | None = option(None, minimum=1,
                                              help="max document tokens (default: the model's spec, 256)")
-    bf16: bool | None = option(None, convert=parse_bf16, default_text="auto",
+    bf16: bool | None = option(None, convert=parse_auto, default_text="auto",
                                help="bfloat16 autocast (--bf16 / --no-bf16; 'auto' in YAML): auto uses it where "
                                     "it is native, on GPUs and CPUs with AVX512-BF16 or AMX (2.5x faster encoding "
                                     "there), and float32 elsewhere, where bf16 is emulated and ~3x slower "
@@ -224,7 +224,9 @@ class Encoder:
         encoder.spec, encoder.batch_size, encoder.model, encoder.tokenizer = spec, batch_size, model.eval(), tokenizer
         encoder.device = str(next(model.parameters()).device)
         encoder.bf16 = resolve_bf16(bf16, encoder.device)
-        encoder.packed = getattr(model.config, "_attn_implementation", None) == "lrat_packed"
+        from lrat_ray.packing import ATTENTION
+
+        encoder.packed = getattr(model.config, "_attn_implementation", None) == ATTENTION
         encoder.dimension = int(model.config.hidden_size)
         return encoder
 
