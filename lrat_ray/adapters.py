@@ -83,7 +83,15 @@ def read_trajectories(uri: str, fmt: str = "auto", line_range: storage.LineRange
     """Every record of one file (or of a line range of a JSONL file) as ``(position, trajectory)``;
     a record that cannot be used comes as ``(position, RecordError)`` naming the file, so callers
     count it (or stop) instead of losing it."""
-    for position, record in storage.iter_records(uri, line_range):
+    records = storage.iter_records(uri, line_range)
+    while True:
+        try:
+            position, record = next(records)
+        except StopIteration:
+            return
+        except storage.READ_ERRORS as exc:  # a corrupt or unreadable file: counted, named, never a crash
+            yield None, storage.unreadable(uri, exc)
+            return
         try:
             if isinstance(record, RecordError):
                 raise record

@@ -162,15 +162,16 @@ def _flywheel_details(rows: list, config) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from lrat_ray.serving import deploy, swap_running
+    from lrat_ray.serving import deploy, swap_running, wait_for_interrupt
 
     config = _config(args)
     if config.swap:
         url = swap_running(config)
         print(f"lrat serve: {url} now serves {config.index}")
         return 0
-    print(f"serving {config.index} on http://{config.host}:{config.port} (Ctrl-C stops)")
-    deploy(config, blocking=True)
+    url = deploy(config)  # returns once every replica answers, or fails naming what is missing
+    print(f"serving {config.index} on {url} (Ctrl-C stops)", flush=True)
+    wait_for_interrupt()
     return 0
 
 
@@ -279,6 +280,45 @@ def main(argv: list[str] | None = None) -> int:
     except LratError as exc:
         print(f"lrat {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"lrat {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug or a failure inside Ray: the cause in one line, the rest in a file
+        if args.verbose:
+            raise
+        where = _save_traceback(args.command)
+        print(f"lrat {args.command}: error: {root_cause(exc)} (full traceback: {where}; -v prints it)",
+              file=sys.stderr)
+        return 1
+
+
+def root_cause(exc: BaseException) -> str:
+    """``Type: first line`` of the innermost cause: a Ray task error wraps the exception that
+    failed the task (``.cause``), other errors chain theirs (``__cause__``)."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _save_traceback(command: str) -> str:
+    """The current exception's traceback in ``$LRAT_LOGS`` (default ``~/.cache/lrat/logs``)."""
+    import traceback
+
+    directory = Path(os.environ.get("LRAT_LOGS", Path.home() / ".cache" / "lrat" / "logs"))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"lrat-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text(traceback.format_exc())
+        return str(path)
+    except OSError:
+        traceback.print_exc()
+        return "printed above"
 
 
 if __name__ == "__main__":

@@ -468,6 +468,7 @@ def _build_shards(config: IndexConfig, staging: str, workers: int, per_worker: d
     from pyarrow.fs import FileSelector
     from ray.util import ActorPool
 
+    from lrat_ray.progress import Progress
     from lrat_ray.runtime import remote_args
 
     fs, path = storage.resolve(staging)
@@ -475,7 +476,11 @@ def _build_shards(config: IndexConfig, staging: str, workers: int, per_worker: d
     builder = ray.remote(**remote_args(per_worker))(ShardBuilder)
     actors = [builder.remote(dataclasses.asdict(config), staging) for _ in range(min(workers, len(shards)))]
     try:
-        results = list(ActorPool(actors).map_unordered(lambda actor, shard: actor.build.remote(shard), shards))
+        results = []
+        with Progress("index", len(shards), "shards") as progress:
+            for result in ActorPool(actors).map_unordered(lambda actor, shard: actor.build.remote(shard), shards):
+                results.append(result)
+                progress.update(1, documents=result.get("count", 0))
     finally:
         for actor in actors:
             ray.kill(actor)

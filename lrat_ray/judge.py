@@ -573,7 +573,7 @@ def _judge_with_model(items, config: JudgeConfig, schema: pa.Schema, tmp: str, s
     pending = items
     if cached:
         joined_dir = storage.join(scratch, "joined")
-        _write(items.join(read_parquet_files(cached), "left_outer", num_partitions=max(1, min(16, len(cached) * 2)),
+        _write(items.join(read_parquet_files(cached), "left_outer", num_partitions=_partitions(cached, 2),
                           on=("judge_key",)), joined_dir, "joined")
         joined = read_parquet_files(storage.expand_inputs([joined_dir], suffixes=(".parquet",)))
         _write(_light(_light(joined, _only, fn_args=("cached_label", True)), label_cached, fn_args=(config, schema)),
@@ -595,7 +595,7 @@ def _extend_cache(tmp: str, cache: str) -> None:
     if not files:
         return
     fresh = (_light(read_parquet_files(files), _only_ok)
-             .groupby("judge_key").map_groups(_first_entry, batch_format="pyarrow"))
+             .groupby("judge_key", num_partitions=_partitions(files)).map_groups(_first_entry, batch_format="pyarrow"))
     staged = storage.temp_sibling(storage.join(cache, "entries"))
     _write(fresh, staged, "cache", min_rows_per_file=CACHE_ROWS_PER_FILE)
     for uri in storage.expand_inputs([staged], suffixes=(".parquet",)) if storage.exists(staged) else []:
@@ -620,6 +620,12 @@ def _keep_finished_answers(partial: str, cache: str) -> None:
     _extend_cache(partial, cache)
 
 
+def _partitions(files: list, per_file: int = 1) -> int:
+    """Hash-shuffle partitions sized by the input: Ray Data's default (200) costs several seconds of
+    task overhead per shuffle on small inputs, and more partitions than blocks gain nothing."""
+    return max(1, min(16, len(files) * per_file))
+
+
 def _only_ok(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.equal(batch.column("judge_status"), "ok")).select(["judge_key", "judge_label", "judge_raw"])
 
@@ -633,7 +639,7 @@ def _first_entry(group: pa.Table) -> pa.Table:
 def _counts(tmp: str) -> dict:
     files = storage.expand_inputs([tmp], suffixes=(".parquet",))
     rows = (_light(read_parquet_files(files), lambda t: t.select(["judge_status", "relevant"]))
-            .groupby(["judge_status", "relevant"]).count().take_all())
+            .groupby(["judge_status", "relevant"], num_partitions=_partitions(files)).count().take_all())
     counts = {"rows": 0, "ok": 0, "cached": 0, "unparseable": 0, "failed": 0, "not_judged": 0,
               "relevant": 0, "irrelevant": 0}
     for row in rows:

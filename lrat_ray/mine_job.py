@@ -43,6 +43,7 @@ from lrat_ray.config import ActorPool, checked, option
 from lrat_ray.errors import LratError, RecordError
 from lrat_ray.mining import (NEGATIVE_MODES, BrowseEvent, Judge, LengthMeasure, MiningOptions, character_lengths,
                              mine_trajectories)
+from lrat_ray.progress import Progress
 from lrat_ray.pairs import PAIR_SCHEMA, add_weights, iter_lrat_jsonl, pairs_to_table
 from lrat_ray.stats import StatsAccumulator
 from lrat_ray.weighting import ZERO_LENGTH_POLICIES, LengthHistogram, fit_weights
@@ -314,19 +315,27 @@ def run_mine(config: MineConfig) -> dict:
     log.info("mining %d files in %d groups with %d workers", len(files), len(groups), workers)
 
     rows = [{"files": json.dumps(g), "key": _group_key(g, config.content_key())} for g in groups]
-    summaries = [json.loads(r["summary"]) for r in (
-        ray.data.from_items(rows, override_num_blocks=len(rows))
-        .map_batches(_MineGroups, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows))),
-                     **remote_args(per_worker),
-                     fn_constructor_kwargs={"config": dataclasses.asdict(config), "staging": staging})
-        .take_all())]
+    mined = (ray.data.from_items(rows, override_num_blocks=len(rows))
+             .map_batches(_MineGroups, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows))),
+                          **remote_args(per_worker),
+                          fn_constructor_kwargs={"config": dataclasses.asdict(config), "staging": staging}))
+    summaries = []
+    with Progress("mine", len(rows), "groups") as progress:
+        for row in mined.iter_rows():
+            summary = json.loads(row["summary"])
+            if "error" in summary:  # --strict (or labels that do not match): stop now, not after every group
+                raise LratError(summary["error"])
+            summaries.append(summary)
+            progress.update(1, records=summary["records_read"])
     order = {r["key"]: i for i, r in enumerate(rows)}
-    summaries.sort(key=lambda s: order[s["key"]])  # input order: the first error, examples, pair order
-    errors = [s for s in summaries if "error" in s]
-    if errors:
-        raise LratError(errors[0]["error"])
+    summaries.sort(key=lambda s: order[s["key"]])  # input order: examples, pair order
 
     report = _merge_summaries(summaries)
+    if not report["records_used"]:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(report["records_skipped"].items())) or "none"
+        example = f"; e.g. {report['skipped_examples'][0]}" if report["skipped_examples"] else ""
+        raise LratError(f"no usable trajectory among {report['records_read']} records in {len(files)} files "
+                        f"(skipped: {reasons}){example}")
     lengths = LengthHistogram.from_json(report.pop("lengths"))
     params = fit_weights(lengths, config.beta, config.zero_length)
     pairs_dir = storage.join(config.output, "pairs")

@@ -14,9 +14,11 @@ through :func:`run_stage`, which gives its output directory these rules:
 * ``OUTPUT/_lrat_stage.json`` is written last: stage, key, config, input fingerprints, versions
   and the stage's result. A directory with it is finished: the same key returns the recorded
   result without running anything; another key is refused (outputs are immutable).
-* ``OUTPUT/_lrat_stage.started.json`` claims the directory first; a rerun with the same key goes on
-  where the interrupted one stopped (each stage resumes its own work: mining's staged groups,
-  training checkpoints, the flywheel's finished stages), a different key is refused.
+* ``OUTPUT/_lrat_stage.started.json`` claims the directory first (:mod:`lrat_ray.claims`): a second
+  run while the first is alive is refused, naming it. Once that run is gone (it failed, or was
+  killed) a rerun with the same key goes on where it stopped (each stage resumes its own work:
+  mining's staged groups, training checkpoints, the flywheel's finished stages), and a run with
+  another key (the corrected command) clears what it left and starts afresh.
 * Stages that need local files (FAISS, the trained model, the flywheel's server) run in a local
   scratch directory when the output is remote, and the finished directory is uploaded before the
   manifest is written.
@@ -36,13 +38,13 @@ import time
 from typing import Any, Callable, TypeVar
 
 from lrat_ray import __version__, storage
+from lrat_ray.claims import CLAIM, Claim, clear_output
 from lrat_ray.config import runtime_options
 from lrat_ray.embedded import EMBEDDED
 from lrat_ray.errors import LratError
 from lrat_ray.hardware import describe
 
 log = logging.getLogger(__name__)
-STARTED = "_lrat_stage.started.json"
 VERSION_PLACEHOLDER = "{version}"
 C = TypeVar("C")
 
@@ -111,16 +113,21 @@ def run_stage(stage: str, config: C, run: Callable[[C], Any], local_only: bool =
         _check_same(finished, stage, key, output, "holds")
         log.info("%s: %s already holds this result (version %s); nothing to do", stage, output, key)
         return StageResult(finished["result"], output, key, skipped=True)
-    claim = read_json(storage.join(output, STARTED))
-    if claim is not None:
-        _check_same(claim, stage, key, output, "is being written by")
-        log.info("%s: resuming the unfinished run in %s (version %s)", stage, output, key)
-    elif storage.exists(output) and _has_files(output):
+    if read_json(storage.join(output, CLAIM)) is None and storage.exists(output) and _has_files(output):
         raise LratError(f"{output} already has files that no lrat {stage} run wrote; outputs are never mixed "
                         "or overwritten: choose an empty or new directory (e.g. put {version} in --output)")
+    claim = Claim(output, stage, key)
+    previous = claim.acquire()  # refuses a live writer, naming it
+    if read_json(storage.join(output, storage.STAGE_MANIFEST)) is not None:  # it finished while we waited
+        claim.finish()
+        return run_stage(stage, config, run, local_only)
+    if previous is not None and previous.same(stage, key):
+        log.info("%s: resuming the unfinished run in %s (version %s; the last one %s)", stage, output, key,
+                 previous.why)
+    elif previous is not None:
+        log.warning("%s: clearing %s, left by %s", stage, output, previous.describe())
+        clear_output(output)
     started = time.time()
-    storage.write_json_atomic(storage.join(output, STARTED), {"stage": stage, "key": key, "started": started,
-                                                              "host": socket.gethostname()})
     try:
         if local_only and storage.is_remote(output):
             scratch = _scratch(stage, key)
@@ -128,15 +135,17 @@ def run_stage(stage: str, config: C, run: Callable[[C], Any], local_only: bool =
             storage.upload_dir(scratch, output)
         else:
             result = run(config)
-    except LratError:
-        if claim is None:
-            _release_if_untouched(output)
+        manifest = {"stage": stage, "key": key, "output": output, "config": dataclasses.asdict(config),
+                    "inputs": content, "versions": versions(), "hardware": describe(), "started": started,
+                    "finished": time.time(), "host": socket.gethostname(), "result": result}
+        storage.write_bytes_atomic(storage.join(output, storage.STAGE_MANIFEST),
+                                   (json.dumps(manifest, indent=2, default=str) + "\n").encode())
+    except BaseException as exc:
+        # Bad input or option before anything was written: the directory goes as it came.
+        if not (isinstance(exc, LratError) and previous is None and claim.release_untouched()):
+            claim.fail(exc)
         raise
-    manifest = {"stage": stage, "key": key, "output": output, "config": dataclasses.asdict(config),
-                "inputs": content, "versions": versions(), "hardware": describe(), "started": started,
-                "finished": time.time(), "host": socket.gethostname(), "result": result}
-    storage.write_bytes_atomic(storage.join(output, storage.STAGE_MANIFEST),
-                               (json.dumps(manifest, indent=2, default=str) + "\n").encode())
+    claim.finish()
     return StageResult(json.loads(json.dumps(result, default=str)), output, key, skipped=False)
 
 
@@ -151,17 +160,6 @@ def _check_same(recorded: dict, stage: str, key: str, output: str, verb: str) ->
         raise LratError(f"{output} {verb} lrat {recorded.get('stage')} version {recorded.get('key')}, not this "
                         f"{stage} run (version {key}: other options or inputs); outputs are immutable: choose "
                         "another --output (e.g. one with {version} in it)")
-
-
-def _release_if_untouched(output: str) -> None:
-    """Undo the claim of a run that failed before writing anything (bad input, bad option), so
-    that the corrected command is not refused as a different version."""
-    import pyarrow.fs as pafs
-
-    fs, path = storage.resolve(output)
-    entries = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    if [e.base_name for e in entries] == [STARTED]:
-        fs.delete_dir(path)
 
 
 def _has_files(uri: str) -> bool:

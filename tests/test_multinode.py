@@ -213,7 +213,7 @@ def test_flywheel_job_stopped_and_resubmitted_skips_finished_stages(cluster, sci
         "train_qrels": str(scifact_slice / "train.tsv"), "heldout_qrels": str(scifact_slice / "test.tsv"),
         "output": str(out), "iterations": 1, "train_tasks": 10, "document_max_length": 64, "index": {"workers": 1},
         "rollout_workers": 2, "port": 0, "serve_proxy_location": "HeadOnly", "agent": {"max_turns": 3},
-        "train": {"per_device_batch": 4, "group_size": 2, "workers": 2, "checkpoint_every": 1000},
+        "train": {"per_device_batch": 4, "group_size": 2, "workers": 1, "checkpoint_every": 1000},
         "resources": {"index": STAGE, "mine": STAGE, "train": STAGE}}}
     config_file = tmp_path / "flywheel.yaml"
     config_file.write_text(json.dumps(config))  # JSON is YAML

@@ -69,15 +69,24 @@ def test_finished_output_is_reused_and_other_versions_refused(inputs, tmp_path):
     assert placed.output != done.output and stage.calls == 2
 
 
-def test_interrupted_run_resumes_and_bad_starts_leave_nothing(inputs, tmp_path):
+def test_failed_run_is_resumed_or_cleared_and_bad_starts_leave_nothing(inputs, tmp_path):
     config = MineConfig(input=[str(inputs)], output=str(tmp_path / "out"))
     with pytest.raises(RuntimeError):
         run_stage("mine", config, Recorder(fail_with=RuntimeError("node lost")))
-    assert (tmp_path / "out" / "_lrat_stage.started.json").is_file()
-    with pytest.raises(LratError, match="being written by"):
-        run_stage("mine", dataclasses.replace(config, negatives="since-last-positive"), Recorder())
-    resumed = Recorder()
+    claim = json.loads((tmp_path / "out" / "_lrat_stage.started.json").read_text())
+    assert claim["state"] == "failed" and claim["error"] == "RuntimeError: node lost" and claim["pid"] == os.getpid()
+    resumed = Recorder()  # the same command again: goes on in the same directory, its file still there
     assert not run_stage("mine", config, resumed).skipped and resumed.calls == 1
+
+    # A strict stop (an LratError after writing) releases the directory to the corrected command,
+    # whose other options clear what the failed run left.
+    failing = dataclasses.replace(config, output=str(tmp_path / "strict"), strict=True)
+    with pytest.raises(LratError, match="bad record"):
+        run_stage("mine", failing, Recorder(fail_with=LratError("bad record")))
+    corrected = Recorder()
+    done = run_stage("mine", dataclasses.replace(failing, strict=False, negatives="since-last-positive"), corrected)
+    assert corrected.calls == 1 and done.result["negatives"] == "since-last-positive"
+    assert (tmp_path / "strict" / "part.txt").read_text() == "since-last-positive"
 
     fresh = dataclasses.replace(config, output=str(tmp_path / "fresh"))
     with pytest.raises(LratError, match="bad input"):

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -65,7 +67,8 @@ def run_train(config: TrainConfig) -> dict:
         datasets={"train": dataset},
         dataset_config=ray.train.DataConfig(execution_options=_ordered()),
     )
-    result = trainer.fit()
+    with watch_progress(storage_path, total_steps):
+        result = trainer.fit()
     if result.error:
         raise LratError(f"training failed: {result.error}")
     with result.checkpoint.as_directory() as directory:
@@ -130,6 +133,36 @@ def _publish_model(source: str, target: str) -> None:
     tmp = f"{target.rstrip('/')}.tmp-{uuid.uuid4().hex}"
     shutil.copytree(source, tmp)
     storage.publish_dir(tmp, target)
+
+
+@contextlib.contextmanager
+def watch_progress(storage_path: str, total_steps: int):
+    """Show rank 0's steps (``worker.ProgressFile``) on the driver's console while ``fit`` runs."""
+    import threading
+
+    from lrat_ray.progress import Progress
+    from lrat_ray.train.worker import progress_uri
+
+    uri, stop = progress_uri(storage_path), threading.Event()
+    storage.remove_file(uri)  # a resumed run reports afresh
+
+    def poll(progress: Progress):
+        while not stop.wait(2.0):
+            try:
+                state = json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
+            except (OSError, ValueError):
+                continue
+            if state and state["step"] > progress.done:
+                progress.set(state["step"], loss=state["loss"], examples_per_s=state["examples_per_s"])
+
+    with Progress("train", total_steps, "steps") as progress:
+        thread = threading.Thread(target=poll, args=(progress,), name="lrat-train-progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
 
 
 def fit_in_process(config: TrainConfig, examples: list[dict], steps: int, output: str | None = None) -> dict:

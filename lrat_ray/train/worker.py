@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lrat_ray import storage
 from lrat_ray.errors import LratError
 from lrat_ray.hardware import resolve_bf16
 from lrat_ray.train import dropout
@@ -74,6 +75,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         return
     shard = ray.train.get_dataset_shard("train")
     step = start_step
+    progress = ProgressFile(loop_config["storage_path"], total_steps)
     for epoch in range(start_epoch, config.epochs):
         batches = 0
         micro = 0
@@ -112,6 +114,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                        "resumed_from_step": start_step if checkpoint else None}
             window_loss, window_examples, window_start = 0.0, 0, time.time()
             done = step >= total_steps
+            if rank == 0:
+                progress.report(step, metrics["loss"], metrics["examples_per_s"], done)
             if step % config.checkpoint_every == 0 or done:
                 _report_with_checkpoint(metrics, model_for_forward, None if engine else optimizer, scheduler,
                                         step, epoch, batches, rank, spec, tokenizer, final=done)
@@ -226,3 +230,28 @@ def deepspeed_config(config: TrainConfig) -> dict:
     ds["bf16"] = {"enabled": bool(config.bf16)}
     ds["zero_allow_untested_optimizer"] = True  # the optimizer is torch's AdamW, built by us
     return ds
+
+
+class ProgressFile:
+    """Rank 0's steps for the driver's console (``driver.watch_progress``): the training loop runs
+    in workers whose output stays in Ray's logs. Written at most every few seconds, atomically."""
+
+    EVERY_S = 5.0
+
+    def __init__(self, storage_path: str, total_steps: int):
+        self.uri = progress_uri(storage_path)
+        self.total, self.last = total_steps, 0.0
+
+    def report(self, step: int, loss: float, examples_per_s: float, done: bool) -> None:
+        if not done and time.time() - self.last < self.EVERY_S:
+            return
+        self.last = time.time()
+        try:
+            storage.write_json_atomic(self.uri, {"step": step, "total_steps": self.total, "loss": loss,
+                                                 "examples_per_s": examples_per_s, "time": self.last})
+        except OSError:  # progress is a courtesy: never a reason to stop training
+            pass
+
+
+def progress_uri(storage_path: str) -> str:
+    return storage.join(storage_path, "progress.json")
