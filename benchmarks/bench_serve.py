@@ -8,6 +8,11 @@ retried with the project's own policy (:func:`lrat_ray.llm_client.retry_delay`),
 client does; it counts as turned away, not failed. A failure is a request that never got an
 answer (transport error, timeout, any other status).
 
+With ``--poisoned`` (default 0.01) that share of searches is sent poisoned: valid JSON whose query
+holds a lone surrogate (``\ud800``), which no tokenizer takes. They arrive among the good ones and
+share their batches; each must be answered 422 (else it counts as failed), and every good request
+must still be answered: the ``failed`` column counts both.
+
 Printed per level, next to the in-process search of the same queries measured in the same run
 (encode + FAISS, no HTTP): requests/s answered within the level's time (calls still waiting when
 it ends complete but do not count toward the rate), its ratio to the best level, p50/p99 session-seen
@@ -51,10 +56,13 @@ class Tally:
         self.turned_away = 0
         self.failed: list[str] = []
         self.indexes: list[str] = []
+        self.poisoned_rejected = 0
 
 
-async def _call(http, url: str, tally: Tally, deadline: float, kind: str, method: str, path: str, **kwargs):
-    """One tool call as the agent client makes it: retried after each 503/429 until answered."""
+async def _call(http, url: str, tally: Tally, deadline: float, kind: str, method: str, path: str,
+                expect: int = 200, **kwargs):
+    """One tool call as the agent client makes it: retried after each 503/429 until answered
+    (``expect``: the status a right answer has; 422 for a poisoned search)."""
     import aiohttp
 
     from lrat_ray.llm_client import retry_delay
@@ -72,8 +80,11 @@ async def _call(http, url: str, tally: Tally, deadline: float, kind: str, method
             tally.turned_away += 1
             await asyncio.sleep(retry_delay(attempt, retry_after))
             continue
-        if status != 200:
+        if status != expect:
             tally.failed.append(f"{kind}: HTTP {status}")
+            return None
+        if expect != 200:
+            tally.poisoned_rejected += 1
             return None
         done = time.perf_counter()
         tally.latencies.append(done - start)
@@ -84,7 +95,8 @@ async def _call(http, url: str, tally: Tally, deadline: float, kind: str, method
     return None
 
 
-async def fleet(url: str, queries: list[str], sessions: int, seconds: float, swap=None) -> Tally:
+async def fleet(url: str, queries: list[str], sessions: int, seconds: float, swap=None,
+                poisoned: float = 0.0) -> Tally:
     """``sessions`` agent loops for ``seconds``; ``swap`` (a blocking callable) runs half-way. The
     clients use aiohttp: on these 2 CPUs an httpx client of 256 sessions took a whole core itself,
     starving the server it measured."""
@@ -95,6 +107,11 @@ async def fleet(url: str, queries: list[str], sessions: int, seconds: float, swa
 
     async def session(http, rng: random.Random):
         while time.perf_counter() < deadline:
+            if rng.random() < poisoned:  # raw JSON: a client library would refuse to encode it
+                body = ('{"query": "%s \\ud800", "k": 10}' % rng.choice(queries).replace('"', "")).encode()
+                await _call(http, url, tally, deadline, "poisoned search", "POST", "/search", expect=422, data=body,
+                            headers={"content-type": "application/json"})
+                continue
             found = await _call(http, url, tally, deadline, "search", "POST", "/search",
                                 json={"query": rng.choice(queries), "k": 10})
             if found:
@@ -135,6 +152,8 @@ def main() -> int:
     parser.add_argument("--max-in-flight", type=int, default=1024, help="the replica's queue depth (admission)")
     parser.add_argument("--swap-at", type=int, default=1024, help="sessions of the level with the hot swap")
     parser.add_argument("--composed", action="store_true", help="serve as ingress + encoder + index-shard deployments")
+    parser.add_argument("--poisoned", type=float, default=0.01,
+                        help="share of searches sent with a lone surrogate in the query (each must get 422)")
     parser.add_argument("--autoscale-seconds", type=float, default=75.0,
                         help="length of the autoscaling step (Serve scales up after 30 s of load; 0 skips it)")
     args = parser.parse_args()
@@ -168,24 +187,24 @@ def main() -> int:
     rows = []
     for sessions in args.sessions:
         swap = (lambda: swap_index(settings, swapped)) if sessions == args.swap_at else None
-        tally = asyncio.run(fleet(url, queries, sessions, args.seconds, swap))
+        tally = asyncio.run(fleet(url, queries, sessions, args.seconds, swap, args.poisoned))
         answered = sum(tally.answered.values())
         rate = tally.in_window / args.seconds
         p50, p99 = np.percentile(tally.latencies, [50, 99]) * 1000 if tally.latencies else (float("nan"),) * 2
         rows.append({"sessions": sessions, "answered": answered, "rate": rate, "p50": p50, "p99": p99,
                      "searches": rate * tally.answered["search"] / max(answered, 1), "turned_away": tally.turned_away,
                      "failed": len(tally.failed), "swapped": swap is not None,
-                     "new_index_answers": tally.indexes.count(swapped)})
+                     "new_index_answers": tally.indexes.count(swapped), "poisoned": tally.poisoned_rejected})
         if tally.failed:
             print(f"  {sessions} sessions: failures, e.g. {tally.failed[:3]}")
     best = max(r["rate"] for r in rows)
     print("\n| sessions | answered | requests/s | vs best | searches/s | vs in-process | p50 ms | p99 ms "
-          "| turned away (503) | failed |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| turned away (503) | poisoned, answered 422 | failed |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         note = f" (hot swap; {r['new_index_answers']} answers from the new index)" if r["swapped"] else ""
         print(f"| {r['sessions']} | {r['answered']} | {r['rate']:.1f} | {r['rate'] / best:.2f}x | {r['searches']:.1f} "
               f"| {r['searches'] / bare:.2f}x | {r['p50']:.0f} | {r['p99']:.0f} | {r['turned_away']} "
-              f"| {r['failed']}{note} |")
+              f"| {r['poisoned']} | {r['failed']}{note} |")
     print_replica_memory()
     if args.autoscale_seconds > 0:
         autoscaling_step(settings, queries, args.autoscale_seconds)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import random
 from collections import defaultdict
@@ -29,6 +30,8 @@ import numpy as np
 from lrat_ray import storage
 from lrat_ray.config import checked, option
 from lrat_ray.errors import LratError, RecordError
+
+log = logging.getLogger(__name__)
 
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
@@ -255,6 +258,9 @@ def run_eval(config: EvalConfig) -> dict:
     missing = sorted(set(qrels) - set(queries))
     if not judged:
         raise LratError(f"none of the {len(qrels)} judged queries in {config.qrels} is in {config.queries}")
+    if missing:
+        log.warning("%d of the %d judged queries in %s have no text in %s and are not scored (e.g. %s)",
+                    len(missing), len(qrels), config.qrels, config.queries, ", ".join(missing[:3]))
     selected = {q: queries[q] for q in judged}
     depth = max(max(ks), 10)
     result = {"index": config.index, "config": dataclasses.asdict(config),
@@ -335,9 +341,15 @@ def run_eval_runs(config: EvalRunsConfig) -> dict:
                 skipped[traj.reason] += 1
             else:
                 trajectories.append(traj)
-    result = score_trajectories(trajectories, load_qrels(config.evidence),
-                                load_qrels(config.gold) if config.gold else None)
+    evidence = load_qrels(config.evidence)
+    result = score_trajectories(trajectories, evidence, load_qrels(config.gold) if config.gold else None)
     result["records_skipped"] = dict(skipped)
+    unjudged = sorted(t for t in result["per_task"] if t not in evidence)
+    result["tasks_without_evidence_judgments"] = len(unjudged)
+    if unjudged:
+        log.warning("%d of the %d runs have ids with no evidence judgments in %s (e.g. run %s; judged ids look "
+                    "like %s): they do not count in evidence recall", len(unjudged), len(result["per_task"]),
+                    config.evidence, unjudged[0], ", ".join(sorted(evidence)[:2]) or "none")
     if config.output:
         storage.write_json_atomic(storage.join(config.output, "runs_metrics.json"), result)
     return result

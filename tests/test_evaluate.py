@@ -95,3 +95,34 @@ def test_agent_run_metrics_by_hand(real_trajectory_files):
     runs = [parse_trajectory(json.loads(p.read_text())) for p in real_trajectory_files]
     real = score_trajectories(runs, {})
     assert real["avg_steps"] == 13.0 and real["evidence_recall"] is None and real["success_rate"] is None
+
+
+def test_eval_warns_about_judgments_it_cannot_use(msmarco_index, msmarco_slice, real_trajectory_files, tmp_path,
+                                                   caplog):
+    """Scores over what matches are still computed, but never silently: judged queries without
+    text, and runs whose ids no judgment names, are reported on the console."""
+    from lrat_ray.evaluate import EvalRunsConfig, run_eval_runs
+
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text((msmarco_slice / "qrels.tsv").read_text() + "no-such-query\tD1\t1\n")
+    with caplog.at_level("WARNING", logger="lrat_ray.evaluate"):
+        result = run_eval(EvalConfig(index=str(msmarco_index), queries=str(msmarco_slice / "queries.jsonl"),
+                                     qrels=str(qrels), k="10"))
+    assert result["judged_queries_without_text"] == 1 and result["queries"] == 4
+    assert "1 of the 5 judged queries" in caplog.text and "no-such-query" in caplog.text
+
+    caplog.clear()
+    evidence = str(SHARED_DATA / "browsecomp-plus-qrels" / "qrel_evidence.txt")
+    runs = [str(p) for p in real_trajectory_files]
+    with caplog.at_level("WARNING", logger="lrat_ray.evaluate"):
+        matched = run_eval_runs(EvalRunsConfig(runs=runs, evidence=evidence))
+    # 4 of the 10 real runs (ids 0, 4, 14, 17) are not among BrowseComp-Plus's 830 judged queries
+    assert matched["tasks_without_evidence_judgments"] == 4 and matched["tasks_with_evidence"] == 6
+    assert "4 of the 10 runs have ids with no evidence judgments" in caplog.text
+    caplog.clear()
+    other = tmp_path / "other.trec"
+    other.write_text("q-elsewhere Q0 d1 1\n")
+    with caplog.at_level("WARNING", logger="lrat_ray.evaluate"):
+        unmatched = run_eval_runs(EvalRunsConfig(runs=runs, evidence=str(other)))
+    assert unmatched["evidence_recall"] is None and unmatched["tasks_without_evidence_judgments"] == 10
+    assert "10 of the 10 runs have ids with no evidence judgments" in caplog.text and "q-elsewhere" in caplog.text

@@ -185,3 +185,42 @@ def test_native_parquet_and_jsonl_inputs_give_the_same_pairs(tmp_path):
     strip = lambda t: t.drop(["source"]).to_pylist()
     assert s1["records_used"] == 1 and strip(from_parquet) == strip(from_bcp) == strip(from_jsonl)
     assert from_parquet.num_rows == 2
+
+
+def test_corrupt_files_are_counted_and_named_strict_stops_and_the_corrected_run_proceeds(
+        ray_session, real_trajectory_files, tmp_path, capsys):
+    """Random bytes named .parquet and .jsonl.gz among good run files: a lenient run mines the good
+    ones and counts each corrupt file as skipped under unreadable_file, naming it; --strict stops
+    in one line (exit 2) and the corrected command into the same directory then runs; a run where
+    nothing is usable fails instead of publishing an empty result."""
+    import random
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for path in real_trajectory_files[:3]:
+        shutil.copy(path, runs / path.name)
+    noise = random.Random(7).randbytes(4096)
+    (runs / "corrupt.parquet").write_bytes(noise)
+    (runs / "corrupt.jsonl.gz").write_bytes(noise[::-1])
+    out = tmp_path / "mined"
+
+    code = main(["mine", "--input", str(runs), "--output", str(out), "--tokenizer", "chars", "--strict"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "corrupt." in err[0] and "[unreadable_file]" in err[0], err
+    assert main(["mine", "--input", str(runs), "--output", str(out), "--tokenizer", "chars"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["records_used"] == 3 and report["records_skipped"] == {"unreadable_file": 2}
+    assert report["records_read"] == 5
+    named = " ".join(report["skipped_examples"])
+    assert f"{runs / 'corrupt.parquet'}: not a Parquet file" in named
+    assert f"{runs / 'corrupt.jsonl.gz'}: not a readable gzip file" in named
+
+    only_bad = tmp_path / "only-bad"
+    only_bad.mkdir()
+    shutil.copy(runs / "corrupt.parquet", only_bad / "a.parquet")
+    (only_bad / "b.jsonl").write_text('{"hello": "world"}\n')
+    capsys.readouterr()
+    assert main(["mine", "--input", str(only_bad), "--output", str(tmp_path / "nothing"), "--tokenizer", "chars"]) == 2
+    err = capsys.readouterr().err
+    assert "no usable trajectory among 2 records" in err and "1 unknown_format, 1 unreadable_file" in err
+    assert not (tmp_path / "nothing" / "_lrat_stage.json").exists()
