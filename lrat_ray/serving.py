@@ -22,10 +22,15 @@ retrained retriever without failing a request. Composed, the ingress switches on
 every shard have loaded the new index; each request names the index it was admitted under, and the
 parts keep the previous one loaded until the next swap, so no request mixes two indexes.
 
-Bad requests get a 4xx with ``{"error": message}``: wrong content type (415), malformed JSON (400),
-empty or over-long query, ``k`` out of range or a wrong field type (422), unknown document (404),
-missing or wrong bearer token when one is configured (401). The server binds to 127.0.0.1 unless
-told otherwise. Ray Serve's request metrics and the ``lrat_search_*`` ones defined here go through
+Every request is checked before it joins a batch, and every error answer is ``{"error": message}``:
+wrong content type (415), malformed or too deeply nested JSON (400), a body over the limit (413),
+empty, over-long or non-Unicode query (a lone surrogate), ``k`` out of range or a wrong field type
+(422), unknown document or route (404, 405), missing or wrong bearer token when one is configured
+(401). A request that fails inside a batch anyway is answered 500 alone (the batch is retried one
+request at a time); one not answered in ``request_timeout_s`` gets 503. The token reaches the
+replicas only as its SHA-256. ``deploy`` checks that the cluster can hold every replica and waits
+for the application with a deadline, so a layout that cannot start fails in one line instead of
+accepting connections it never answers. The server binds to 127.0.0.1 unless told otherwise. Ray Serve's request metrics and the ``lrat_search_*`` ones defined here go through
 Ray's metrics system (Prometheus format on each node's metrics export port).
 """
 
@@ -558,7 +563,11 @@ def make_deployment():
             busy = self._busy()
             if busy:
                 return busy
-            doc = await asyncio.wait_for(self.backend.document(docid), self.config.request_timeout_s)
+            try:
+                doc = await asyncio.wait_for(self.backend.document(docid), self.config.request_timeout_s)
+            except TimeoutError:
+                return JSONResponse({"error": f"not answered within {self.config.request_timeout_s:g}s; retry later"},
+                                    status_code=503, headers={"Retry-After": str(self._drain_seconds())})
             if doc is None:
                 return JSONResponse({"error": f"unknown document {docid!r}"}, status_code=404)
             return {"docid": doc["doc_id"], "title": doc["title"], "text": doc["text"]}
