@@ -13,7 +13,8 @@ key, host, pid, an owner id, a heartbeat, a state) and holds it until it ends:
   dead run. (A writer paused longer than the lease, or two runs starting within the same second,
   can still overlap there: the lease narrows the window, it cannot close it.)
 
-A second run into a directory whose writer is alive is refused in one line naming the owner. A
+A second run into a directory whose writer is alive is refused in one line naming the owner (after
+waiting ``LOCK_WAIT_SECONDS`` for the lock: a stopped job's driver takes a moment to exit). A
 run whose writer is gone (killed, or ended with an error: its claim says ``failed``) is resumed
 when it has the same version key, and otherwise cleared (everything in the directory was written
 by that run) before the new run starts.
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 CLAIM = "_lrat_stage.started.json"
 LOCK = "_lrat_stage.lock"
 LEASE_SECONDS = 120.0
+# How long a run waits for a held lock before refusing: a stopped job's driver may take a few
+# seconds to exit after Ray reports it stopped, and its resubmission must not be refused for that.
+LOCK_WAIT_SECONDS = 30.0
 
 
 @dataclass
@@ -93,12 +97,21 @@ class Claim:
         _, path = storage.resolve(self.output)
         os.makedirs(path, exist_ok=True)
         fd = os.open(os.path.join(path, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LratError(self._refusal(read_claim(self.uri) or found or {}, "it holds the directory's lock")) \
-                from None
+        deadline, told = time.monotonic() + LOCK_WAIT_SECONDS, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = read_claim(self.uri) or found or {}
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LratError(self._refusal(holder, "it holds the directory's lock")) from None
+                if not told:
+                    log.info("%s: waiting up to %.0fs for pid %s on %s to release it", self.output,
+                             LOCK_WAIT_SECONDS, holder.get("pid", "?"), holder.get("host", "?"))
+                    told = True
+                time.sleep(0.5)
         self._lock_fd = fd
 
     def _refusal(self, found: dict, how: str) -> str:

@@ -53,10 +53,13 @@ def running_writer(real_trajectory_files, tmp_path):
         child.wait()
 
 
-def test_a_second_writer_is_refused_while_the_first_lives_then_a_killed_run_resumes(running_writer):
+def test_a_second_writer_is_refused_while_the_first_lives_then_a_killed_run_resumes(running_writer, monkeypatch):
     child, config = running_writer
+    monkeypatch.setattr(claims, "LOCK_WAIT_SECONDS", 1.0)
+    started = time.monotonic()
     with pytest.raises(LratError, match=rf"being written by lrat mine version \w+ \(pid {child.pid} on "):
         run_stage("mine", config, _write)
+    assert time.monotonic() - started >= 1.0  # it waited for the lock before refusing
     with pytest.raises(LratError, match=rf"pid {child.pid}"):  # another version is refused the same way
         run_stage("mine", dataclasses.replace(config, negatives="since-last-positive"), _write)
     assert open(os.path.join(config.output, "part.txt")).read() == "written by the first run"  # untouched
@@ -103,3 +106,16 @@ def test_object_storage_claims_are_leases_renewed_by_a_heartbeat(tmp_path, monke
     assert previous.why == "dead" and previous.claim["key"] == "k1" and not previous.same("index", "k2")
     second.finish()
     assert json.loads(open(os.path.join(out, claims.CLAIM)).read())["state"] == "finished"
+
+
+def test_a_run_waits_for_a_writer_that_is_ending(running_writer, monkeypatch):
+    """A stopped job's driver can outlive Ray's STOPPED by a few seconds: its resubmission waits
+    for the lock instead of being refused, then resumes."""
+    child, config = running_writer
+    monkeypatch.setattr(claims, "LOCK_WAIT_SECONDS", 20.0)
+    import threading
+
+    threading.Timer(1.5, child.kill).start()
+    started = time.monotonic()
+    assert not run_stage("mine", config, _write).skipped
+    assert 1.0 < time.monotonic() - started < 20.0

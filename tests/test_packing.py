@@ -135,10 +135,12 @@ def test_encoder_vectors_packed_equal_padded():
 def test_index_vectors_with_packing_equal_without(ray_session, msmarco_slice, tmp_path):
     from lrat_ray.index import IndexConfig, run_index
 
+    corpus = tmp_path / "corpus.jsonl"  # 60 passages of real lengths: the fallback encodes them one by one
+    corpus.write_text("\n".join((msmarco_slice / "corpus.jsonl").read_text().splitlines()[:60]) + "\n")
     stored = {}
     for packing in (False, True):
         out = tmp_path / f"packing-{packing}"
-        manifest = run_index(IndexConfig(corpus=[str(msmarco_slice / "corpus.jsonl")], output=str(out), workers=1,
+        manifest = run_index(IndexConfig(corpus=[str(corpus)], output=str(out), workers=1,
                                          packing=packing, document_max_length=64))
         stored[packing] = np.load(out / manifest["shards"][0]["name"] / "embeddings.npy")
         assert json.loads((out / "manifest.json").read_text())["count"] == len(stored[packing])

@@ -355,7 +355,7 @@ def test_streamed_examples_equal_the_examples_built_in_one_process(ray_session, 
 
     with_corpus = [str(corpus)]
     for ablation, texts in (("naive", []), ("filter", with_corpus), ("reweight-unfiltered", []),
-                            ("reweight", with_corpus), ("reweight", [])):
+                            ("reweight", with_corpus)):
         config = TrainConfig(pairs=[str(judged)], output="x", ablation=ablation, corpus=texts)
         dataset, count = example_dataset(config)
         streamed = sorted(({**row, "negatives": list(row["negatives"])} for row in dataset.take_all()), key=key)
