@@ -66,7 +66,10 @@ SLOW_TESTS = {"test_deepspeed_zero2_trains_on_cpu_workers", "test_lora_trains_on
               "test_run_judge_openai_uses_the_cache_on_a_rerun",
               "test_one_large_jsonl_file_mined_in_byte_ranges_by_several_actors_equals_one_process",
               "test_swap_index_under_load_drops_no_request", "test_sharded_job_equals_single_process",
-              "test_index_in_one_precision_searched_in_the_other", "test_index_vectors_with_packing_equal_without"}
+              "test_index_in_one_precision_searched_in_the_other", "test_index_vectors_with_packing_equal_without",
+              "test_lrat_serve_takes_its_token_from_the_environment_and_listens_on_loopback_only",
+              "test_corrupt_files_are_counted_and_named_strict_stops_and_the_corrected_run_proceeds",
+              "test_eval_warns_about_judgments_it_cannot_use"}
 
 
 # The real-LLM tests' one timeout policy: every test has the suite's timeout (pyproject, 600 s)
