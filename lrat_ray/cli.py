@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -292,16 +293,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+_EXCEPTION_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupt)): (.+)$")
+
+
 def root_cause(exc: BaseException) -> str:
     """``Type: first line`` of the innermost cause: a Ray task error wraps the exception that
-    failed the task (``.cause``), other errors chain theirs (``__cause__``)."""
-    seen = set()
+    failed the task (``.cause``), other errors chain theirs (``__cause__``). Where Ray could only
+    pass the remote traceback on as text (Ray Data's UserCodeException), the first exception line
+    of that text, which is the innermost one."""
+    outer, seen = exc, set()
     while id(exc) not in seen:
         seen.add(id(exc))
         inner = getattr(exc, "cause", None) or exc.__cause__
         if not isinstance(inner, BaseException):
             break
         exc = inner
+    if type(exc).__module__.startswith("ray."):
+        for line in str(outer).splitlines():
+            found = _EXCEPTION_LINE.match(line.strip())
+            if found and not found.group(1).startswith("ray."):
+                return f"{found.group(1).rsplit('.', 1)[-1]}: {found.group(2)}"
     text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

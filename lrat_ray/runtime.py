@@ -34,6 +34,10 @@ def quiet_ray_loggers() -> None:
     level = _ray_level()
     for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "ray.llm", "vllm"):
         logging.getLogger(name).setLevel(level)
+    if not _LOG_TO_DRIVER:
+        # A failed Ray Data task logs two long ERROR lines before it raises; the command then
+        # prints the cause in one line itself (cli.main), with the full traceback in a file.
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
 _LOG_TO_DRIVER = True

@@ -57,3 +57,18 @@ def _parser_with(cli, handler):
         return built
 
     return parser
+
+
+def test_the_cause_of_a_failed_ray_data_task_is_the_users_exception(ray_session):
+    """Ray Data passes a task's exception back only as traceback text (UserCodeException): the one
+    line names the exception raised in the task, not Ray's wrapper."""
+    import pytest
+
+    from lrat_ray.cli import root_cause
+
+    def boom(row):
+        raise KeyError("the shard map")
+
+    with pytest.raises(Exception) as info:
+        ray_session.data.range(2).map(boom).take_all()
+    assert root_cause(info.value) == "KeyError: 'the shard map'"
