@@ -55,7 +55,8 @@ class Progress:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         total = f"/{self.total}" if self.total else ""
         share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-        left = f", ~{(self.total - self.done) / rate:.0f}s left" if self.total and rate > 0 and self.done else ""
+        going = self.total and rate > 0 and 0 < self.done < self.total
+        left = f", ~{(self.total - self.done) / rate:.0f}s left" if going else ""
         extra = "".join(f", {v:,} {k}" if isinstance(v, int) else f", {k} {v:.4g}" for k, v in self.extra.items())
         return (f"{self.stage}: {self.done}{total} {self.unit}{share}{extra}, {rate:.2f} {self.unit}/s, "
                 f"elapsed {elapsed:.0f}s{left}")
