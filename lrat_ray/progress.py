@@ -18,7 +18,7 @@ log = logging.getLogger("lrat.progress")
 class Progress:
     def __init__(self, stage: str, total: int | None, unit: str, every_s: float = 15.0, terminal: bool | None = None):
         self.stage, self.total, self.unit, self.every_s = stage, total, unit, every_s
-        self.done, self.extra = 0, {}
+        self.done, self.extra, self._emitted = 0, {}, -1
         self.started = self._last = time.monotonic()
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -62,7 +62,7 @@ class Progress:
                 f"elapsed {elapsed:.0f}s{left}")
 
     def _emit(self) -> None:
-        self._last = time.monotonic()
+        self._last, self._emitted = time.monotonic(), self.done
         log.info("%s", self.line())
 
     def _tick(self) -> None:
@@ -75,7 +75,7 @@ class Progress:
         self._closed.set()
         if self._bar is not None:
             self._bar.close()
-        elif self.done:
+        elif self.done and self.done != self._emitted:  # the last count, unless just said
             with self._lock:
                 self._emit()
 
