@@ -17,11 +17,17 @@ run, bf16 on CUDA and fp32 on CPU):
 * ``lrat padded, length groups``: :class:`lrat_ray.train.StepRunner` as on CPU today;
 * ``lrat padded, one group``;
 * ``lrat packed``: each side one padding-free row (:mod:`lrat_ray.packing`; torch's varlen
-  attention on CUDA, the exact per-text fallback on CPU).
+  attention on CUDA, the exact per-text fallback on CPU);
+* then one lever added per row, each kept in the rows below it: bf16 weights with fp32 masters
+  (CUDA; :mod:`lrat_ray.train.optimizer`), full checkpointing (CPU only: the CUDA rows have it from
+  the start), selective checkpointing (:mod:`lrat_ray.train.checkpointing`), regional
+  ``torch.compile`` of the layers (:mod:`lrat_ray.train.regional_compile`), input prefetched in a
+  thread (:mod:`lrat_ray.train.prefetch`). The lrat rows use the training loop's own helpers and
+  optimizer step (clipping, schedule), the others a bare fused AdamW.
 
 Then documents/s of corpus encoding: a bare transformers loop (padded) against ``Encoder`` padded
-and packed. Not yet here (issue 22): bf16 weights with fp32 masters, fused kernels (Liger) or
-regional ``torch.compile``, selective checkpointing, prefetched input.
+and packed. Not here: Liger Kernel's fused Triton kernels (GPU only; regional compile is the
+lever that fuses the same elementwise work and runs on both).
 
     python benchmarks/bench_gpu_step.py [--shape auto|qwen3-0.6b|tiny] [--steps 3]
 """
@@ -147,7 +153,8 @@ def main() -> int:
 
     def bare_step(model, optimizer):
         def encode(texts):
-            batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
+            batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt").to(device)
             hidden = model(**batch).last_hidden_state
             last = batch["attention_mask"].sum(1) - 1 if tokenizer.padding_side == "right" else \
                 torch.full((len(texts),), hidden.size(1) - 1, device=device)
@@ -161,20 +168,7 @@ def main() -> int:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def lrat_step(groups: int, packed: bool):
-        config = TrainConfig(pairs=["-"], output="-", group_size=group, temperature=0.02, bf16=cuda,
-                             length_groups=groups, packing=packed)
-
-        def step(model, optimizer):
-            runner = StepRunner(model, tokenizer, spec, config, device)
-            runner.run(queries, documents, [True] * len(documents), [1.0] * len(queries), lambda v: v.backward())
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return step, packed
-
     def st_step(model, optimizer):
-        from sentence_transformers import losses
-
         st, mnrl = model
         columns = [queries] + [documents[i::group] for i in range(group)]  # anchor, positive, negatives
         with autocast:
@@ -185,41 +179,98 @@ def main() -> int:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    rows = {"bare torch": (bare_step, False),
-            "sentence-transformers MNRL": (st_step, False),
-            "lrat padded, length groups (4)": lrat_step(4, False),
-            "lrat padded, one group": lrat_step(1, False),
-            "lrat packed": lrat_step(1, True)}
+    def plain_row(step, build):
+        """A row from a step function of (model, optimizer) and a builder of both."""
+        def steps(state, n):
+            for _ in range(n):
+                step(*state)
+        return build, steps
+
+    def plain_model():
+        model = copy.deepcopy(base).train()
+        if cuda:
+            model.gradient_checkpointing_enable()
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+
+    def st_model():
+        from sentence_transformers import SentenceTransformer, losses
+
+        st = SentenceTransformer(saved.name, device=str(device)).train()
+        st.max_seq_length = max_length
+        if cuda:
+            st[0].auto_model.gradient_checkpointing_enable()
+        return (st, losses.MultipleNegativesRankingLoss(st, scale=1 / 0.02)), \
+            torch.optim.AdamW(st.parameters(), lr=1e-6, fused=True)
+
+    def lrat_row(**options):
+        """lrat's step as ``lrat train`` builds it: the model prepared by the worker's own helpers
+        (checkpointing, packing, regional compile, bf16 weights with fp32 masters) and its optimizer
+        step; with ``prefetch_batches``, the next step's texts are tokenized in a thread meanwhile."""
+        from lrat_ray.train import checkpointing
+        from lrat_ray.train.optimizer import build_optimizer, optimizer_step, to_bf16_weights
+        from lrat_ray.train.prefetch import prefetched
+        from lrat_ray.train.regional_compile import compile_layers
+
+        config = TrainConfig(pairs=["-"], output="-", group_size=group, temperature=0.02, bf16=cuda,
+                             learning_rate=1e-6, warmup_ratio=0.0, **{"prefetch_batches": 0, **options})
+
+        def build():
+            model = copy.deepcopy(base).train()
+            if config.packing:
+                packing.install(model)
+            checkpointing.enable(model, config.gradient_checkpointing)
+            if config.compile_layers:
+                compile_layers(model)
+            if config.bf16_weights:
+                to_bf16_weights(model)
+            params, optimizer, scheduler = build_optimizer(model, config, 10 ** 6, config.bf16_weights)
+            return StepRunner(model, tokenizer, spec, config, device), params, optimizer, scheduler
+
+        def steps(state, n):
+            runner, params, optimizer, scheduler = state
+            work = (runner.prepare(queries, documents, [True] * len(documents), [1.0] * len(queries))
+                    for _ in range(n))
+            for prepared in prefetched(work, config.prefetch_batches):
+                float(runner.run_prepared(prepared, lambda v: v.backward()))  # the step's one sync
+                optimizer_step(params, optimizer, scheduler)
+        return build, steps
+
+    # Each lrat row adds one lever to the row before it. On CUDA the recipe needs checkpointing
+    # (full before the selective row); on CPU the tiny shape runs without it, and the two
+    # checkpointing rows show what each costs in time.
+    checkpoint = "full" if cuda else "off"
+    levers = {"packing": False, "length_groups": 4, "gradient_checkpointing": checkpoint}
+    lrat_rows = [("lrat padded, length groups (4)", {})]
+    for label, change in (("lrat padded, one group", {"length_groups": 1}),
+                          ("lrat packed", {"packing": True}),
+                          ("+ bf16 weights, fp32 masters", {"bf16_weights": True}),
+                          ("+ full checkpointing", {"gradient_checkpointing": "full"}),
+                          ("+ selective checkpointing", {"gradient_checkpointing": "selective"}),
+                          ("+ regional compile", {"compile_layers": True}),
+                          ("+ prefetched input", {"prefetch_batches": 2})):
+        if (label.startswith("+ bf16") and not cuda) or (label.startswith("+ full") and cuda):
+            continue  # bf16 weights need bf16 compute; CUDA starts from full checkpointing
+        lrat_rows.append((label, change))
+    rows = {"bare torch": plain_row(bare_step, plain_model),
+            "sentence-transformers MNRL": plain_row(st_step, st_model)}
+    for label, change in lrat_rows:
+        levers = {**levers, **change}
+        rows[label] = lrat_row(**levers)
     results = []
     saved = tempfile.TemporaryDirectory()
     save_encoder(base.eval(), tokenizer, spec, saved.name)  # the same weights for sentence-transformers
-    for label, (step, packed) in rows.items():
-        if label.startswith("sentence-transformers"):
-            try:
-                from sentence_transformers import SentenceTransformer, losses
-            except ImportError as exc:
-                print(f"{label:<34} skipped: {exc}")
-                continue
-            st = SentenceTransformer(saved.name, device=str(device)).train()
-            st.max_seq_length = max_length
-            if cuda:
-                st[0].auto_model.gradient_checkpointing_enable()
-            model = (st, losses.MultipleNegativesRankingLoss(st, scale=1 / 0.02))
-            optimizer = torch.optim.AdamW(st.parameters(), lr=1e-6, fused=True)
-        else:
-            model = copy.deepcopy(base).train()
-            if cuda:
-                model.gradient_checkpointing_enable()
-            if packed:
-                packing.install(model)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
-        step(model, optimizer)  # warm-up
+    for label, (build, steps) in rows.items():
+        try:
+            state = build()
+        except ImportError as exc:
+            print(f"{label:<34} skipped: {exc}")
+            continue
+        steps(state, 3 if "compile" in label or "prefetch" in label else 1)  # warm-up (and compilation)
         _sync(device)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
-        for _ in range(args.steps):
-            step(model, optimizer)
+        steps(state, args.steps)
         _sync(device)
         seconds = (time.perf_counter() - started) / args.steps
         memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
@@ -227,7 +278,7 @@ def main() -> int:
         print(f"{label:<34} {seconds:7.3f} s/step  {len(queries) / seconds:7.2f} queries/s  "
               f"{real / seconds:9.0f} real tokens/s  {memory:>9}  {flops / seconds / peak:6.1%} of matmul peak",
               flush=True)
-        del model, optimizer
+        del state
         if cuda:
             torch.cuda.empty_cache()
     baseline = dict((label, seconds) for label, seconds, _ in results)["bare torch"]

@@ -24,8 +24,8 @@ by default only there (on CPU the padded path with length groups measured as fas
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 ATTENTION = "lrat_packed"
 
@@ -35,14 +35,19 @@ class Packed:
     """One row of concatenated texts: ``input_ids`` and ``position_ids`` of shape ``(1, T)``,
     ``cu_seqlens`` ``(n + 1,)`` int32 and the longest text's length."""
 
-    input_ids: "object"
-    position_ids: "object"
-    cu_seqlens: "object"
+    input_ids: object
+    position_ids: object
+    cu_seqlens: object
     max_length: int
 
-    def to(self, device) -> "Packed":
+    def to(self, device) -> Packed:
         return Packed(self.input_ids.to(device, non_blocking=True), self.position_ids.to(device, non_blocking=True),
                       self.cu_seqlens.to(device, non_blocking=True), self.max_length)
+
+    def pin_memory(self) -> Packed:
+        """Page-locked host copies, so that ``to(cuda)`` does not block the host."""
+        return Packed(self.input_ids.pin_memory(), self.position_ids.pin_memory(), self.cu_seqlens.pin_memory(),
+                      self.max_length)
 
     def model_inputs(self) -> dict:
         """Keyword arguments of a transformers model's forward for this row."""

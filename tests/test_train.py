@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import SHARED_DATA
+
 from lrat_ray.errors import LratError
 from lrat_ray.pairs import PAIR_SCHEMA
 from lrat_ray.runtime import free_port
@@ -141,9 +141,10 @@ def test_grad_cache_replays_dropout_so_it_equals_the_big_batch_gradient(fast_dro
     runner, model = _runner(config, fast_dropout)
     model.train()
     torch.manual_seed(7)
-    q_chunks, d_chunks = runner._chunks(queries, documents)
-    reps = [runner._embed(texts, length).float() for texts, length in q_chunks + d_chunks]
-    value, _ = distributed_loss(torch.cat(reps[:len(q_chunks)]), torch.cat(reps[len(q_chunks):]),
+    prepared = runner.prepare(queries, documents, mask, weights)
+    assert len(prepared.units) > 2  # really chunked
+    reps = [runner._encode([unit])[0].float() for unit in prepared.units]
+    value, _ = distributed_loss(torch.cat(reps[:prepared.query_units]), torch.cat(reps[prepared.query_units:]),
                                 torch.tensor(weights), torch.tensor(mask), config.temperature, 3)
     value.backward()
     direct = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -324,7 +325,7 @@ def test_grouped_and_paired_encoding_equal_one_padded_batch():
         config = TrainConfig(pairs=["-"], output="-", group_size=1, length_groups=groups)
         runner = StepRunner(pair_forward(model) if wrap else model, tokenizer, spec, config, torch.device("cpu"))
         assert runner.paired == wrap and unwrap(runner.model) is model
-        q, d = runner._embed_pair(queries, documents)
+        q, d = runner._encode(runner.prepare(queries, documents, [True] * 12, [1.0] * 12).units)
         (q @ d.T * torch.arange(1.0, 13.0)).sum().backward()
         results.append((q.detach(), d.detach(), model.embeddings.word_embeddings.weight.grad.clone()))
     (q1, d1, g1) = results[0]

@@ -13,8 +13,9 @@ ZeRO (stage and precision from a JSON config kept in ``lrat_ray/configs/``). Opt
 accumulation, linear warmup and decay, GradCache (``grad_cache_chunk``: embeddings are computed
 without gradients, the loss is differentiated with respect to them, then each chunk is re-encoded
 with its cached gradient, so the contrastive batch is not limited by activation memory), LoRA for
-large decoder embedders (peft), gradient checkpointing, bf16 (autocast, and on GPUs bf16 weights
-with fp32 masters), padding-free packed encoding. Checkpoints are
+large decoder embedders (peft), gradient checkpointing (full or selective), regional
+``torch.compile`` of the layers, input tokenized ahead in a thread, bf16 (autocast, and on GPUs
+bf16 weights with fp32 masters), padding-free packed encoding. Checkpoints are
 ``ray.train.Checkpoint`` directories; with ``max_failures`` a dead worker group restarts from the
 latest one at the step where it was taken. The final model is written in Hugging Face format (plus
 sentence-transformers' module files) to ``output``, atomically.
@@ -22,7 +23,10 @@ sentence-transformers' module files) to ``output``, atomically.
 The package, by layer: :mod:`~lrat_ray.train.config` (options), :mod:`~lrat_ray.train.data` (pairs
 -> examples, collation), :mod:`~lrat_ray.train.step` (forward/loss/backward, GradCache),
 :mod:`~lrat_ray.train.optimizer` (AdamW and its schedule, bf16 weights with fp32 masters, the one
-optimizer step), :mod:`~lrat_ray.train.worker` (the Ray Train worker loop, checkpoints, DeepSpeed) and
+optimizer step), :mod:`~lrat_ray.train.checkpointing` (off/full/selective recompute),
+:mod:`~lrat_ray.train.regional_compile` (``torch.compile`` per layer),
+:mod:`~lrat_ray.train.prefetch` (input prepared ahead of the step), :mod:`~lrat_ray.train.worker`
+(the Ray Train worker loop, checkpoints, DeepSpeed) and
 :mod:`~lrat_ray.train.driver` (``run_train`` and the in-process ``fit_in_process``).
 """
 

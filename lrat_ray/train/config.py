@@ -9,6 +9,7 @@ from lrat_ray.config import ActorPool, checked, option
 from lrat_ray.hardware import parse_auto
 from lrat_ray.loss import ABLATIONS, NORMALIZATIONS
 from lrat_ray.model import EncoderOptions
+from lrat_ray.train.checkpointing import MODES, parse_mode
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 BACKENDS = ("ddp", "deepspeed")
@@ -58,7 +59,17 @@ class TrainConfig(EncoderOptions, ActorPool):
                                             "optimizer state (lrat_ray.train.optimizer; no per-forward weight "
                                             "casts); auto: on CUDA when bf16 is on; DeepSpeed keeps its own masters")
     lora_rank: int | None = option(None, help="train LoRA adapters of this rank instead of all weights (peft)")
-    gradient_checkpointing: bool = option(False, help="recompute activations in backward to save memory")
+    gradient_checkpointing: str = option("off", choices=MODES, convert=parse_mode,
+                                         help="recompute activations in backward to save memory: off, full (each "
+                                              "layer recomputed) or selective (matmul and attention outputs kept, "
+                                              "elementwise work recomputed; lrat_ray.train.checkpointing); "
+                                              "true/false in YAML mean full/off")
+    compile_layers: bool = option(False, help="torch.compile each transformer layer (regional compile: fuses "
+                                              "the elementwise kernels between matmuls; lrat_ray.train."
+                                              "regional_compile); the first steps pay the compilation")
+    prefetch_batches: int = option(2, minimum=0, runtime=True,
+                                   help="micro-batches read and tokenized ahead of the step in a background "
+                                        "thread (lrat_ray.train.prefetch); 0: in the training loop")
     seed: int = option(0, help="seed for shuffling, negative sampling and initialisation")
     checkpoint_every: int = option(50, help="optimizer steps between checkpoints", runtime=True)
     max_failures: int = option(0, help="worker-group restarts allowed (each resumes from the last checkpoint)",

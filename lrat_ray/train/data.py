@@ -69,8 +69,9 @@ def example_dataset(config: TrainConfig):
     sources = [(spec, *storage.resolve(pairs_source(spec))) for spec in config.pairs]
     kept, mean, columns = _pair_stats(sources, config.ablation)
     parts = [ray.data.read_parquet(path, filesystem=fs, columns=present, file_extensions=["parquet"])
-             .map_batches(_ExampleMaker, fn_constructor_kwargs={"corpus": list(config.corpus), "ablation": config.ablation,
-                                                                  "mean": mean, "source": spec},
+             .map_batches(_ExampleMaker, fn_constructor_kwargs={"corpus": list(config.corpus),
+                                                                  "ablation": config.ablation, "mean": mean,
+                                                                  "source": spec},
                           batch_format="pyarrow", concurrency=1)
              for (spec, fs, path), present in zip(sources, columns)]
     dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]

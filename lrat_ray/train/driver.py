@@ -18,8 +18,8 @@ from lrat_ray.hardware import describe
 from lrat_ray.outputs import default_storage_path
 from lrat_ray.train.config import TrainConfig
 from lrat_ray.train.data import EXAMPLE_COLUMNS, example_dataset, group_texts
-from lrat_ray.train.step import StepRunner
 from lrat_ray.train.optimizer import build_optimizer, optimizer_step, to_bf16_weights
+from lrat_ray.train.step import StepRunner
 from lrat_ray.train.worker import _starting_model, resolve_device_options, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ def run_train(config: TrainConfig) -> dict:
 
     started = time.time()
     # Workers run in their own directories: hand them absolute paths for anything local.
-    config = dataclasses.replace(config, model=_absolute_if_local(config.model),
-                                 deepspeed_config=config.deepspeed_config and _absolute_if_local(config.deepspeed_config))
+    deepspeed_config = config.deepspeed_config and _absolute_if_local(config.deepspeed_config)
+    config = dataclasses.replace(config, model=_absolute_if_local(config.model), deepspeed_config=deepspeed_config)
     _check_model_loads(config.model)
     init_ray(config.address)
     dataset, count = example_dataset(config)  # streamed: the driver holds no pair texts

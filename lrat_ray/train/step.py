@@ -4,8 +4,10 @@ GradCache (representations first without gradients, then chunk by chunk with the
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 from lrat_ray.train.config import TrainConfig
+
 
 class RandomState:
     """torch's CPU (and current CUDA device's) random state, to replay a forward pass exactly."""
@@ -14,7 +16,7 @@ class RandomState:
         self.cpu, self.cuda, self.device = cpu, cuda, device
 
     @classmethod
-    def capture(cls, device) -> "RandomState":
+    def capture(cls, device) -> RandomState:
         import torch
 
         cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
@@ -95,38 +97,104 @@ def length_groups(lengths: list[int], max_groups: int) -> list[list[int]]:
     return best
 
 
+@dataclass
+class Grouped:
+    """One side's texts as padded batches of similar length (:func:`length_groups`): ``batches``
+    (tokenizer outputs) and, for each, the texts' positions in the side."""
+
+    batches: list
+    groups: list[list[int]]
+
+    def to(self, device) -> Grouped:
+        return Grouped([batch.to(device, non_blocking=True) for batch in self.batches], self.groups)
+
+    def pin_memory(self) -> Grouped:
+        for batch in self.batches:
+            for key, value in batch.items():
+                batch[key] = value.pin_memory()
+        return self
+
+
+@dataclass
+class Prepared:
+    """A micro-batch ready for the device: its texts tokenized (``units``: the two sides, or with
+    GradCache the query chunks then the document chunks, each a :class:`Grouped` or a packed row),
+    its pair weights and mask. Built by :meth:`StepRunner.prepare`, off the training thread when
+    prefetched (:func:`prefetched`)."""
+
+    units: list
+    query_units: int
+    weights: object
+    mask: object
+    queries: int
+
+    def to(self, device) -> Prepared:
+        return Prepared([unit.to(device) for unit in self.units], self.query_units,
+                        self.weights.to(device, non_blocking=True), self.mask.to(device, non_blocking=True),
+                        self.queries)
+
+
 class StepRunner:
-    """Forward + loss + backward for one micro-batch, with or without GradCache."""
+    """Forward + loss + backward for one micro-batch, with or without GradCache.
+
+    ``prepare`` (tokenization, tensors on the host) and ``run_prepared`` (device work) are apart so
+    that the first can run ahead of the step in a thread (:func:`prefetched`); ``run`` does both."""
 
     def __init__(self, model, tokenizer, spec, config: TrainConfig, device):
         self.model, self.tokenizer, self.spec, self.config, self.device = model, tokenizer, spec, config, device
         self.paired = isinstance(getattr(model, "module", model), _pair_forward_class())
 
-    def _tokens(self, texts: list[str], max_length: int):
-        return self.tokenizer(texts, truncation=True, max_length=max_length, padding=True,
-                              return_tensors="pt").to(self.device)
+    # -- host side: texts -> tokens --------------------------------------------------------------
+    def _tokenize(self, texts: list[str], max_length: int):
+        """One unit of texts: a packed row (``config.packing``) or padded length groups."""
+        if self.config.packing:
+            from lrat_ray.packing import tokenize_packed
 
-    def _grouped_tokens(self, texts: list[str], max_length: int):
-        """The texts as padded batches of similar length (:func:`length_groups`) and their positions."""
+            return tokenize_packed(self.tokenizer, texts, max_length)
         lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=max_length,
                                                       return_attention_mask=False,
                                                       return_token_type_ids=False)["input_ids"]]
         groups = length_groups(lengths, self.config.length_groups)
-        return [self._tokens([texts[i] for i in group], max_length) for group in groups], groups
+        return Grouped([self.tokenizer([texts[i] for i in group], truncation=True, max_length=max_length,
+                                       padding=True, return_tensors="pt") for group in groups], groups)
 
-    def _encode(self, sides: list[tuple[list[str], int]]):
-        """Embeddings of each ``(texts, max_length)`` side: packed (one padding-free row per side,
-        ``config.packing``), or each text padded only to the longest of its length group; a plain
-        module by one call per row or group, a ``PairForward`` under DDP or DeepSpeed by one forward
-        for all of them."""
+    def prepare(self, queries, documents, mask, weights) -> Prepared:
+        """Tokenize a micro-batch (instructions and EOS as the spec says). Host tensors, pinned when
+        the step runs on CUDA so that the copy in :meth:`run_prepared` does not block."""
+        import torch
+
+        q_texts = [self.spec.format_query(t) for t in queries]
+        d_texts = [self.spec.format_document(t) for t in documents]
+        size = self.config.grad_cache_chunk
+        if size:
+            q_sides = [q_texts[i:i + size] for i in range(0, len(q_texts), size)]
+            d_sides = [d_texts[i:i + size] for i in range(0, len(d_texts), size)]
+        else:
+            q_sides, d_sides = [q_texts], [d_texts]
+        units = [self._tokenize(t, self.spec.query_max_length) for t in q_sides] + \
+                [self._tokenize(t, self.spec.document_max_length) for t in d_sides]
+        prepared = Prepared(units, len(q_sides), torch.tensor(weights, dtype=torch.float32),
+                            torch.tensor(mask, dtype=torch.bool), len(queries))
+        if self.device.type == "cuda":
+            prepared.units = [unit.pin_memory() for unit in units]
+            prepared.weights, prepared.mask = prepared.weights.pin_memory(), prepared.mask.pin_memory()
+        return prepared
+
+    # -- device side: tokens -> embeddings -> loss -------------------------------------------------
+    def _encode(self, units: list):
+        """Embeddings of each unit; a plain module by one call per row or group, a ``PairForward``
+        under DDP or DeepSpeed by one forward for all of them."""
         import torch
 
         from lrat_ray.model import embed, pool
+        from lrat_ray.packing import Packed, pool_packed
 
-        if self.config.packing:
-            return self._encode_packed(sides)
-        grouped = [self._grouped_tokens(texts, max_length) for texts, max_length in sides]
-        batches = [batch for side_batches, _ in grouped for batch in side_batches]
+        if all(isinstance(unit, Packed) for unit in units):
+            hidden = self.model(units) if self.paired else [self.model(**row.model_inputs()).last_hidden_state
+                                                            for row in units]
+            return [pool_packed(h, row.cu_seqlens, self.spec.pooling, self.spec.normalize)
+                    for h, row in zip(hidden, units)]
+        batches = [batch for unit in units for batch in unit.batches]
         side = self.tokenizer.padding_side
         if self.paired:
             hidden = self.model([(b["input_ids"], b["attention_mask"]) for b in batches])
@@ -134,54 +202,35 @@ class StepRunner:
         else:
             pooled = [embed(self.model, b, self.spec, side) for b in batches]
         out, start = [], 0
-        for side_batches, groups in grouped:
-            rows = torch.cat(pooled[start:start + len(side_batches)])
-            positions = [i for group in groups for i in group]
-            out.append(rows if len(groups) == 1 else rows[torch.tensor(positions).argsort()])
-            start += len(side_batches)
+        for unit in units:
+            rows = torch.cat(pooled[start:start + len(unit.batches)])
+            positions = [i for group in unit.groups for i in group]
+            out.append(rows if len(unit.groups) == 1 else rows[torch.tensor(positions).argsort()])
+            start += len(unit.batches)
         return out
 
-    def _encode_packed(self, sides: list[tuple[list[str], int]]):
-        from lrat_ray.packing import pool_packed, tokenize_packed
-
-        rows = [tokenize_packed(self.tokenizer, texts, max_length).to(self.device) for texts, max_length in sides]
-        hidden = self.model(rows) if self.paired else [self.model(**row.model_inputs()).last_hidden_state
-                                                       for row in rows]
-        return [pool_packed(h, row.cu_seqlens, self.spec.pooling, self.spec.normalize) for h, row in zip(hidden, rows)]
-
-    def _embed(self, texts: list[str], max_length: int):
-        return self._encode([(texts, max_length)])[0]
-
-    def _embed_pair(self, queries: list[str], documents: list[str]):
-        """Query and document embeddings, each side encoded at its own padded lengths."""
-        return self._encode([(queries, self.spec.query_max_length), (documents, self.spec.document_max_length)])
-
     def run(self, queries, documents, mask, weights, backward) -> float:
-        """Returns the global loss; ``backward(value)`` runs the backward pass (DDP or DeepSpeed)."""
-        import torch
+        """Prepare and run one micro-batch; returns the global loss (a synchronisation)."""
+        return float(self.run_prepared(self.prepare(queries, documents, mask, weights), backward))
 
+    def run_prepared(self, prepared: Prepared, backward):
+        """Returns the global loss as a detached 0-d tensor (reading it synchronises with the
+        device: the training loop does that once per optimizer step); ``backward(value)`` runs the
+        backward pass (DDP or DeepSpeed)."""
         from lrat_ray.loss import distributed_loss
 
-        w = torch.tensor(weights, dtype=torch.float32, device=self.device)
-        m = torch.tensor(mask, dtype=torch.bool, device=self.device)
+        prepared = prepared.to(self.device)
         if not self.config.grad_cache_chunk:
             with self._autocast():
-                q, d = self._embed_pair([self.spec.format_query(t) for t in queries],
-                                        [self.spec.format_document(t) for t in documents])
-                value, loss = distributed_loss(q.float(), d.float(), w, m, self.config.temperature,
-                                               self.config.group_size, self.config.normalization)
+                q, d = self._encode(prepared.units)
+                value, loss = distributed_loss(q.float(), d.float(), prepared.weights, prepared.mask,
+                                               self.config.temperature, self.config.group_size,
+                                               self.config.normalization)
             backward(value)
-            return float(loss)
-        return self._run_grad_cache(queries, documents, m, w, backward)
+            return loss.detach()
+        return self._run_grad_cache(prepared, backward)
 
-    def _chunks(self, queries, documents):
-        size = self.config.grad_cache_chunk
-        q_texts = [self.spec.format_query(t) for t in queries]
-        d_texts = [self.spec.format_document(t) for t in documents]
-        return ([(q_texts[i:i + size], self.spec.query_max_length) for i in range(0, len(q_texts), size)],
-                [(d_texts[i:i + size], self.spec.document_max_length) for i in range(0, len(d_texts), size)])
-
-    def _run_grad_cache(self, queries, documents, mask, weights, backward) -> float:
+    def _run_grad_cache(self, prepared: Prepared, backward):
         """GradCache (Gao et al., 2021): same gradients as one big batch, memory of one chunk."""
         import contextlib
 
@@ -189,34 +238,33 @@ class StepRunner:
 
         from lrat_ray.loss import distributed_loss
 
-        q_chunks, d_chunks = self._chunks(queries, documents)
-        chunks = q_chunks + d_chunks
+        units = prepared.units
         # Each chunk's random state (dropout) is saved before its first pass and replayed in the
         # second, so the re-encoded representations are the ones the loss was differentiated at.
         states = []
         with torch.no_grad(), self._autocast():
             reps = []
-            for texts, max_length in chunks:
+            for unit in units:
                 states.append(RandomState.capture(self.device))
-                reps.append(self._embed(texts, max_length).float())
-        q = torch.cat(reps[:len(q_chunks)])
-        d = torch.cat(reps[len(q_chunks):])
+                reps.append(self._encode([unit])[0].float())
+        q = torch.cat(reps[:prepared.query_units])
+        d = torch.cat(reps[prepared.query_units:])
         q.requires_grad_(True)
         d.requires_grad_(True)
-        value, loss = distributed_loss(q, d, weights, mask, self.config.temperature, self.config.group_size,
-                                       self.config.normalization)
+        value, loss = distributed_loss(q, d, prepared.weights, prepared.mask, self.config.temperature,
+                                       self.config.group_size, self.config.normalization)
         value.backward()
         grads = torch.cat([q.grad, d.grad])
         offset = 0
-        for index, ((texts, max_length), state) in enumerate(zip(chunks, states)):
-            last = index == len(chunks) - 1
+        for index, (unit, state) in enumerate(zip(units, states)):
+            last = index == len(units) - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
             with sync, state.replay(), self._autocast():
-                reps = self._embed(texts, max_length).float()
-                surrogate = (reps * grads[offset:offset + len(texts)]).sum()
+                reps = self._encode([unit])[0].float()
+                surrogate = (reps * grads[offset:offset + len(reps)]).sum()
             backward(surrogate)
-            offset += len(texts)
-        return float(loss)
+            offset += len(reps)
+        return loss.detach()
 
     def _autocast(self):
         import contextlib

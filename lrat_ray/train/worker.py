@@ -15,10 +15,12 @@ from pathlib import Path
 from lrat_ray import storage
 from lrat_ray.errors import LratError
 from lrat_ray.hardware import resolve_bf16
-from lrat_ray.train import dropout
+from lrat_ray.train import checkpointing, dropout
 from lrat_ray.train.config import CONFIG_DIR, TrainConfig
 from lrat_ray.train.data import group_texts
 from lrat_ray.train.optimizer import build_optimizer, optimizer_step, to_bf16_weights
+from lrat_ray.train.prefetch import prefetched
+from lrat_ray.train.regional_compile import compile_layers
 from lrat_ray.train.step import StepRunner, pair_forward, unwrap
 
 SHUFFLE_BUFFER = 4096  # rows each worker reshuffles at a time after the first epoch
@@ -77,31 +79,38 @@ def train_loop_per_worker(loop_config: dict) -> None:
     step = start_step
     progress = ProgressFile(loop_config["storage_path"], total_steps)
     for epoch in range(start_epoch, config.epochs):
-        batches = 0
         micro = 0
         window_loss, window_examples, window_start = 0.0, 0, time.time()
-        for batch in epoch_batches(shard, config, epoch, rank):
-            if epoch == start_epoch and batches < skip_batches:
-                batches += 1  # done before the restart: same order, skip it
-                continue
-            batches += 1
-            rng = random.Random(hash((config.seed, epoch, batches, rank)))
-            queries, documents, mask, weights = group_texts(batch, config.group_size, rng,
-                                                            config.negatives_with_replacement)
+
+        def prepared_batches(epoch=epoch, skip_batches=skip_batches):
+            """(batches so far in the epoch, the prepared micro-batch); run ahead by ``prefetched``."""
+            batches = 0
+            for batch in epoch_batches(shard, config, epoch, rank):
+                batches += 1
+                if epoch == start_epoch and batches <= skip_batches:
+                    continue  # done before the restart: same order, skip it
+                rng = random.Random(hash((config.seed, epoch, batches, rank)))
+                yield batches, runner.prepare(*group_texts(batch, config.group_size, rng,
+                                                           config.negatives_with_replacement))
+
+        for batches, prepared in prefetched(prepared_batches(), config.prefetch_batches):
             scale = 1.0 / config.grad_accumulation
 
-            def scaled_backward(value):  # DeepSpeed scales for accumulation itself
+            def scaled_backward(value, scale=scale):  # DeepSpeed scales for accumulation itself
                 backward(value * scale) if engine is None else backward(value)
 
-            loss = runner.run(queries, documents, mask, weights, scaled_backward)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at step {step}: lower the learning rate or check weights")
-            window_loss += loss
-            window_examples += len(queries) * world
+            window_loss = window_loss + runner.run_prepared(prepared, scaled_backward)  # stays on the device
+            window_examples += prepared.queries * world
             micro += 1
+            boundary = micro % config.grad_accumulation == 0
+            if boundary:  # the one synchronisation of a step: read the loss before stepping on it
+                window_loss = float(window_loss)
+                if not math.isfinite(window_loss):
+                    raise FloatingPointError(f"loss is {window_loss} at step {step}: lower the learning rate or "
+                                             "check weights")
             if engine is not None:
                 engine.step()  # an optimizer step only at accumulation boundaries
-            if micro % config.grad_accumulation:
+            if not boundary:
                 continue
             if engine is None:
                 optimizer_step(params, optimizer, scheduler)
@@ -165,10 +174,11 @@ def _starting_model(config: TrainConfig):
         from lrat_ray import packing
 
         packing.install(model)
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    checkpointing.enable(model, config.gradient_checkpointing)
     if config.lora_rank:
         model = _with_lora(model, config.lora_rank)
+    if config.compile_layers:  # after LoRA, so the compiled layers trace the adapters too
+        compile_layers(model)
     return spec, tokenizer, model
 
 
