@@ -31,9 +31,11 @@ log = logging.getLogger("lrat")
 SIMULATION_ASSUMPTIONS = """  what the simulation assumes: the agent picks what to read from the claim's words in each
   result's title and snippet (plus a weak position bias), so it also reads documents that only
   look relevant; its note after reading stands in for reading comprehension: long and quoting
-  when SciFact's judgments call the abstract relevant, short and often dismissive otherwise.
-  Intervals: 95% bootstrap over the held-out claims of this one run. Seeds and control arms:
-  `lrat ablation` (README)."""
+  when SciFact's judgments call the abstract relevant, short and often dismissive otherwise (so
+  the notes carry the signal LRAT's judge and weights read by construction: an input, not a
+  finding). Intervals: 95% bootstrap over the held-out claims of this one run; they leave out
+  training and rollout noise (one seed), so they cannot show an effect of the method. For that,
+  with seeds, a control agent and tests sized by a pilot: `lrat ablation` (README)."""
 
 
 def _shared_data() -> Path:
@@ -81,7 +83,7 @@ def commands():
         ("serve", ServeConfig, "lrat_ray.serving", _cmd_serve, "serve search + browse over HTTP (Ray Serve)"),
         ("mcp", McpConfig, "lrat_ray.mcp_server", _cmd_mcp, "offer a running retriever's tools over MCP"),
         ("ablation", AblationConfig, "lrat_ray.ablation", _cmd_ablation,
-         "naive / +filter / +reweight / oracle with an informative and a control agent, over seeds"),
+         "oracle / naive / LRAT arms on common random numbers, informative and control agents, seed-level tests"),
     ]
 
 
@@ -189,10 +191,16 @@ def _cmd_prepare_llm(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablation(args: argparse.Namespace) -> int:
-    from lrat_ray.ablation import render_markdown, run_ablation
+    import os
+
+    from lrat_ray.ablation import render_markdown, render_pilot, run_ablation
 
     config = _config(args)
     report = run_ablation(config)
+    if config.pilot:
+        print(render_pilot(report))
+        print(f"pilot report.json and results.md in {os.path.join(config.output, 'pilot')}")
+        return 0
     print(render_markdown(report))
     print(f"wall time {report['wall_seconds']:.0f}s; report.json, results.md and results.png in {config.output}")
     return 0

@@ -23,7 +23,7 @@ negatives neither repeat nor invent documents unless the sampler chose to (see
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +56,12 @@ def weighted_info_nce(queries: torch.Tensor, documents: torch.Tensor, weights: t
     targets = torch.arange(n, device=queries.device) * group_size
     per_pair = F.cross_entropy(logits, targets, reduction="none")
     weights = weights.to(per_pair.dtype)
-    denominator = weights.sum() if normalization == "weight_sum" else torch.tensor(float(n), dtype=per_pair.dtype)
+    if normalization == "weight_sum":
+        # A batch whose pairs all have weight 0 (all filtered out) contributes nothing, not 0/0.
+        total = weights.sum()
+        denominator = torch.where(total > 0, total, torch.ones_like(total))
+    else:
+        denominator = torch.tensor(float(n), dtype=per_pair.dtype)
     return (weights * per_pair).sum() / denominator
 
 

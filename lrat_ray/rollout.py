@@ -8,7 +8,7 @@ tool_call / output_text items, ``tool_call_counts``, ``retrieved_docids``, ``sta
 Rollouts run in Ray actors (``workers`` of them, each a pool of agents working through its share
 of the tasks).
 
-Two agent kinds:
+Three agent kinds:
 
 ``llm``: a ReAct agent driven by any OpenAI-compatible chat endpoint (a vLLM or SGLang server, Ray
     Serve LLM, a hosted API) with function calling: tools ``search(query)``, ``get_document(docid)``
@@ -22,16 +22,28 @@ Two agent kinds:
       random subset dropped, plus a distinctive word from the best snippet seen so far);
     * it examines each of the top-``k`` candidates with probability ``rank ** -position_bias``
       (``position_bias`` 0.3 by default: weak, as the paper found agents' browsing to be);
-    * it browses an examined document judged relevant with probability ``p_browse_relevant``
-      (0.85) and any other with ``p_browse_irrelevant`` (0.08);
-    * after a browse it writes reasoning whose length (in words) is drawn around
-      ``reasoning_words_relevant`` (120) for relevant and ``reasoning_words_irrelevant`` (30) for
-      other documents, quoting the document; after an irrelevant one it says so explicitly with
-      probability ``p_state_irrelevant`` (0.7), which is what a reasoning-aware judge reads;
+    * it decides to browse an examined result **from what it can see**, its title and snippet: the
+      chance rises logistically with the share of the task's content words they contain
+      (``browse_midpoint`` 0.4, ``browse_slope`` 12). The judgments play no part, so it reads many
+      documents that merely look relevant (on SciFact about three browses in four are of documents
+      not judged relevant), as an agent choosing from snippets does;
+    * after a browse it writes reasoning that reflects what the document holds (the judgments stand
+      in for reading comprehension): a useful document gets a long note (``reasoning_words_relevant``,
+      120 words on average) quoting its most task-like sentences; another a short one
+      (``reasoning_words_irrelevant``, 30) that dismisses it, in varied words, with probability
+      ``p_state_irrelevant`` (0.7). So the notes carry the usefulness signal LRAT's judge and
+      weights read: in this simulation that is an assumption (an input), not something it finds;
+    * with ``reasoning_signal: false`` (the **control agent**) the same browsing, but the note's
+      style is drawn at random (useful-looking with probability ``control_p_useful_style``),
+      whatever the document holds: the judge and the weights then carry no information;
     * it answers once it has browsed ``evidence_needed`` (1) evidence documents (judged grade >=
       ``evidence_grade``), correctly with probability ``p_correct_with_evidence`` (0.95), else
       after ``max_turns`` searches, correctly with probability ``p_correct_without_evidence``
       (0.05).
+
+``simulated-judged``: the earlier agent, kept for comparison: it browses an examined document
+    judged relevant with probability ``p_browse_relevant`` (0.85) and any other with
+    ``p_browse_irrelevant`` (0.08), and its note's length follows the judgment.
 
     What it does not capture: real query writing (its reformulations are lexical), reading
     comprehension (relevance comes from the judgments, not from the text), multi-hop planning,
@@ -141,7 +153,7 @@ class RolloutConfig(ActorPool):
     seed: int = option(0, help="simulated: random seed")
     agent: dict = option({}, help="AgentConfig fields (a YAML mapping, or JSON on the command line)")
 
-    def agent_config(self) -> "AgentConfig":
+    def agent_config(self) -> AgentConfig:
         flat = {"kind": self.agent_kind, "seed": self.seed, "endpoint": self.agent_endpoint, "model": self.agent_model}
         return AgentConfig(**{**{k: v for k, v in flat.items() if v is not None}, **self.agent})
 
