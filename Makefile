@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo demo-llm test test-fast bench venv clean
+.PHONY: demo demo-llm test test-fast lint bench venv clean
 
 $(BIN)/lrat: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,13 @@ demo: venv
 demo-llm: venv
 	$(BIN)/lrat demo --llm --output runs/demo-llm
 
-test: venv
+# CI's command (.ci/run): the linter first (seconds), then the whole suite.
+test: venv lint
 	$(BIN)/python -m pytest -q
+
+# ruff: pyflakes, pycodestyle, import order, bugbear, pyupgrade (pyproject.toml [tool.ruff]).
+lint: venv
+	$(BIN)/ruff check .
 
 # Everyday work: no multi-node, object storage, DeepSpeed, real LLM or long end-to-end tests.
 test-fast: venv

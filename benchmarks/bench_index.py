@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from lrat_ray.hardware import summary_line
-
 import numpy as np
+
+from lrat_ray.hardware import summary_line
 
 DATA = Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -87,7 +87,8 @@ def main() -> int:
     texts = [document_text(json.loads(l)) for l in lines if l.strip()]
     work = Path(tempfile.mkdtemp(prefix="bench-index-"))
     (work / "corpus.jsonl").write_text("\n".join(lines) + "\n")
-    print(f"encoding {len(texts)} SciFact abstracts (max 256 tokens), torch threads={__import__('torch').get_num_threads()}")
+    threads = __import__("torch").get_num_threads()
+    print(f"encoding {len(texts)} SciFact abstracts (max 256 tokens), torch threads={threads}")
 
     init_ray(num_cpus=2)
     ids = [json.loads(l)["_id"] for l in lines if l.strip()]
@@ -107,7 +108,8 @@ def main() -> int:
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(args.search_vectors, ours.shape[1])).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    queries = vectors[rng.integers(0, len(vectors), 1000)] + 0.1 * rng.normal(size=(1000, ours.shape[1])).astype(np.float32)
+    noise = 0.1 * rng.normal(size=(1000, ours.shape[1])).astype(np.float32)
+    queries = vectors[rng.integers(0, len(vectors), 1000)] + noise
     raw = faiss.IndexFlatIP(vectors.shape[1])
     raw.add(vectors)
     import pyarrow as pa

@@ -22,12 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from lrat_ray.hardware import engine_dtype, summary_line
-
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+
+from lrat_ray.hardware import engine_dtype, summary_line
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LRAT_DATA", REPO.parent / "shared" / "data"))

@@ -103,7 +103,8 @@ def main() -> int:
         for workers in (1, 2):
             out = work / f"out-{workers}"
             timed(f"lrat mine, Ray Data, {workers} worker(s), tokens",
-                  lambda: run_mine(MineConfig(input=[str(data)], output=str(out), workers=workers)),
+                  lambda out=out, workers=workers: run_mine(MineConfig(input=[str(data)], output=str(out),
+                                                                       workers=workers)),
                   n, base, rows)
     finally:
         if not args.keep:

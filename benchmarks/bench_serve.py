@@ -40,9 +40,9 @@ import sys
 import time
 from pathlib import Path
 
-from lrat_ray.hardware import summary_line
-
 import numpy as np
+
+from lrat_ray.hardware import summary_line
 
 DATA = Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 BROWSE_PROBABILITY = 0.3
@@ -108,7 +108,8 @@ async def fleet(url: str, queries: list[str], sessions: int, seconds: float, swa
     async def session(http, rng: random.Random):
         while time.perf_counter() < deadline:
             if rng.random() < poisoned:  # raw JSON: a client library would refuse to encode it
-                body = ('{"query": "%s \\ud800", "k": 10}' % rng.choice(queries).replace('"', "")).encode()
+                text = rng.choice(queries).replace('"', "")
+                body = ('{"query": "' + text + ' \\ud800", "k": 10}').encode()
                 await _call(http, url, tally, deadline, "poisoned search", "POST", "/search", expect=422, data=body,
                             headers={"content-type": "application/json"})
                 continue
@@ -181,7 +182,10 @@ def main() -> int:
     parts = {"composed": True, "replica_cpus": 0.5, "shard_cpus": 0.25} if args.composed else {}
     settings = ServeConfig(index=os.path.abspath(args.index), port=free_port(), max_in_flight=args.max_in_flight,
                            **parts)
-    print(f"layout: {'composed (ingress, encoder, ' + str(len(read_manifest(args.index)['shards'])) + ' shard deployments)' if args.composed else 'whole retriever per replica'}")
+    shards = len(read_manifest(args.index)["shards"])
+    layout = (f"composed (ingress, encoder, {shards} shard deployments)" if args.composed
+              else "whole retriever per replica")
+    print(f"layout: {layout}")
     url = deploy(settings)
     asyncio.run(fleet(url, queries, 4, 3))  # warm up the replica and the connections
     rows = []
@@ -199,7 +203,7 @@ def main() -> int:
             print(f"  {sessions} sessions: failures, e.g. {tally.failed[:3]}")
     best = max(r["rate"] for r in rows)
     print("\n| sessions | answered | requests/s | vs best | searches/s | vs in-process | p50 ms | p99 ms "
-          "| turned away (503) | poisoned, answered 422 | failed |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| turned away (503) | poisoned, answered 422 | failed |\n" + "|---:" * 11 + "|")
     for r in rows:
         note = f" (hot swap; {r['new_index_answers']} answers from the new index)" if r["swapped"] else ""
         print(f"| {r['sessions']} | {r['answered']} | {r['rate']:.1f} | {r['rate'] / best:.2f}x | {r['searches']:.1f} "

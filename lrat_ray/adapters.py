@@ -26,13 +26,23 @@ from __future__ import annotations
 import ast
 import json
 import re
+from collections.abc import Iterator, Sequence
 from functools import partial
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from lrat_ray import storage
 from lrat_ray.errors import RecordError
-from lrat_ray.trajectory import (ANSWER, BROWSE, SEARCH, THINK, LazyHits, SearchHit, Step, Trajectory,
-                                 trajectory_from_dict)
+from lrat_ray.trajectory import (
+    ANSWER,
+    BROWSE,
+    SEARCH,
+    THINK,
+    LazyHits,
+    SearchHit,
+    Step,
+    Trajectory,
+    trajectory_from_dict,
+)
 
 FORMATS = ("auto", "native", "browsecomp", "openai")
 SEARCH_TOOLS = frozenset({"search"})

@@ -56,7 +56,8 @@ class Previous:
     def describe(self) -> str:
         c = self.claim
         error = f": {c['error']}" if c.get("error") else ""
-        return f"lrat {c.get('stage')} version {c.get('key')} (pid {c.get('pid', '?')} on {c.get('host', '?')}, {self.why}{error})"
+        where = f"pid {c.get('pid', '?')} on {c.get('host', '?')}"
+        return f"lrat {c.get('stage')} version {c.get('key')} ({where}, {self.why}{error})"
 
 
 class Claim:

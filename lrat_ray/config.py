@@ -14,7 +14,8 @@ import json
 import os
 import types
 import typing
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import yaml
 

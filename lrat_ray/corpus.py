@@ -7,7 +7,7 @@ alone or the text alone when the other is empty), the convention of BEIR and sen
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from lrat_ray import storage
 from lrat_ray.errors import RecordError

@@ -35,7 +35,7 @@ class RecordError(LratError):
         self.field = field
         super().__init__(self._render())
 
-    def located(self, source: str, record: str | None) -> "RecordError":
+    def located(self, source: str, record: str | None) -> RecordError:
         """The same error with the file and record position filled in (adapters do not know them)."""
         return RecordError(self.reason, self.message, source=source, record=record, field=self.field)
 

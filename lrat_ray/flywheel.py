@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 RESOURCE_STAGES = ("index", "rollout", "mine", "train", "serve")
 SECTIONS = ("index", "mine", "judge", "train", "agent", "agent_llm")
 INTERVAL_METRICS = ("success_rate", "evidence_recall", "avg_steps", "ndcg@10", "recall@100")
-RESULT_COLUMNS = ("iteration", "model", *INTERVAL_METRICS, *(f"{m}_{end}" for m in INTERVAL_METRICS for end in ("lo", "hi")),
-                  "ndcg@10_p_vs_0", "train_pairs", "judged_relevant")
+RESULT_COLUMNS = ("iteration", "model", *INTERVAL_METRICS,
+                  *(f"{m}_{end}" for m in INTERVAL_METRICS for end in ("lo", "hi")), "ndcg@10_p_vs_0", "train_pairs",
+                  "judged_relevant")
 
 
 def _agent_config():
@@ -128,7 +129,8 @@ class FlywheelConfig:
         return {
             "index": {"corpus": self.corpus, "output": self.output, "model": self.model, "workers": 2,
                       "document_max_length": self.document_max_length, "resources": self.resources_of("index")},
-            "mine": {"input": [self.output], "output": self.output, "workers": 1, "resources": self.resources_of("mine")},
+            "mine": {"input": [self.output], "output": self.output, "workers": 1,
+                     "resources": self.resources_of("mine")},
             "judge": {"pairs": self.output, "output": self.output, "cache": os.path.join(self.output, "judge-cache")},
             "train": {"pairs": [self.output], "output": self.output, "corpus": self.corpus,
                       "document_max_length": self.document_max_length, "resources": self.resources_of("train")},
@@ -214,7 +216,8 @@ def _split(config: FlywheelConfig, queries: dict[str, str]) -> tuple[list[str], 
         train_ids, heldout_ids = split_task_ids(ids, config.heldout_fraction, config.seed)
         qrels = train_qrels
     if config.heldout_tasks:
-        heldout_ids = sorted(random.Random(config.seed).sample(heldout_ids, min(config.heldout_tasks, len(heldout_ids))))
+        count = min(config.heldout_tasks, len(heldout_ids))
+        heldout_ids = sorted(random.Random(config.seed).sample(heldout_ids, count))
     if set(train_ids) & set(heldout_ids):
         raise AssertionError("held-out tasks leaked into training")
     return train_ids, heldout_ids, qrels

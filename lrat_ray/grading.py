@@ -35,7 +35,7 @@ GRADER_PROMPT = """Judge whether the response to the question is correct, using 
 
 [correct_answer]: {gold}
 
-First extract the final answer the response gives (or "None" if it gives none). Then decide: it is correct only if it means the same as the correct answer (small differences in wording or formatting are fine; a different or vaguer answer is not). Reply in JSON with the fields extracted_final_answer and correct ("yes" or "no")."""
+First extract the final answer the response gives (or "None" if it gives none). Then decide: it is correct only if it means the same as the correct answer (small differences in wording or formatting are fine; a different or vaguer answer is not). Reply in JSON with the fields extracted_final_answer and correct ("yes" or "no")."""  # noqa: E501 (the prompt's lines as written)
 VERDICT_SCHEMA = {"type": "json_schema", "json_schema": {"name": "grade", "strict": True, "schema": {
     "type": "object", "additionalProperties": False, "required": ["extracted_final_answer", "correct"],
     "properties": {"extracted_final_answer": {"type": "string", "maxLength": 200},

@@ -62,7 +62,7 @@ def parse_cpuinfo(text: str) -> CpuInfo:
     return CpuInfo(model, flags)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_info(path: str = CPUINFO) -> CpuInfo:
     """This machine's CPU; an unreadable file (not Linux) gives an unknown CPU without flags, which
     resolves to fp32: the choice that is never slow by much."""

@@ -172,7 +172,7 @@ class IndexShard:
         self.doc_ids = self.documents.column("doc_id").chunk(0) if documents.num_rows else pa.array([], pa.string())
 
     @classmethod
-    def load(cls, directory: str, params: dict, gpu: bool = False) -> "IndexShard":
+    def load(cls, directory: str, params: dict, gpu: bool = False) -> IndexShard:
         import faiss
 
         index = _search_settings(faiss.read_index(os.path.join(directory, "index.faiss")), params)
@@ -216,7 +216,7 @@ class RetrievalIndex:
         return [d for shard in self.shards.values() for d in shard.doc_ids.to_pylist()]
 
     @classmethod
-    def in_memory(cls, vectors: np.ndarray, documents: pa.Table, manifest: dict, directory: str = "") -> "RetrievalIndex":
+    def in_memory(cls, vectors: np.ndarray, documents: pa.Table, manifest: dict, directory: str = "") -> RetrievalIndex:
         """A one-shard flat index over vectors already computed (row i = document i)."""
         order = np.argsort(np.array(documents.column("doc_id").to_pylist(), dtype=object), kind="stable")
         shard = IndexShard(build_faiss(np.ascontiguousarray(vectors[order])), documents.take(order))
@@ -224,7 +224,7 @@ class RetrievalIndex:
 
     @classmethod
     def load(cls, directory: str, expect: EncoderSpec | None = None, gpu: bool = False,
-             shards: list[int] | None = None) -> "RetrievalIndex":
+             shards: list[int] | None = None) -> RetrievalIndex:
         """Load an index (only ``shards`` when given); with ``expect`` check that it was built by
         a compatible encoder. A remote index is fetched once, shard by shard."""
         manifest = read_manifest(directory)

@@ -96,7 +96,7 @@ Return exactly one token:
 
 RELEVANT
 NOT_RELEVANT
-"""
+"""  # noqa: E501 (the official prompt, verbatim)
 PROMPTS = {
     "lrat-official": ("lrat-official-v1",
                       OFFICIAL_RULE + "\nClassify this:\nAnalysisText:\n{reasoning}"),
@@ -112,8 +112,9 @@ NEGATIVE_PHRASES = ("not relevant", "irrelevant", "unrelated", "off-topic", "off
 LIGHT_CPUS = 0.1
 MAX_READ_TASKS = 64  # many small input files are read a group at a time, not one task each
 CACHE_ROWS_PER_FILE = 200_000  # grouping by key leaves one tiny block per key; write them together
-JUDGE_FIELDS = [pa.field("judge_key", pa.string()), pa.field("relevant", pa.bool_()), pa.field("judge_label", pa.bool_()),
-                pa.field("judge_status", pa.string()), pa.field("judge_raw", pa.string()),
+JUDGE_FIELDS = [pa.field("judge_key", pa.string()), pa.field("relevant", pa.bool_()),
+                pa.field("judge_label", pa.bool_()), pa.field("judge_status", pa.string()),
+                pa.field("judge_raw", pa.string()),
                 pa.field("judge_backend", pa.string()), pa.field("judge_model", pa.string()),
                 pa.field("judge_prompt_version", pa.string())]
 
@@ -491,7 +492,8 @@ def _files_dataset(files: list[str]):
     a small node running an engine never has free; a file list needs none."""
     import ray
 
-    return ray.data.from_items([{"file": f} for f in files], override_num_blocks=max(1, min(len(files), MAX_READ_TASKS)))
+    blocks = max(1, min(len(files), MAX_READ_TASKS))
+    return ray.data.from_items([{"file": f} for f in files], override_num_blocks=blocks)
 
 
 def _light(ds, fn, **kwargs):

@@ -74,8 +74,7 @@ def _message(payload: dict) -> dict:
 
 def _has_elapsed(response) -> bool:
     try:
-        response.elapsed  # set once httpx has read the whole response; absent on hand-built ones
-        return True
+        return response.elapsed is not None  # set once httpx has read the whole response; absent on hand-built ones
     except RuntimeError:
         return False
 

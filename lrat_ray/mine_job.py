@@ -41,10 +41,17 @@ from lrat_ray import __version__, storage
 from lrat_ray.adapters import FORMATS, read_trajectories
 from lrat_ray.config import ActorPool, checked, option
 from lrat_ray.errors import LratError, RecordError
-from lrat_ray.mining import (NEGATIVE_MODES, BrowseEvent, Judge, LengthMeasure, MiningOptions, character_lengths,
-                             mine_trajectories)
-from lrat_ray.progress import Progress
+from lrat_ray.mining import (
+    NEGATIVE_MODES,
+    BrowseEvent,
+    Judge,
+    LengthMeasure,
+    MiningOptions,
+    character_lengths,
+    mine_trajectories,
+)
 from lrat_ray.pairs import PAIR_SCHEMA, add_weights, iter_lrat_jsonl, pairs_to_table
+from lrat_ray.progress import Progress
 from lrat_ray.stats import StatsAccumulator
 from lrat_ray.weighting import ZERO_LENGTH_POLICIES, LengthHistogram, fit_weights
 
@@ -84,8 +91,9 @@ class MineConfig(ActorPool):
                                         "--export; without it the texts the agent was shown are used", path=True)
     files_per_task: int | None = option(None, help="input files per Ray task; default: spread the "
                                                   "files over about 4 tasks per worker", runtime=True)
-    split_bytes: int = option(64 << 20, minimum=1, help="JSONL files larger than this are mined in line-aligned byte ranges "
-                                             "of about this size, each its own task (many actors share one file)",
+    split_bytes: int = option(64 << 20, minimum=1,
+                              help="JSONL files larger than this are mined in line-aligned byte ranges of about "
+                                   "this size, each its own task (many actors share one file)",
                               runtime=True)
 
     def __post_init__(self):

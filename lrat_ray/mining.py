@@ -38,8 +38,8 @@ it (:mod:`lrat_ray.mine_job`).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 from lrat_ray.trajectory import BROWSE, SEARCH, THINK, Step, Trajectory
 

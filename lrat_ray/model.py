@@ -18,9 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -55,7 +55,7 @@ class EncoderSpec:
     def format_document(self, text: str) -> str:
         return _apply_prefix(self.document_prefix, text)
 
-    def compatible_with(self, other: "EncoderSpec") -> list[str]:
+    def compatible_with(self, other: EncoderSpec) -> list[str]:
         """Names of the fields that make vectors of ``self`` and ``other`` incomparable."""
         fields = ("pooling", "normalize", "document_prefix", "document_max_length")
         return [f for f in fields if getattr(self, f) != getattr(other, f)]
@@ -84,7 +84,7 @@ class EncoderOptions:
                                        "--no-packing); auto: where the varlen attention kernel exists (CUDA); "
                                        "elsewhere padded batches (training: with length groups)")
 
-    def encoder_spec(self) -> "EncoderSpec":
+    def encoder_spec(self) -> EncoderSpec:
         return spec_for(self.model, pooling=self.pooling, query_prefix=self.query_prefix,
                         query_max_length=self.query_max_length, document_max_length=self.document_max_length)
 
@@ -218,7 +218,7 @@ class Encoder:
         self.dimension = int(self.model.config.hidden_size)
 
     @classmethod
-    def wrap(cls, spec: EncoderSpec, model, tokenizer, batch_size: int = 64, bf16: bool | None = None) -> "Encoder":
+    def wrap(cls, spec: EncoderSpec, model, tokenizer, batch_size: int = 64, bf16: bool | None = None) -> Encoder:
         """An encoder over an already loaded (e.g. just trained) model."""
         encoder = cls.__new__(cls)
         encoder.spec, encoder.batch_size, encoder.model, encoder.tokenizer = spec, batch_size, model.eval(), tokenizer

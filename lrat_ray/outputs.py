@@ -35,7 +35,8 @@ import platform
 import socket
 import sys
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from lrat_ray import __version__, storage
 from lrat_ray.claims import CLAIM, Claim, clear_output

@@ -26,7 +26,7 @@ reasoning_len, satisfied, reweight_rate``), the input format of FlagEmbedding-ba
 from __future__ import annotations
 
 import json
-from typing import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import pyarrow as pa
 

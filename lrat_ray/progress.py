@@ -79,7 +79,7 @@ class Progress:
             with self._lock:
                 self._emit()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -32,10 +32,10 @@ class PairsFromQrelsConfig:
 
 
 def run_pairs_from_qrels(config: PairsFromQrelsConfig) -> dict:
-    from lrat_ray.evaluate import load_qrels, load_queries, retrieve
-    from lrat_ray.index import RetrievalIndex
     import pyarrow as pa
 
+    from lrat_ray.evaluate import load_qrels, load_queries, retrieve
+    from lrat_ray.index import RetrievalIndex
     from lrat_ray.pairs import PAIR_SCHEMA
 
     queries = load_queries(config.queries)

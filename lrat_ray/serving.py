@@ -30,8 +30,9 @@ empty, over-long or non-Unicode query (a lone surrogate), ``k`` out of range or 
 request at a time); one not answered in ``request_timeout_s`` gets 503. The token reaches the
 replicas only as its SHA-256. ``deploy`` checks that the cluster can hold every replica and waits
 for the application with a deadline, so a layout that cannot start fails in one line instead of
-accepting connections it never answers. The server binds to 127.0.0.1 unless told otherwise. Ray Serve's request metrics and the ``lrat_search_*`` ones defined here go through
-Ray's metrics system (Prometheus format on each node's metrics export port).
+accepting connections it never answers. The server binds to 127.0.0.1 unless told otherwise.
+Ray Serve's request metrics and the ``lrat_search_*`` ones defined here go through Ray's metrics
+system (Prometheus format on each node's metrics export port).
 """
 
 import asyncio
@@ -40,8 +41,8 @@ import functools
 import hashlib
 import hmac
 import json
-import math
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -71,7 +72,8 @@ class ServeConfig(RayCluster):
     replicas: int = option(1, help="replicas (ignored when autoscaling)")
     autoscale_min: int | None = option(None, help="autoscaling: minimum replicas (enables autoscaling)")
     autoscale_max: int | None = option(None, help="autoscaling: maximum replicas")
-    target_ongoing_requests: float = option(8.0, help="autoscaling (whole layout): target in-flight requests per replica")
+    target_ongoing_requests: float = option(8.0,
+                                            help="autoscaling (whole layout): target in-flight requests per replica")
     replica_cpus: float = option(1.0, help="CPUs reserved per replica")
     replica_gpus: float = option(0.0, help="GPUs per replica (encoder and FAISS on GPU)")
     resources: dict = option({}, help="custom resources per replica, e.g. {\"cpu_stage\": 1}")
@@ -94,9 +96,10 @@ class ServeConfig(RayCluster):
                                                       "retries)")
     retry_after_s: int = option(1, minimum=1, help="least Retry-After of a turned-away request, in seconds; a "
                                                    "longer queue gives the time it takes to drain at the recent rate")
-    composed: bool = option(False, help="serve as parts: an ingress, a query-encoder deployment (replicas, autoscaling, "
-                                        "replica_cpus and replica_gpus apply to it) and one deployment per index shard, "
-                                        "each replica holding one shard; for corpora too large for one process")
+    composed: bool = option(False, help="serve as parts: an ingress, a query-encoder deployment (replicas, "
+                                        "autoscaling, replica_cpus and replica_gpus apply to it) and one deployment "
+                                        "per index shard, each replica holding one shard; for corpora too large for "
+                                        "one process")
     shard_replicas: int = option(1, minimum=1, help="composed: replicas of each index-shard deployment")
     shard_cpus: float = option(0.5, help="composed: CPUs reserved per index-shard replica")
     ingress_replicas: int = option(1, minimum=1, help="composed: replicas of the HTTP ingress")
@@ -148,7 +151,8 @@ def parse_search_request(content_type: str | None, body: bytes, max_k: int, max_
         try:
             q.encode("utf-8")  # JSON may carry lone surrogates (\ud800): no tokenizer takes them
         except UnicodeEncodeError as exc:
-            raise RequestError(422, f"query is not valid Unicode text ({exc.reason} at character {exc.start})") from None
+            raise RequestError(422, f"query is not valid Unicode text ({exc.reason} at character {exc.start})"
+                               ) from None
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
         raise RequestError(422, f"'k' must be an integer from 1 to {max_k}")
     return queries, k, as_list
@@ -618,7 +622,8 @@ def build_app(args: dict):
     encoder = _pinned(encoder_class.options(user_config=index, ray_actor_options=worker, **queue, **scaling),
                       init).bind()
     numbers = [entry["shard"] for entry in read_manifest(settings.index)["shards"]]
-    shards = [_pinned(shard_class.options(name=f"IndexShard{n}", user_config=index, num_replicas=settings.shard_replicas,
+    shards = [_pinned(shard_class.options(name=f"IndexShard{n}", user_config=index,
+                                          num_replicas=settings.shard_replicas,
                                           ray_actor_options={"num_cpus": settings.shard_cpus}, **queue), init, n
                       ).bind(n, settings.snippet_chars) for n in numbers]
     return _pinned(make_deployment().options(user_config=index, num_replicas=settings.ingress_replicas,
@@ -685,13 +690,11 @@ def _index_module_file() -> str:
 
 def deploy(settings: ServeConfig, blocking: bool = False) -> str:
     """Start (or update in place) the application on this Ray; returns its base URL."""
+    import ray
     from ray import serve
 
-    from lrat_ray.runtime import init_ray, quiet_ray_loggers
-
-    import ray
-
     from lrat_ray.index import read_manifest
+    from lrat_ray.runtime import init_ray, quiet_ray_loggers
 
     read_manifest(settings.index)  # not an index: one line now, not a replica's traceback later
     init_ray(settings.address)

@@ -12,8 +12,9 @@ finished). Config classes and run functions are imported only when a stage is us
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ def _index(r: dict) -> str:
     shards = r.get("shards") or []
     reused = f", vectors of {r['embeddings_reused']} reused" if r.get("embeddings_reused") else ""
     return (f"{r.get('count')} documents in {len(shards)} shard(s){reused}, {r.get('dimension')}-d {kind}, "
-            f"indexed at {_rate(r.get('count'), seconds)}; skipped {(r.get('corpus') or {}).get('records_skipped') or 'none'}")
+            f"indexed at {_rate(r.get('count'), seconds)}; "
+            f"skipped {(r.get('corpus') or {}).get('records_skipped') or 'none'}")
 
 
 def _rollout(r: dict) -> str:

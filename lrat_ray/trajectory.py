@@ -30,9 +30,10 @@ Formats other agents write (BrowseComp-Plus run files, OpenAI chat messages) are
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 ZERO_LENGTH_POLICIES = ("formula", "neutral")
 
@@ -34,20 +34,20 @@ class LengthHistogram:
     counts: Counter = field(default_factory=Counter)
 
     @classmethod
-    def of(cls, lengths: Iterable[int]) -> "LengthHistogram":
+    def of(cls, lengths: Iterable[int]) -> LengthHistogram:
         return cls(Counter(int(l) for l in lengths))
 
-    def merge(self, other: "LengthHistogram") -> "LengthHistogram":
+    def merge(self, other: LengthHistogram) -> LengthHistogram:
         return LengthHistogram(self.counts + other.counts)
 
     def to_json(self) -> dict[str, int]:
         return {str(k): v for k, v in sorted(self.counts.items())}
 
     @classmethod
-    def from_json(cls, obj: dict[str, int]) -> "LengthHistogram":
+    def from_json(cls, obj: dict[str, int]) -> LengthHistogram:
         return cls(Counter({int(k): int(v) for k, v in obj.items()}))
 
-    def without_zero(self) -> "LengthHistogram":
+    def without_zero(self) -> LengthHistogram:
         return LengthHistogram(Counter({k: v for k, v in self.counts.items() if k > 0}))
 
     @property

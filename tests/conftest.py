@@ -62,7 +62,8 @@ HAND = Trajectory(id="hand", correct=False, steps=(
 SLOW_MODULES = {"test_multinode", "test_object_storage", "test_llm_real", "test_decoder_embedder", "test_ablation",
                 "test_judged_mining"}
 SLOW_TESTS = {"test_deepspeed_zero2_trains_on_cpu_workers", "test_lora_trains_only_adapters_and_merges_on_save",
-              "test_two_worker_gathered_loss_and_gradient_equal_one_process", "test_metrics_equal_an_independent_library",
+              "test_two_worker_gathered_loss_and_gradient_equal_one_process",
+              "test_metrics_equal_an_independent_library",
               "test_run_judge_openai_uses_the_cache_on_a_rerun",
               "test_one_large_jsonl_file_mined_in_byte_ranges_by_several_actors_equals_one_process",
               "test_swap_index_under_load_drops_no_request", "test_sharded_job_equals_single_process",

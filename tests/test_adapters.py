@@ -2,8 +2,8 @@ import json
 import pickle
 
 import pytest
-
 from conftest import FIXTURES
+
 from lrat_ray.adapters import detect_format, parse_search_output, parse_trajectory
 from lrat_ray.errors import RecordError
 from lrat_ray.trajectory import SearchHit

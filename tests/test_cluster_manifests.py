@@ -5,12 +5,12 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 import yaml
-
 from conftest import REPO
+
 from lrat_ray.config import resolve
 
 CLUSTER = REPO / "cluster"

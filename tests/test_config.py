@@ -41,7 +41,8 @@ def test_choices_are_enforced_in_yaml_and_in_every_flywheel_section(tmp_path):
     with pytest.raises(LratError, match=r"option backend \(--backend\): 'vlm' is not one of"):
         resolve(JudgeConfig, {}, str(config), "judge")
     base = {"corpus": ["c"], "queries": "q", "train_qrels": "t"}
-    for section, value, named in (("judge", {"backend": "vlm"}, "backend"), ("mine", {"negatives": "random"}, "negatives"),
+    for section, value, named in (("judge", {"backend": "vlm"}, "backend"),
+                                  ("mine", {"negatives": "random"}, "negatives"),
                                   ("train", {"backend": "horovod"}, "backend"), ("agent", {"kind": "robot"}, "kind"),
                                   ("train", {"learning_rat": 1}, "unknown option.*learning_rat"),
                                   ("train", {"pairs": ["x"]}, r"\['pairs'\] are set by FlywheelConfig"),
@@ -72,14 +73,17 @@ def test_flywheel_sections_become_typed_stage_configs_over_the_flywheel_defaults
     assert not resolve(FlywheelConfig, {**base, "agent": {**llm, "endpoint": "http://h:1/v1"}}).serves_agent_llm
     assert not config.serves_agent_llm and not config.judges_events
     # Runtime options in a section (workers) leave the flywheel's version key alone; others change it.
-    more_workers = resolve(FlywheelConfig, {**base, "index": {"bf16": True, "workers": 8}, "judge": {"backend": "none"}})
+    more_workers = resolve(FlywheelConfig, {**base, "index": {"bf16": True, "workers": 8},
+                                            "judge": {"backend": "none"}})
     assert content_of(more_workers)["index"] == content_of(config)["index"] == {"bf16": True}
     for name in ("c", "q", "t"):
         (tmp_path / name).write_text("")
-    present = {**base, "corpus": [str(tmp_path / "c")], "queries": str(tmp_path / "q"), "train_qrels": str(tmp_path / "t")}
+    present = {**base, "corpus": [str(tmp_path / "c")], "queries": str(tmp_path / "q"),
+               "train_qrels": str(tmp_path / "t")}
     check_inputs(resolve(FlywheelConfig, present))
     with pytest.raises(LratError, match="section train, option deepspeed_config: .*nowhere.json does not exist"):
-        check_inputs(resolve(FlywheelConfig, {**present, "train": {"deepspeed_config": str(tmp_path / "nowhere.json")}}))
+        check_inputs(resolve(FlywheelConfig,
+                             {**present, "train": {"deepspeed_config": str(tmp_path / "nowhere.json")}}))
 
 
 def test_shipped_training_recipes_load():
@@ -93,6 +97,6 @@ def test_shipped_training_recipes_load():
     assert (paper.model, paper.pooling, paper.temperature, paper.group_size, paper.epochs) == (
         "Qwen/Qwen3-Embedding-0.6B", "last", 0.02, 10, 2)
     assert paper.query_prefix.endswith("\nQuery:") and paper.learning_rate == 1e-6
-    cpu = resolve(TrainConfig, {"pairs": ["p"], "output": "o", "corpus": ["c"]}, str(CONFIG_DIR / "train_cpu_minilm.yaml"),
-                  "train")
+    cpu = resolve(TrainConfig, {"pairs": ["p"], "output": "o", "corpus": ["c"]},
+                  str(CONFIG_DIR / "train_cpu_minilm.yaml"), "train")
     assert cpu.model == "embedded" and cpu.workers == 2

@@ -1,12 +1,11 @@
 import json
 
 import pytest
-
 from conftest import SHARED_DATA
+
 from lrat_ray.adapters import parse_trajectory
 from lrat_ray.errors import RecordError
-from lrat_ray.evaluate import (EvalConfig, load_qrels, paired_comparison, run_eval, score_run,
-                               score_trajectories)
+from lrat_ray.evaluate import EvalConfig, load_qrels, paired_comparison, run_eval, score_run, score_trajectories
 from lrat_ray.trajectory import SearchHit, Step, Trajectory
 
 

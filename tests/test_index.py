@@ -3,7 +3,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import jsonl_lines
 
 from lrat_ray.corpus import document_text

@@ -4,11 +4,21 @@ import shutil
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
-
-from lrat_ray.judge import (OFFICIAL_RULE, JudgeConfig, OpenAIAnswers, add_prompts, keyword_label, label_answers,
-                            output_schema, parse_label, render_prompt, run_judge)
-from lrat_ray.pairs import PAIR_SCHEMA
 from openai_stub import ScriptedOpenAI
+
+from lrat_ray.judge import (
+    OFFICIAL_RULE,
+    JudgeConfig,
+    OpenAIAnswers,
+    add_prompts,
+    keyword_label,
+    label_answers,
+    output_schema,
+    parse_label,
+    render_prompt,
+    run_judge,
+)
+from lrat_ray.pairs import PAIR_SCHEMA
 
 
 @pytest.mark.parametrize("answer, thinking, label", [
@@ -31,7 +41,8 @@ def test_prompts_and_keyword_rule():
     assert prompt.startswith(OFFICIAL_RULE) and prompt.endswith("AnalysisText:\nCanberra, confirmed.")
     assert "capital of Australia" not in prompt and "Canberra is the capital" not in prompt  # reasoning only
     with_document = JudgeConfig(output="-", pairs="-", prompt="query-document", document_chars=100)
-    prompt = render_prompt(with_document, "Canberra, confirmed.", "capital of Australia", "Canberra is the capital." * 200)
+    prompt = render_prompt(with_document, "Canberra, confirmed.", "capital of Australia",
+                           "Canberra is the capital." * 200)
     assert "Task query: capital of Australia" in prompt and "Canberra, confirmed." in prompt
     assert "Canberra is the capital." * 4 in prompt and "Canberra is the capital." * 5 not in prompt
     assert keyword_label("The page is about a different topic; not relevant.") is False
@@ -76,7 +87,8 @@ def test_unreachable_endpoint_counts_failures():
                          retries=1, timeout_s=2)
     answered = OpenAIAnswers(vars(config))(add_prompts(_pairs("fine"), config))
     (row,) = label_answers(answered, config, output_schema(PAIR_SCHEMA)).to_pylist()
-    assert row["judge_status"] == "failed" and row["relevant"] is True and "gave up after 2 attempts" in row["judge_raw"]
+    assert row["judge_status"] == "failed" and row["relevant"] is True
+    assert "gave up after 2 attempts" in row["judge_raw"]
 
 
 def test_run_judge_on_mined_real_pairs(ray_session, real_trajectory_files, tmp_path):

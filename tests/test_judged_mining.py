@@ -7,11 +7,12 @@ keyword judge, which says NOT_RELEVANT to about a quarter of the browses; see te
 
 import gzip
 import json
+
 import pyarrow.dataset as pads
 import pytest
-
 from conftest import FIXTURES
 from generated_runs import generate_run, write_runs
+
 from lrat_ray.adapters import parse_trajectory
 from lrat_ray.judge import keyword_label
 from lrat_ray.mine_job import length_measure

@@ -15,7 +15,6 @@ import json
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import record_llm_rate
 
 pytestmark = pytest.mark.llm

@@ -3,10 +3,8 @@ import shutil
 
 import pyarrow.dataset as pads
 import pytest
+from conftest import FIXTURES, SHARED_DATA, jsonl_lines
 
-from conftest import jsonl_lines
-
-from conftest import FIXTURES, SHARED_DATA
 from lrat_ray.cli import main
 from lrat_ray.errors import LratError, RecordError
 from lrat_ray.mine_job import MineConfig, mine_file_group, run_mine
@@ -171,9 +169,10 @@ def test_missing_input_and_bad_tokenizer_fail_fast(tmp_path):
 
 
 def test_native_parquet_and_jsonl_inputs_give_the_same_pairs(tmp_path):
+    import pyarrow.parquet as pq
+
     from lrat_ray.adapters import parse_trajectory
     from lrat_ray.trajectory import to_arrow_table, trajectory_to_dict
-    import pyarrow.parquet as pq
 
     traj = parse_trajectory(GOOD)
     pq.write_table(to_arrow_table([traj]), tmp_path / "t.parquet")
@@ -182,7 +181,9 @@ def test_native_parquet_and_jsonl_inputs_give_the_same_pairs(tmp_path):
     from_bcp, _ = mine_file_group([str(FIXTURES / "browsecomp_json_output.json")], MiningOptions(),
                                   character_lengths)
     from_jsonl, _ = mine_file_group([str(tmp_path / "t.jsonl")], MiningOptions(), character_lengths)
-    strip = lambda t: t.drop(["source"]).to_pylist()
+    def strip(table):
+        return table.drop(["source"]).to_pylist()
+
     assert s1["records_used"] == 1 and strip(from_parquet) == strip(from_bcp) == strip(from_jsonl)
     assert from_parquet.num_rows == 2
 

@@ -2,8 +2,8 @@ import json
 import zlib
 
 import pytest
-
 from conftest import FIXTURES, HAND, browse, search, think
+
 from lrat_ray.adapters import parse_trajectory
 from lrat_ray.mine_job import length_measure
 from lrat_ray.mining import MiningOptions, browsed_ranks, mine_trajectories, mine_trajectory

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
-
 from conftest import REPO
 from local_cluster import LocalCluster
 
@@ -125,9 +124,9 @@ def test_training_job_resumes_from_its_checkpoint_after_losing_a_worker_node(clu
     the worker group restarts from the latest checkpoint. The model learned (lower loss on the
     pairs than the base model) and loads in lrat and sentence-transformers with equal vectors."""
     import numpy as np
+    from conftest import SHARED_DATA
     from sentence_transformers import SentenceTransformer
 
-    from conftest import SHARED_DATA
     from lrat_ray.embedded import embedded_model_path
     from lrat_ray.model import Encoder, spec_for
     from lrat_ray.train import TrainConfig, load_examples
@@ -147,7 +146,8 @@ def test_training_job_resumes_from_its_checkpoint_after_losing_a_worker_node(clu
     assert wait(cluster, job) == "SUCCEEDED", logs(cluster, job)[-4000:]
     report = json.loads((out / "train_report.json").read_text())
     assert report["steps"] == report["total_steps"] == 10  # 8 usable pairs / (2 workers x 2) x 5 epochs
-    assert (report["final_metrics"]["resumed_from_step"] or 0) >= 1, logs(cluster, job)[-6000:]  # restarted at a checkpoint
+    # restarted at a checkpoint
+    assert (report["final_metrics"]["resumed_from_step"] or 0) >= 1, logs(cluster, job)[-6000:]
     assert json.loads((out / "_lrat_stage.json").read_text())["stage"] == "train"
     examples = load_examples(TrainConfig(pairs=[str(pairs)], output="x"))
     assert report["examples"] == len(examples) == 10
@@ -254,8 +254,10 @@ def test_flywheel_job_stopped_and_resubmitted_skips_finished_stages(cluster, sci
     heldout_runs = {p.stem for p in (out / "iter-1" / "eval" / "runs").iterdir()}
     trained_on = {p.stem for p in (out / "iter-1" / "rollout" / "runs").iterdir()}
     assert heldout_runs == set(tasks["heldout"]) and len(trained_on) == 6 and not heldout_runs & trained_on
-    assert (out / "results.md").read_text().startswith("| iteration |") and (out / "results.png").stat().st_size > 10_000
-    assert json.loads((out / "iter-1" / "index" / "manifest.json").read_text())["model"] == str(out / "iter-1" / "train")
+    assert (out / "results.md").read_text().startswith("| iteration |")
+    assert (out / "results.png").stat().st_size > 10_000
+    manifest = json.loads((out / "iter-1" / "index" / "manifest.json").read_text())
+    assert manifest["model"] == str(out / "iter-1" / "train")
 
     third = submit(cluster, "flywheel", "--config", str(config_file))
     assert wait(cluster, third) == "SUCCEEDED"

@@ -15,7 +15,6 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import REAL_TRAJECTORIES
 
 BUCKET = "lrat"
@@ -46,7 +45,8 @@ def _versions(stdout: str) -> dict[str, str]:
 
 def _run(env: dict, script: str, tmp_path) -> subprocess.CompletedProcess:
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    child_env.update(env, HF_HUB_OFFLINE="1", LRAT_CACHE=str(tmp_path / "cache"), LRAT_SCRATCH=str(tmp_path / "scratch"))
+    child_env.update(env, HF_HUB_OFFLINE="1", LRAT_CACHE=str(tmp_path / "cache"),
+                     LRAT_SCRATCH=str(tmp_path / "scratch"))
     return subprocess.run([sys.executable, "-c", script], env=child_env, capture_output=True, text=True,
                           timeout=600, cwd=tmp_path)
 

@@ -4,12 +4,12 @@ import random
 import statistics
 
 import pytest
+from openai_stub import ScriptedOpenAI
 
 from lrat_ray.adapters import parse_trajectory
 from lrat_ray.judge import keyword_label
 from lrat_ray.mining import mine_trajectory
 from lrat_ray.rollout import AgentConfig, Task, claim_overlap, run_llm, run_simulated, split_task_ids
-from openai_stub import ScriptedOpenAI
 
 
 class StubRetriever:
@@ -29,8 +29,9 @@ class StubRetriever:
 
 
 def test_judgment_driven_agent_statistics_match_its_parameters():
-    config = AgentConfig(kind="simulated-judged", max_turns=1, evidence_needed=10 ** 6, position_bias=0.5, p_browse_relevant=0.8,
-                         p_browse_irrelevant=0.1, reasoning_words_relevant=100, reasoning_words_irrelevant=20)
+    config = AgentConfig(kind="simulated-judged", max_turns=1, evidence_needed=10 ** 6, position_bias=0.5,
+                         p_browse_relevant=0.8, p_browse_irrelevant=0.1, reasoning_words_relevant=100,
+                         reasoning_words_irrelevant=20)
     client = StubRetriever()
     relevant_docs = {f"d{i}" for i in range(0, 200, 2)}  # half the corpus is judged relevant
     shown = {True: {}, False: {}}
@@ -90,7 +91,8 @@ def test_snippet_reading_agent_browses_by_overlap_not_by_judgment_and_its_notes_
         client = TextRetriever()
         examined, opened, lengths, dismissals = {}, {}, {True: [], False: []}, {True: 0, False: 0}
         for t in range(600):
-            useful = {f"d{i}" for i in range(len(client.shown), len(client.shown) + 10) if random.Random(i).random() < 0.3}
+            shown = range(len(client.shown), len(client.shown) + 10)
+            useful = {f"d{i}" for i in shown if random.Random(i).random() < 0.3}
             run = run_simulated(Task(id=f"t{t}", question=question, judgments={d: 1 for d in useful}), client, config)
             traj = parse_trajectory(run)
             hits = traj.steps[1].results

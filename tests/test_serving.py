@@ -7,8 +7,8 @@ from collections import Counter
 
 import httpx
 import pytest
-
 from conftest import jsonl_lines
+
 from lrat_ray.llm_client import bearer_headers
 from lrat_ray.runtime import free_port
 from lrat_ray.serving import RequestError, parse_search_request
@@ -143,8 +143,10 @@ def test_poisoned_queries_in_a_batch_fail_alone(server):
       "headers": {"content-type": "application/json"}}, 400),
     ({"method": "GET", "url": "/no-such-route"}, 404),
     ({"method": "GET", "url": "/search"}, 405),
-    ({"method": "POST", "url": "/search", "content": b'{"query": "x"}', "headers": {"content-type": "text/plain"}}, 415),
-    ({"method": "POST", "url": "/search", "content": b'{"query": ', "headers": {"content-type": "application/json"}}, 400),
+    ({"method": "POST", "url": "/search", "content": b'{"query": "x"}',
+      "headers": {"content-type": "text/plain"}}, 415),
+    ({"method": "POST", "url": "/search", "content": b'{"query": ',
+      "headers": {"content-type": "application/json"}}, 400),
     ({"method": "POST", "url": "/search", "json": {"query": ""}}, 422),
     ({"method": "POST", "url": "/search", "json": {"query": "y" * 5000}}, 422),
     ({"method": "POST", "url": "/search", "json": {"query": "x", "k": 1000}}, 422),

@@ -1,6 +1,7 @@
 import json
 
 from conftest import HAND
+
 from lrat_ray.adapters import parse_trajectory
 from lrat_ray.stats import StatsAccumulator
 

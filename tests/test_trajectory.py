@@ -3,8 +3,16 @@ import json
 import pytest
 
 from lrat_ray.errors import RecordError
-from lrat_ray.trajectory import (TRAJECTORY_SCHEMA, SearchHit, Step, Trajectory, iter_arrow_table,
-                                 to_arrow_table, trajectory_from_dict, trajectory_to_dict)
+from lrat_ray.trajectory import (
+    TRAJECTORY_SCHEMA,
+    SearchHit,
+    Step,
+    Trajectory,
+    iter_arrow_table,
+    to_arrow_table,
+    trajectory_from_dict,
+    trajectory_to_dict,
+)
 
 
 def _example() -> Trajectory:
