@@ -512,8 +512,8 @@ def summarize(cells: dict[tuple[str, str], dict[int, dict]], base: dict, disjoin
                   **{m: float(np.mean([base[q][m] for q in ids])) for m in METRICS}}
                  for subset, ids in subsets.items()]
 
-    def matrix(key, metric):  # [seeds, claims] of one arm, over the seeds both sides have
-        return np.array([[cells[key][s][q][metric] for q in qids] for s in common])
+    def matrix(key, metric, seeds):  # [seeds, claims] of one arm
+        return np.array([[cells[key][s][q][metric] for q in qids] for s in seeds])
 
     comparisons = []
     for label, variant, arm in PRIMARY + tuple(
@@ -525,7 +525,8 @@ def summarize(cells: dict[tuple[str, str], dict[int, dict]], base: dict, disjoin
         entry = {"label": label, "agent": variant, "arm": arm, "seeds": common,
                  "primary": any(label == p[0] for p in PRIMARY)}
         for metric in METRICS:
-            naive, other = matrix((variant, "naive"), metric), matrix((variant, arm), metric)
+            naive, other = (matrix((variant, "naive"), metric, common),
+                            matrix((variant, arm), metric, common))
             entry[metric] = {**st.paired_seed_test(naive.mean(axis=1), other.mean(axis=1)),
                              "bootstrap": st.bootstrap_interval(other - naive) if len(common) > 1 else None}
         entry["per_claim_conditional"] = paired_comparison(
@@ -543,20 +544,22 @@ def summarize(cells: dict[tuple[str, str], dict[int, dict]], base: dict, disjoin
     control = next((c for c in comparisons if c["label"] == "control: LRAT - naive"), None)
     if control:
         common = control["seeds"]
-        diff = matrix(("control", "reweight"), PRIMARY_METRIC) - matrix(("control", "naive"), PRIMARY_METRIC)
+        diff = (matrix(("control", "reweight"), PRIMARY_METRIC, common)
+                - matrix(("control", "naive"), PRIMARY_METRIC, common))
         extra["control_equivalence"] = st.equivalence_test(diff.mean(axis=1), margin)
     if ("informative", "naive") in cells and ("control", "naive") in cells:
         common = sorted(set(cells[("informative", "naive")]) & set(cells[("control", "naive")]))
-        first, second = matrix(("informative", "naive"), PRIMARY_METRIC), matrix(("control", "naive"), PRIMARY_METRIC)
+        first = matrix(("informative", "naive"), PRIMARY_METRIC, common)
+        second = matrix(("control", "naive"), PRIMARY_METRIC, common)
         extra["aa"] = {"label": "naive (control agent) - naive (informative agent)",
                        **st.paired_seed_test(first.mean(axis=1), second.mean(axis=1)),
                        "bootstrap": st.bootstrap_interval(second - first) if len(common) > 1 else None}
     if all(k in cells for k in (("informative", "reweight"), ("informative", "oracle"), ("informative", "naive"))):
         common = sorted(set(cells[("informative", "reweight")]) & set(cells[("informative", "oracle")])
                         & set(cells[("informative", "naive")]))
-        naive = matrix(("informative", "naive"), PRIMARY_METRIC)
-        gain = matrix(("informative", "reweight"), PRIMARY_METRIC) - naive
-        oracle = matrix(("informative", "oracle"), PRIMARY_METRIC) - naive
+        naive = matrix(("informative", "naive"), PRIMARY_METRIC, common)
+        gain = matrix(("informative", "reweight"), PRIMARY_METRIC, common) - naive
+        oracle = matrix(("informative", "oracle"), PRIMARY_METRIC, common) - naive
         extra["oracle_share"] = st.bootstrap_interval(gain, denominator=oracle) if len(common) > 1 else \
             {"mean": float(gain.mean() / oracle.mean()) if oracle.mean() else None, "low": None, "high": None}
     return {"rows": rows, "base": base_rows, "seeds": seeds, "comparisons": comparisons, **extra}

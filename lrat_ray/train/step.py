@@ -126,12 +126,15 @@ class Prepared:
     query_units: int
     weights: object
     mask: object
-    queries: int
+
+    @property
+    def queries(self) -> int:
+        """Pairs in the micro-batch (one weight each)."""
+        return len(self.weights)
 
     def to(self, device) -> Prepared:
         return Prepared([unit.to(device) for unit in self.units], self.query_units,
-                        self.weights.to(device, non_blocking=True), self.mask.to(device, non_blocking=True),
-                        self.queries)
+                        self.weights.to(device, non_blocking=True), self.mask.to(device, non_blocking=True))
 
 
 class StepRunner:
@@ -174,7 +177,7 @@ class StepRunner:
         units = [self._tokenize(t, self.spec.query_max_length) for t in q_sides] + \
                 [self._tokenize(t, self.spec.document_max_length) for t in d_sides]
         prepared = Prepared(units, len(q_sides), torch.tensor(weights, dtype=torch.float32),
-                            torch.tensor(mask, dtype=torch.bool), len(queries))
+                            torch.tensor(mask, dtype=torch.bool))
         if self.device.type == "cuda":
             prepared.units = [unit.pin_memory() for unit in units]
             prepared.weights, prepared.mask = prepared.weights.pin_memory(), prepared.mask.pin_memory()
