@@ -23,14 +23,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lrat_ray.hardware import summary_line
+from lrat_ray.infra.hardware import summary_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic import generate  # noqa: E402
 
 
 def examples_per_s(pairs: Path, out: Path, workers: int, steps: int) -> float:
-    from lrat_ray.train import TrainConfig, run_train
+    from lrat_ray.stages.train import TrainConfig, run_train
 
     summary = run_train(TrainConfig(pairs=[str(pairs)], output=str(out), workers=workers, cpus_per_worker=2 / workers,
                                     per_device_batch=16 // workers, group_size=2, max_steps=steps,
@@ -44,7 +44,7 @@ def _gather_worker(rank: int, port: int, iterations: int, results) -> None:
     import torch
     import torch.distributed as dist
 
-    from lrat_ray.loss import distributed_loss, weighted_info_nce
+    from lrat_ray.core.loss import distributed_loss, weighted_info_nce
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -75,7 +75,7 @@ def gather_overhead(iterations: int = 500) -> dict:
     """Seconds per step of the gathered loss and of the local-only loss (slowest worker)."""
     import torch.multiprocessing as mp
 
-    from lrat_ray.runtime import free_port
+    from lrat_ray.infra.runtime import free_port
 
     with mp.Manager() as manager:
         results = manager.dict()
@@ -89,8 +89,8 @@ def main() -> int:
     args = parser.parse_args()
     print(summary_line(), flush=True)  # figures depend on it: bf16 native or emulated
 
-    from lrat_ray.mine_job import MineConfig, run_mine
-    from lrat_ray.runtime import init_ray
+    from lrat_ray.infra.runtime import init_ray
+    from lrat_ray.stages.mine import MineConfig, run_mine
 
     init_ray(num_cpus=2)
     with tempfile.TemporaryDirectory() as tmp:

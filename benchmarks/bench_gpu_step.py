@@ -14,15 +14,15 @@ run, bf16 on CUDA and fp32 on CPU):
 * ``bare torch``: one padded forward per side, last-token pooling, in-set + in-batch softmax;
 * ``sentence-transformers MNRL`` (when importable): the same weights (saved, then loaded by
   ``SentenceTransformer``) and batches as (anchor, positive, negatives...) columns, scale 1/tau;
-* ``lrat padded, length groups``: :class:`lrat_ray.train.StepRunner` as on CPU today;
+* ``lrat padded, length groups``: :class:`lrat_ray.stages.train.StepRunner` as on CPU today;
 * ``lrat padded, one group``;
-* ``lrat packed``: each side one padding-free row (:mod:`lrat_ray.packing`; torch's varlen
+* ``lrat packed``: each side one padding-free row (:mod:`lrat_ray.models.packing`; torch's varlen
   attention on CUDA, the exact per-text fallback on CPU);
 * then one lever added per row, each kept in the rows below it: bf16 weights with fp32 masters
-  (CUDA; :mod:`lrat_ray.train.optimizer`), full checkpointing (CPU only: the CUDA rows have it from
-  the start), selective checkpointing (:mod:`lrat_ray.train.checkpointing`), regional
-  ``torch.compile`` of the layers (:mod:`lrat_ray.train.regional_compile`), input prefetched in a
-  thread (:mod:`lrat_ray.train.prefetch`). The lrat rows use the training loop's own helpers and
+  (CUDA; :mod:`lrat_ray.stages.train.optimizer`), full checkpointing (CPU only: the CUDA rows have it from
+  the start), selective checkpointing (:mod:`lrat_ray.stages.train.checkpointing`), regional
+  ``torch.compile`` of the layers (:mod:`lrat_ray.stages.train.regional_compile`), input prefetched in a
+  thread (:mod:`lrat_ray.stages.train.prefetch`). The lrat rows use the training loop's own helpers and
   optimizer step (clipping, schedule), the others a bare fused AdamW.
 
 Then documents/s of corpus encoding: a bare transformers loop (padded) against ``Encoder`` padded
@@ -44,7 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lrat_ray.hardware import summary_line
+from lrat_ray.infra.hardware import summary_line
 
 DATA = Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SHAPES = {"qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
@@ -55,7 +55,7 @@ SHAPES = {"qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidde
 
 def recipe_batch(queries: int, group: int, seed: int = 0):
     """SciFact claims with their relevant abstract first, then ``group - 1`` random others."""
-    from lrat_ray.corpus import document_text
+    from lrat_ray.core.corpus import document_text
 
     corpus = {}
     for line in (DATA / "scifact-beir" / "corpus.jsonl").read_text().split("\n"):
@@ -125,10 +125,10 @@ def main() -> int:
 
     import torch
 
-    from lrat_ray import packing
-    from lrat_ray.model import EncoderSpec, load_tokenizer, save_encoder
-    from lrat_ray.tiny_llm import tiny_model_path
-    from lrat_ray.train import StepRunner, TrainConfig
+    from lrat_ray.models import packing
+    from lrat_ray.models.encoder import EncoderSpec, load_tokenizer, save_encoder
+    from lrat_ray.models.tiny_llm import tiny_model_path
+    from lrat_ray.stages.train import StepRunner, TrainConfig
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -206,10 +206,10 @@ def main() -> int:
         """lrat's step as ``lrat train`` builds it: the model prepared by the worker's own helpers
         (checkpointing, packing, regional compile, bf16 weights with fp32 masters) and its optimizer
         step; with ``prefetch_batches``, the next step's texts are tokenized in a thread meanwhile."""
-        from lrat_ray.train import checkpointing
-        from lrat_ray.train.optimizer import build_optimizer, optimizer_step, to_bf16_weights
-        from lrat_ray.train.prefetch import prefetched
-        from lrat_ray.train.regional_compile import compile_layers
+        from lrat_ray.stages.train import checkpointing
+        from lrat_ray.stages.train.optimizer import build_optimizer, optimizer_step, to_bf16_weights
+        from lrat_ray.stages.train.prefetch import prefetched
+        from lrat_ray.stages.train.regional_compile import compile_layers
 
         config = TrainConfig(pairs=["-"], output="-", group_size=group, temperature=0.02, bf16=cuda,
                              learning_rate=1e-6, warmup_ratio=0.0, **{"prefetch_batches": 0, **options})
@@ -296,7 +296,7 @@ def encoding(model, tokenizer, spec, documents, device, cuda, tmp) -> None:
     """documents/s: a bare padded transformers loop against Encoder, padded and packed."""
     import torch
 
-    from lrat_ray.model import Encoder, EncoderSpec
+    from lrat_ray.models.encoder import Encoder, EncoderSpec
 
     texts = documents * 4
     batch = 64

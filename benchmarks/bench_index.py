@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lrat_ray.hardware import summary_line
+from lrat_ray.infra.hardware import summary_line
 
 DATA = Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -33,7 +33,7 @@ def bare_transformers(texts: list[str], batch_size: int = 64, max_length: int = 
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from lrat_ray.embedded import embedded_model_path
+    from lrat_ray.models.embedded import embedded_model_path
 
     tok = AutoTokenizer.from_pretrained(embedded_model_path())
     model = AutoModel.from_pretrained(embedded_model_path()).eval()
@@ -79,9 +79,9 @@ def main() -> int:
 
     import faiss
 
-    from lrat_ray.corpus import document_text
-    from lrat_ray.index import IndexConfig, RetrievalIndex, run_index
-    from lrat_ray.runtime import init_ray
+    from lrat_ray.core.corpus import document_text
+    from lrat_ray.infra.runtime import init_ray
+    from lrat_ray.stages.index import IndexConfig, RetrievalIndex, run_index
 
     lines = (DATA / "scifact-beir" / "corpus.jsonl").read_text().split("\n")[:args.docs]
     texts = [document_text(json.loads(l)) for l in lines if l.strip()]
@@ -136,10 +136,10 @@ def stored_vectors(index_dir: Path, ids: list[str]) -> np.ndarray:
 
 
 def compare_bf16() -> None:
-    from lrat_ray.corpus import document_text
-    from lrat_ray.evaluate import load_qrels, load_queries, score_run
-    from lrat_ray.index import build_faiss
-    from lrat_ray.model import Encoder, spec_for
+    from lrat_ray.core.corpus import document_text
+    from lrat_ray.models.encoder import Encoder, spec_for
+    from lrat_ray.stages.eval import load_qrels, load_queries, score_run
+    from lrat_ray.stages.index import build_faiss
 
     scifact = DATA / "scifact-beir"
     docs = [json.loads(l) for l in (scifact / "corpus.jsonl").read_text().split("\n") if l.strip()]

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lrat_ray.hardware import summary_line
+from lrat_ray.infra.hardware import summary_line
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHILD = """
@@ -31,12 +31,12 @@ import json, sys, time
 mode, corpus, out = sys.argv[1:4]
 started = time.time()
 if mode == "lrat index":
-    from lrat_ray.index import IndexConfig, run_index
+    from lrat_ray.stages.index import IndexConfig, run_index
     count = run_index(IndexConfig(corpus=[corpus], output=out, workers=2, shards=4, document_max_length=32,
                                   split_bytes=4 << 20))["count"]
 else:
     import numpy as np
-    from lrat_ray.corpus import document_text, iter_documents
+    from lrat_ray.core.corpus import document_text, iter_documents
     ids, titles, texts, searchable = [], [], [], []
     for doc_id, record in iter_documents([corpus]):
         ids.append(doc_id); titles.append(record.get("title") or ""); texts.append(record.get("text") or "")

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from lrat_ray.hardware import engine_dtype, summary_line
+from lrat_ray.infra.hardware import engine_dtype, summary_line
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LRAT_DATA", REPO.parent / "shared" / "data"))
@@ -36,7 +36,7 @@ MAX_TOKENS = 32
 
 def make_pairs(work: Path, n: int) -> Path:
     """``n`` pairs from the real mined pairs, reasoning numbered so every prompt differs."""
-    from lrat_ray.mine_job import MineConfig, run_mine
+    from lrat_ray.stages.mine import MineConfig, run_mine
 
     mined = work / "mined"
     if not mined.exists():
@@ -53,7 +53,7 @@ def make_pairs(work: Path, n: int) -> Path:
 
 
 def judge_stage(pairs: Path, work: Path) -> tuple[float, int, int]:
-    from lrat_ray.judge import JudgeConfig, run_judge
+    from lrat_ray.stages.judge import JudgeConfig, run_judge
 
     started = time.time()
     report = run_judge(JudgeConfig(pairs=str(pairs), output=str(work / "judged"), backend="vllm", model="tiny",
@@ -62,7 +62,7 @@ def judge_stage(pairs: Path, work: Path) -> tuple[float, int, int]:
     wall = time.time() - started
     from transformers import AutoTokenizer
 
-    from lrat_ray.tiny_llm import tiny_model_path
+    from lrat_ray.models.tiny_llm import tiny_model_path
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path())
     raws = pads.dataset(str(work / "judged" / "pairs"), format="parquet").to_table(columns=["judge_raw"])
@@ -73,8 +73,8 @@ def judge_stage(pairs: Path, work: Path) -> tuple[float, int, int]:
 def bare_vllm(pairs: Path) -> tuple[float, float, int, int]:
     from vllm import LLM, SamplingParams
 
-    from lrat_ray.judge import JudgeConfig, render_prompt
-    from lrat_ray.tiny_llm import tiny_model_path
+    from lrat_ray.models.tiny_llm import tiny_model_path
+    from lrat_ray.stages.judge import JudgeConfig, render_prompt
 
     config = JudgeConfig(output="-", pairs=str(pairs))
     rows = pads.dataset(str(pairs / "pairs"), format="parquet").to_table(columns=["reasoning"]).column(0).to_pylist()
@@ -93,7 +93,7 @@ def bare_vllm(pairs: Path) -> tuple[float, float, int, int]:
 def driver_peak_mb(pairs: Path, work: Path) -> float:
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the parent, which would report the
     # benchmark's own peak for every child.
-    code = ("from lrat_ray.judge import JudgeConfig, run_judge; "
+    code = ("from lrat_ray.stages.judge import JudgeConfig, run_judge; "
             f"run_judge(JudgeConfig(pairs={str(pairs)!r}, output={str(work / ('mem-' + pairs.name))!r})); "
             "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -110,7 +110,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        from lrat_ray.runtime import init_ray
+        from lrat_ray.infra.runtime import init_ray
 
         init_ray()
         small, large = make_pairs(work, args.memory_pairs // 10), make_pairs(work, args.memory_pairs)

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lrat_ray.hardware import summary_line
+from lrat_ray.infra.hardware import summary_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic import generate  # noqa: E402
@@ -53,8 +53,8 @@ def baseline(files: list[Path]) -> int:
 
 
 def pure_miner(files: list[Path], measure) -> int:
-    from lrat_ray.mine_job import mine_file_group
-    from lrat_ray.mining import MiningOptions
+    from lrat_ray.core.mining import MiningOptions
+    from lrat_ray.stages.mine import mine_file_group
 
     return sum(mine_file_group([str(f)], MiningOptions(), measure)[0].num_rows for f in files)
 
@@ -78,9 +78,9 @@ def main() -> int:
     args = parser.parse_args()
     print(summary_line(), flush=True)  # figures depend on it: bf16 native or emulated
 
-    from lrat_ray.mine_job import MineConfig, length_measure, run_mine
-    from lrat_ray.mining import character_lengths
-    from lrat_ray.runtime import init_ray
+    from lrat_ray.core.mining import character_lengths
+    from lrat_ray.infra.runtime import init_ray
+    from lrat_ray.stages.mine import MineConfig, length_measure, run_mine
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-mining-"))
     work.mkdir(parents=True, exist_ok=True)

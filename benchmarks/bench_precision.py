@@ -1,5 +1,5 @@
 """What precision this CPU runs fast: vLLM generation and MiniLM encoding in bf16 and fp32, and what
-``auto`` resolves to here (``lrat_ray.hardware``).
+``auto`` resolves to here (``lrat_ray.infra.hardware``).
 
 1. vLLM: the prepared SmolLM2-135M-Instruct, ``vllm.LLM`` (eager, 256 MiB KV cache), 8 prompts of
    64 generated tokens each (EOS ignored, so every run generates the same count), after a warm-up
@@ -23,14 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-from lrat_ray.hardware import engine_dtype, summary_line
+from lrat_ray.infra.hardware import engine_dtype, summary_line
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHILD = """
 import json, sys, time
 if __name__ == "__main__":
     from vllm import LLM, SamplingParams
-    from lrat_ray.tiny_llm import tiny_model_path
+    from lrat_ray.models.tiny_llm import tiny_model_path
     started = time.time()
     llm = LLM(tiny_model_path(), dtype=sys.argv[1], max_model_len=2048, enforce_eager=True,
               kv_cache_memory_bytes=256 << 20)
@@ -56,7 +56,7 @@ def vllm_rate(dtype: str) -> dict:
 
 
 def encoding_rate(bf16: bool, texts: list[str]) -> float:
-    from lrat_ray.model import Encoder, spec_for
+    from lrat_ray.models.encoder import Encoder, spec_for
 
     encoder = Encoder(spec_for("embedded", document_max_length=256), device="cpu", batch_size=32, bf16=bf16)
     encoder.encode_documents(texts[:32])  # warm-up

@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lrat_ray.hardware import summary_line
+from lrat_ray.infra.hardware import summary_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic import generate  # noqa: E402
@@ -45,7 +45,7 @@ SCIFACT = DATA / "scifact-beir"
 
 def scifact_subset(directory: Path, documents: int, tasks: int) -> tuple[Path, list[str]]:
     """The abstracts judged for the first ``tasks`` training claims, filled up to ``documents``."""
-    from lrat_ray.evaluate import load_qrels
+    from lrat_ray.stages.eval import load_qrels
 
     qrels = load_qrels(str(SCIFACT / "qrels" / "train.tsv"))
     claims = sorted(qrels)[:tasks]
@@ -60,7 +60,7 @@ def scifact_subset(directory: Path, documents: int, tasks: int) -> tuple[Path, l
 
 
 def bench_mine(runs: Path, out: Path, workers: int, count: int) -> float:
-    from lrat_ray.mine_job import MineConfig, run_mine
+    from lrat_ray.stages.mine import MineConfig, run_mine
 
     started = time.perf_counter()
     report = run_mine(MineConfig(input=[str(runs)], output=str(out), workers=workers, files_per_task=1))
@@ -69,7 +69,7 @@ def bench_mine(runs: Path, out: Path, workers: int, count: int) -> float:
 
 
 def bench_index(corpus: Path, out: Path, workers: int) -> float:
-    from lrat_ray.index import IndexConfig, run_index
+    from lrat_ray.stages.index import IndexConfig, run_index
 
     started = time.perf_counter()
     manifest = run_index(IndexConfig(corpus=[str(corpus)], output=str(out), workers=workers, document_max_length=128))
@@ -77,9 +77,9 @@ def bench_index(corpus: Path, out: Path, workers: int) -> float:
 
 
 def bench_rollout(index: Path, claims: list[str], out: Path, workers: int) -> float:
-    from lrat_ray.evaluate import load_qrels, load_queries
-    from lrat_ray.rollout import AgentConfig, load_tasks, run_rollouts
-    from lrat_ray.serving import ServeConfig, deploy
+    from lrat_ray.agents.rollout import AgentConfig, load_tasks, run_rollouts
+    from lrat_ray.serving.retriever import ServeConfig, deploy
+    from lrat_ray.stages.eval import load_qrels, load_queries
 
     url = deploy(ServeConfig(index=str(index), port=18731, replica_cpus=0))
     tasks = load_tasks(load_queries(str(SCIFACT / "queries.jsonl")), load_qrels(str(SCIFACT / "qrels" / "train.tsv")),
@@ -91,7 +91,7 @@ def bench_rollout(index: Path, claims: list[str], out: Path, workers: int) -> fl
 
 
 def bench_train(pairs: Path, out: Path, workers: int) -> float:
-    from lrat_ray.train import TrainConfig, run_train
+    from lrat_ray.stages.train import TrainConfig, run_train
 
     summary = run_train(TrainConfig(pairs=[str(pairs)], output=str(out), workers=workers, per_device_batch=8,
                                     group_size=2, max_steps=6, document_max_length=128, checkpoint_every=1000))
@@ -110,7 +110,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from lrat_ray.runtime import init_ray
+    from lrat_ray.infra.runtime import init_ray
 
     init_ray(num_cpus=2)
     rows = []

@@ -4,7 +4,7 @@ Serves an index (default: the 5,000-passage msmarco-5k slice, built first if mis
 Serve replica. Each simulated agent session loops for a fixed time: a search (a real TREC DL query,
 k=10), then with probability 0.3 a document call for one of the hits (an agent browsing). A
 request the replica turns away (503 + Retry-After, beyond ``--max-in-flight``) is waited out and
-retried with the project's own policy (:func:`lrat_ray.llm_client.retry_delay`), as the agents'
+retried with the project's own policy (:func:`lrat_ray.infra.chat_client.retry_delay`), as the agents'
 client does; it counts as turned away, not failed. A failure is a request that never got an
 answer (transport error, timeout, any other status).
 
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lrat_ray.hardware import summary_line
+from lrat_ray.infra.hardware import summary_line
 
 DATA = Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 BROWSE_PROBABILITY = 0.3
@@ -65,7 +65,7 @@ async def _call(http, url: str, tally: Tally, deadline: float, kind: str, method
     (``expect``: the status a right answer has; 422 for a poisoned search)."""
     import aiohttp
 
-    from lrat_ray.llm_client import retry_delay
+    from lrat_ray.infra.chat_client import retry_delay
 
     start = time.perf_counter()
     for attempt in range(50):
@@ -133,8 +133,8 @@ async def fleet(url: str, queries: list[str], sessions: int, seconds: float, swa
 
 
 def in_process_rate(index_dir: str, queries: list[str]) -> float:
-    from lrat_ray.index import RetrievalIndex
-    from lrat_ray.model import Encoder
+    from lrat_ray.models.encoder import Encoder
+    from lrat_ray.stages.index import RetrievalIndex
 
     index = RetrievalIndex.load(index_dir)
     encoder = Encoder(index.spec)
@@ -160,10 +160,10 @@ def main() -> int:
     args = parser.parse_args()
     print(summary_line(), flush=True)  # figures depend on it: bf16 native or emulated
 
-    from lrat_ray.errors import LratError
-    from lrat_ray.index import IndexConfig, read_manifest, run_index
-    from lrat_ray.runtime import free_port, init_ray
-    from lrat_ray.serving import ServeConfig, deploy, swap_index
+    from lrat_ray.infra.errors import LratError
+    from lrat_ray.infra.runtime import free_port, init_ray
+    from lrat_ray.serving.retriever import ServeConfig, deploy, swap_index
+    from lrat_ray.stages.index import IndexConfig, read_manifest, run_index
 
     init_ray(num_cpus=2)
     try:
@@ -223,7 +223,7 @@ def print_replica_memory() -> None:
     titled ``ray::ServeReplica:<app>:<deployment>``)."""
     import psutil
 
-    from lrat_ray.serving import APP_NAME
+    from lrat_ray.serving.retriever import APP_NAME
 
     sizes = []
     for process in psutil.process_iter(["cmdline", "memory_info"]):
@@ -243,7 +243,7 @@ def autoscaling_step(settings, queries: list[str], seconds: float) -> None:
 
     from ray import serve
 
-    from lrat_ray.serving import APP_NAME, deploy
+    from lrat_ray.serving.retriever import APP_NAME, deploy
 
     deploy(dataclasses.replace(settings, autoscale_min=1, autoscale_max=2))
     counts: list[int] = []

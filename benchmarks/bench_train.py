@@ -8,11 +8,11 @@ uses):
 * ``bare torch``: tokenize, one forward for queries and one for documents, mean pooling,
   normalisation, cross-entropy, backward, optimizer step: the least a contrastive step costs;
 * ``sentence-transformers``: ``MultipleNegativesRankingLoss`` on a ``SentenceTransformer``;
-* ``lrat``: :class:`lrat_ray.train.StepRunner` (weights, masks, gathered loss; each side encoded in
+* ``lrat``: :class:`lrat_ray.stages.train.StepRunner` (weights, masks, gathered loss; each side encoded in
   length groups, ``length_groups``) on the model as ``lrat train`` prepares it on CPU (the cheaper
-  dropout of :mod:`lrat_ray.train.dropout`) + the optimizer ``lrat train`` builds. Two more rows
+  dropout of :mod:`lrat_ray.stages.train.dropout`) + the optimizer ``lrat train`` builds. Two more rows
   take one away each: one length group per side, torch's dropout; one packs each side into a
-  padding-free row (:mod:`lrat_ray.packing`, its exact CPU attention: what the GPU default is).
+  padding-free row (:mod:`lrat_ray.models.packing`, its exact CPU attention: what the GPU default is).
 
 The three steps run in turn, ``--rounds`` times over the same batches, and each rate sums its
 rounds, so a slow minute of the machine does not land on one of them only.
@@ -43,13 +43,13 @@ from pathlib import Path
 
 import torch
 
-from lrat_ray.hardware import summary_line
+from lrat_ray.infra.hardware import summary_line
 
 DATA = Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def scifact_batches(batch: int, steps: int) -> list[tuple[list[str], list[str]]]:
-    from lrat_ray.corpus import document_text
+    from lrat_ray.core.corpus import document_text
 
     corpus = {}
     for line in (DATA / "scifact-beir" / "corpus.jsonl").read_text().split("\n"):
@@ -132,12 +132,12 @@ def training_quality(path: str, batch: int) -> None:
     import numpy as np
     from transformers import AutoTokenizer
 
-    from lrat_ray.corpus import document_text
-    from lrat_ray.evaluate import load_qrels, load_queries, score_run
-    from lrat_ray.index import build_faiss
-    from lrat_ray.model import Encoder, load_transformer, spec_for
-    from lrat_ray.train import StepRunner, TrainConfig, dropout
-    from lrat_ray.train.optimizer import build_optimizer
+    from lrat_ray.core.corpus import document_text
+    from lrat_ray.models.encoder import Encoder, load_transformer, spec_for
+    from lrat_ray.stages.eval import load_qrels, load_queries, score_run
+    from lrat_ray.stages.index import build_faiss
+    from lrat_ray.stages.train import StepRunner, TrainConfig, dropout
+    from lrat_ray.stages.train.optimizer import build_optimizer
 
     scifact = DATA / "scifact-beir"
     qrels = load_qrels(str(scifact / "qrels" / "test.tsv"))
@@ -196,12 +196,12 @@ def main() -> int:
     from sentence_transformers import SentenceTransformer, losses
     from transformers import AutoTokenizer
 
-    from lrat_ray import packing
-    from lrat_ray.embedded import embedded_model_path
-    from lrat_ray.model import load_transformer, spec_for
-    from lrat_ray.train import StepRunner, TrainConfig, dropout
-    from lrat_ray.train.optimizer import build_optimizer
-    from lrat_ray.train.prefetch import prefetched
+    from lrat_ray.models import packing
+    from lrat_ray.models.embedded import embedded_model_path
+    from lrat_ray.models.encoder import load_transformer, spec_for
+    from lrat_ray.stages.train import StepRunner, TrainConfig, dropout
+    from lrat_ray.stages.train.optimizer import build_optimizer
+    from lrat_ray.stages.train.prefetch import prefetched
 
     path = embedded_model_path()
     batches = scifact_batches(args.batch, args.steps)

@@ -6,7 +6,7 @@ pair) and, in a fresh process per measurement, reports the process's peak reside
 
 * ``streamed``: ``lrat train`` (``run_train``, 1 worker, 2 steps): the driver reads only the
   ``weight`` and ``relevant`` columns; Ray Data tasks read, filter, weight and shuffle the texts;
-* ``in driver``: :func:`lrat_ray.train.load_examples`, what the driver did before (every pair's
+* ``in driver``: :func:`lrat_ray.stages.train.load_examples`, what the driver did before (every pair's
   texts as Python objects), the baseline.
 
 Usage: ``python benchmarks/bench_train_input.py [--pairs 20000]``
@@ -22,12 +22,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lrat_ray.hardware import summary_line
+from lrat_ray.infra.hardware import summary_line
 
 CHILD = """
 import json, sys
 mode, pairs, out = sys.argv[1:4]
-from lrat_ray.train import TrainConfig, load_examples, run_train
+from lrat_ray.stages.train import TrainConfig, load_examples, run_train
 config = TrainConfig(pairs=[pairs], output=out, workers=1, per_device_batch=8, group_size=2, max_steps=2,
                      document_max_length=64, checkpoint_every=1000)
 if mode == "streamed":
@@ -43,7 +43,7 @@ def write_pairs(directory: Path, count: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lrat_ray.pairs import PAIR_SCHEMA
+    from lrat_ray.core.pairs import PAIR_SCHEMA
 
     rng = random.Random(count)
     words = [f"w{i}" for i in range(5000)]

@@ -4,7 +4,7 @@
 
 Takes exactly the options of ``lrat eval --help`` (and ``--config YAML``). The output directory is
 versioned and immutable: a resubmitted job with the same options and inputs finds the finished
-output and exits without redoing it (see lrat_ray/outputs.py).
+output and exits without redoing it (see lrat_ray/infra/stage_run.py).
 """
 
 from _entry import run

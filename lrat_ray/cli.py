@@ -3,8 +3,8 @@
 Each subcommand takes ``--config YAML`` (a mapping of its options, or a file with one section per
 subcommand) and per-option overrides; ``lrat <stage> --help`` lists them. The pipeline stages
 (``mine``, ``judge``, ``pairs-from-qrels``, ``train``, ``index``, ``eval``, ``eval-runs``,
-``rollout``, ``flywheel``) come from the registry in :mod:`lrat_ray.stages` and run under
-:func:`lrat_ray.outputs.run_stage`: versioned (``{version}`` in ``--output``), immutable, skipped
+``rollout``, ``flywheel``) come from the registry in :mod:`lrat_ray.registry` and run under
+:func:`lrat_ray.infra.stage_run.run_stage`: versioned (``{version}`` in ``--output``), immutable, skipped
 when already finished; ``jobs/<stage>.py`` runs the same as a Ray job. Beside them: ``serve``,
 ``mcp``, ``ablation``, ``demo`` and ``prepare-llm``.
 """
@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from lrat_ray import __version__
-from lrat_ray.config import add_arguments, check_inputs, resolve
-from lrat_ray.errors import LratError
-from lrat_ray.stages import STAGES
+from lrat_ray.infra.config import add_arguments, check_inputs, resolve
+from lrat_ray.infra.errors import LratError
+from lrat_ray.registry import STAGES
 
 log = logging.getLogger("lrat")
 
@@ -66,23 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_cmd_demo)
 
     prepare = sub.add_parser("prepare-llm", help="build the embedded chat model (SmolLM2-135M-Instruct) for vLLM",
-                             description=_first_paragraph("lrat_ray.tiny_llm"))
+                             description=_first_paragraph("lrat_ray.models.tiny_llm"))
     prepare.set_defaults(handler=_cmd_prepare_llm)
     return parser
 
 
 def commands():
     """(name, config class, module, handler, help) of every subcommand that takes a config: the
-    registered stages (:mod:`lrat_ray.stages`), then the long-running services and the ablation."""
-    from lrat_ray.ablation import AblationConfig
-    from lrat_ray.mcp_server import McpConfig
-    from lrat_ray.serving import ServeConfig
+    registered stages (:mod:`lrat_ray.registry`), then the long-running services and the ablation."""
+    from lrat_ray.experiments.ablation import AblationConfig
+    from lrat_ray.serving.mcp import McpConfig
+    from lrat_ray.serving.retriever import ServeConfig
 
     staged = [(s.name, s.config_class(), s.module, _cmd_stage, s.help) for s in STAGES.values()]
     return staged + [
-        ("serve", ServeConfig, "lrat_ray.serving", _cmd_serve, "serve search + browse over HTTP (Ray Serve)"),
-        ("mcp", McpConfig, "lrat_ray.mcp_server", _cmd_mcp, "offer a running retriever's tools over MCP"),
-        ("ablation", AblationConfig, "lrat_ray.ablation", _cmd_ablation,
+        ("serve", ServeConfig, "lrat_ray.serving.retriever", _cmd_serve, "serve search + browse over HTTP (Ray Serve)"),
+        ("mcp", McpConfig, "lrat_ray.serving.mcp", _cmd_mcp, "offer a running retriever's tools over MCP"),
+        ("ablation", AblationConfig, "lrat_ray.experiments.ablation", _cmd_ablation,
          "oracle / naive / LRAT arms on common random numbers, informative and control agents, seed-level tests"),
     ]
 
@@ -97,7 +97,7 @@ def _section(path: str | None, name: str) -> str | None:
     """The YAML section to use: ``name`` when the file has one, else the whole file."""
     if not path:
         return None
-    from lrat_ray.config import load_yaml
+    from lrat_ray.infra.config import load_yaml
 
     return name if name in load_yaml(path) else None
 
@@ -110,9 +110,9 @@ def _config(args: argparse.Namespace):
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
-    """Any registered stage: under :func:`lrat_ray.outputs.run_stage` (versioned, immutable output; a
+    """Any registered stage: under :func:`lrat_ray.infra.stage_run.run_stage` (versioned, immutable output; a
     finished run is not repeated), one line when it starts and one with what it did."""
-    from lrat_ray.outputs import run_stage
+    from lrat_ray.infra.stage_run import run_stage
 
     stage = STAGES[args.command]
     config = _config(args)
@@ -158,14 +158,14 @@ def _eval_runs_details(result: dict, config) -> None:
 
 
 def _flywheel_details(rows: list, config) -> None:
-    from lrat_ray.flywheel import results_table
+    from lrat_ray.experiments.flywheel import results_table
 
     print("\n" + results_table(rows))
     print(f"wrote {config.output}/results.md, results.csv and results.png")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from lrat_ray.serving import deploy, swap_running, wait_for_interrupt
+    from lrat_ray.serving.retriever import deploy, swap_running, wait_for_interrupt
 
     config = _config(args)
     if config.swap:
@@ -181,7 +181,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare_llm(args: argparse.Namespace) -> int:
-    from lrat_ray.tiny_llm import tiny_model_path
+    from lrat_ray.models.tiny_llm import tiny_model_path
 
     print(tiny_model_path())
     return 0
@@ -193,7 +193,7 @@ def _cmd_prepare_llm(args: argparse.Namespace) -> int:
 def _cmd_ablation(args: argparse.Namespace) -> int:
     import os
 
-    from lrat_ray.ablation import render_markdown, render_pilot, run_ablation
+    from lrat_ray.experiments.ablation import render_markdown, render_pilot, run_ablation
 
     config = _config(args)
     report = run_ablation(config)
@@ -207,7 +207,7 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
 
 
 def _cmd_mcp(args: argparse.Namespace) -> int:
-    from lrat_ray.mcp_server import run_mcp
+    from lrat_ray.serving.mcp import run_mcp
 
     config = _config(args)
     print(f"MCP tools search/get_document for {config.url} at http://{config.host}:{config.port}/mcp")
@@ -219,8 +219,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     """The flywheel on SciFact with the embedded default; see lrat_ray/configs/demo_flywheel.yaml."""
     import time
 
-    from lrat_ray.config import load_yaml
-    from lrat_ray.flywheel import FlywheelConfig, results_table, run_flywheel
+    from lrat_ray.experiments.flywheel import FlywheelConfig, results_table, run_flywheel
+    from lrat_ray.infra.config import load_yaml
 
     data = Path(args.data) if args.data else _shared_data()
     if not (data / "scifact-beir" / "corpus.jsonl").is_file():
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it reports every CPU-specific build it lacks
     for chatty in ("httpx", "httpcore"):  # one INFO line per HTTP request
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    from lrat_ray.runtime import quiet_ray_console
+    from lrat_ray.infra.runtime import quiet_ray_console
 
     quiet_ray_console(not args.verbose)
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lrat_ray.trajectory import SearchHit, Step, Trajectory
+from lrat_ray.core.trajectory import SearchHit, Step, Trajectory
 
 # One numeric path on every CPU: auto precision resolves to fp32 in the suite unless the caller
 # says otherwise (LRAT_PRECISION=auto runs it at the machine's best, bf16 where native), so an
@@ -93,7 +93,7 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.failed and item.get_closest_marker("llm") is not None:
-        from lrat_ray.hardware import summary_line
+        from lrat_ray.infra.hardware import summary_line
 
         lines = [summary_line(), f"LRAT_PRECISION={os.environ.get('LRAT_PRECISION')} in this session",
                  "LLM work measured in this session (a rate far below the README's figures means a slow machine):"]
@@ -117,7 +117,7 @@ def ray_session():
     stages start theirs (on 127.0.0.1)."""
     import ray
 
-    from lrat_ray.runtime import init_ray
+    from lrat_ray.infra.runtime import init_ray
 
     init_ray(num_cpus=2)
     from ray.data import DataContext
@@ -136,7 +136,7 @@ def msmarco_slice(tmp_path_factory):
     unjudged passages; small enough to encode in seconds."""
     import json
 
-    from lrat_ray.evaluate import load_qrels
+    from lrat_ray.stages.eval import load_qrels
 
     qrels = load_qrels(str(MSMARCO / "qrels" / "test.tsv"))
     qids = sorted(qrels)[:4]
@@ -163,7 +163,7 @@ def msmarco_slice(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def msmarco_index(ray_session, msmarco_slice, tmp_path_factory):
-    from lrat_ray.index import IndexConfig, run_index
+    from lrat_ray.stages.index import IndexConfig, run_index
 
     out = tmp_path_factory.mktemp("index") / "flat"
     run_index(IndexConfig(corpus=[str(msmarco_slice / "corpus.jsonl")], output=str(out), workers=2))
@@ -178,7 +178,7 @@ def scifact_slice(tmp_path_factory):
     """A real SciFact slice: 30 train and 12 test claims with every judged abstract, plus 150 others."""
     import json
 
-    from lrat_ray.evaluate import load_qrels
+    from lrat_ray.stages.eval import load_qrels
 
     train = load_qrels(str(SCIFACT / "qrels" / "train.tsv"))
     test = load_qrels(str(SCIFACT / "qrels" / "test.tsv"))
@@ -204,7 +204,7 @@ def scifact_slice(tmp_path_factory):
 @pytest.fixture(scope="session")
 def serve_port() -> int:
     """One HTTP port for every Ray Serve app of the session: Serve keeps the port it started with."""
-    from lrat_ray.runtime import free_port
+    from lrat_ray.infra.runtime import free_port
 
     return free_port()
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from lrat_ray.llm_client import bearer_headers
-from lrat_ray.runtime import free_port
+from lrat_ray.infra.chat_client import bearer_headers
+from lrat_ray.infra.runtime import free_port
 
 
 class LocalCluster:

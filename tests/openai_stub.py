@@ -22,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from lrat_ray.runtime import free_port
+from lrat_ray.infra.runtime import free_port
 
 
 class ScriptedOpenAI:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lrat_ray.ablation import (
+from lrat_ray.experiments.ablation import (
     METRICS,
     AblationConfig,
     arm_examples,
@@ -17,7 +17,7 @@ from lrat_ray.ablation import (
     run_ablation,
     summarize,
 )
-from lrat_ray.errors import LratError
+from lrat_ray.infra.errors import LratError
 
 
 def test_mean_interval_is_the_student_t_interval():
@@ -54,7 +54,7 @@ def test_arms_weight_one_common_stream_and_filtering_is_weight_zero():
 def test_a_pair_at_weight_zero_adds_nothing_to_the_loss_but_its_documents_stay_negatives():
     import torch
 
-    from lrat_ray.loss import weighted_info_nce
+    from lrat_ray.core.loss import weighted_info_nce
 
     torch.manual_seed(0)
     q = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1).requires_grad_(True)
@@ -77,7 +77,7 @@ def test_common_random_numbers_arms_with_equal_weights_train_to_identical_parame
     bit-identical models (same batches, negatives and dropout masks); other weights do not."""
     import torch
 
-    from lrat_ray.train import fit_in_process
+    from lrat_ray.stages.train import fit_in_process
 
     pairs = [{"query": f"claim {i} about protein {i % 5}", "positive_id": f"d{i}", "negative_ids": [f"d{(i + 3) % 12}"],
               "relevant": True, "useful": i % 2 == 0, "weight": 1.0 + (i % 3)} for i in range(12)]

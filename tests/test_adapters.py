@@ -4,9 +4,9 @@ import pickle
 import pytest
 from conftest import FIXTURES
 
-from lrat_ray.adapters import detect_format, parse_search_output, parse_trajectory
-from lrat_ray.errors import RecordError
-from lrat_ray.trajectory import SearchHit
+from lrat_ray.core.adapters import detect_format, parse_search_output, parse_trajectory
+from lrat_ray.core.trajectory import SearchHit
+from lrat_ray.infra.errors import RecordError
 
 
 def test_real_browsecomp_runs_match_their_own_tool_counts(real_trajectory_files):

@@ -1,4 +1,4 @@
-"""One writer per stage output (lrat_ray/claims.py): a live writer keeps others out, a killed one
+"""One writer per stage output (lrat_ray/infra/claims.py): a live writer keeps others out, a killed one
 does not lock the directory for good. Real processes and a real SIGKILL; no Ray."""
 
 import dataclasses
@@ -12,15 +12,15 @@ import time
 
 import pytest
 
-from lrat_ray import claims
-from lrat_ray.errors import LratError
-from lrat_ray.mine_job import MineConfig
-from lrat_ray.outputs import run_stage
+from lrat_ray.infra import claims
+from lrat_ray.infra.errors import LratError
+from lrat_ray.infra.stage_run import run_stage
+from lrat_ray.stages.mine import MineConfig
 
 WRITER = textwrap.dedent("""
     import os, sys, time
-    from lrat_ray.mine_job import MineConfig
-    from lrat_ray.outputs import run_stage
+    from lrat_ray.stages.mine import MineConfig
+    from lrat_ray.infra.stage_run import run_stage
 
     def stage(config):
         os.makedirs(config.output, exist_ok=True)

@@ -21,7 +21,7 @@ def test_every_subcommand_names_a_missing_input_and_exits_2_before_ray(name, cls
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started before the inputs were checked")
 
-    monkeypatch.setattr("lrat_ray.runtime.init_ray", no_ray)
+    monkeypatch.setattr("lrat_ray.infra.runtime.init_ray", no_ray)
     monkeypatch.setattr(ray, "init", no_ray)
     missing = tmp_path / "missing-input"
     argv = [name]

@@ -11,7 +11,7 @@ import tomllib
 import yaml
 from conftest import REPO
 
-from lrat_ray.config import resolve
+from lrat_ray.infra.config import resolve
 
 CLUSTER = REPO / "cluster"
 

@@ -1,9 +1,9 @@
 import pytest
 
 from lrat_ray.cli import build_parser
-from lrat_ray.config import check_inputs, resolve
-from lrat_ray.errors import LratError
-from lrat_ray.mine_job import MineConfig
+from lrat_ray.infra.config import check_inputs, resolve
+from lrat_ray.infra.errors import LratError
+from lrat_ray.stages.mine import MineConfig
 
 
 def test_yaml_then_command_line_precedence(tmp_path):
@@ -33,8 +33,8 @@ def test_choices_are_enforced_on_the_command_line():
 
 
 def test_choices_are_enforced_in_yaml_and_in_every_flywheel_section(tmp_path):
-    from lrat_ray.flywheel import FlywheelConfig
-    from lrat_ray.judge import JudgeConfig
+    from lrat_ray.experiments.flywheel import FlywheelConfig
+    from lrat_ray.stages.judge import JudgeConfig
 
     config = tmp_path / "c.yaml"
     config.write_text("judge:\n  pairs: p\n  output: o\n  backend: vlm\n")
@@ -54,9 +54,9 @@ def test_choices_are_enforced_in_yaml_and_in_every_flywheel_section(tmp_path):
 
 
 def test_flywheel_sections_become_typed_stage_configs_over_the_flywheel_defaults(tmp_path):
-    from lrat_ray.flywheel import FlywheelConfig
-    from lrat_ray.index import IndexConfig
-    from lrat_ray.outputs import content_of
+    from lrat_ray.experiments.flywheel import FlywheelConfig
+    from lrat_ray.infra.stage_run import content_of
+    from lrat_ray.stages.index import IndexConfig
 
     base = {"corpus": ["c"], "queries": "q", "train_qrels": "t", "output": str(tmp_path), "document_max_length": 64}
     config = resolve(FlywheelConfig, {**base, "index": {"bf16": True}, "judge": {"backend": "none"},
@@ -87,7 +87,7 @@ def test_flywheel_sections_become_typed_stage_configs_over_the_flywheel_defaults
 
 
 def test_shipped_training_recipes_load():
-    from lrat_ray.train import CONFIG_DIR, TrainConfig
+    from lrat_ray.stages.train import CONFIG_DIR, TrainConfig
 
     with pytest.raises(LratError, match="requires --corpus"):
         resolve(TrainConfig, {"pairs": ["p"], "output": "o"}, str(CONFIG_DIR / "train_lrat_qwen3_embedding_0.6b.yaml"),

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from lrat_ray.index import build_faiss
-from lrat_ray.model import Encoder, load_tokenizer, spec_for
-from lrat_ray.train import TrainConfig, fit_in_process
+from lrat_ray.models.encoder import Encoder, load_tokenizer, spec_for
+from lrat_ray.stages.index import build_faiss
+from lrat_ray.stages.train import TrainConfig, fit_in_process
 
 INSTRUCTION = "Instruct: Given a claim, retrieve abstracts that support or refute it\nQuery:"
 DOCS = ["Aspirin lowers the risk of a second heart attack in adults with coronary disease.",
@@ -22,7 +22,7 @@ QUERIES = ["aspirin prevents heart attacks", "vitamin D and bone fractures", "ex
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from lrat_ray.tiny_llm import tiny_model_path
+    from lrat_ray.models.tiny_llm import tiny_model_path
 
     return tiny_model_path()
 
@@ -43,7 +43,7 @@ def test_eos_is_appended_for_last_token_pooling(smollm2):
 @pytest.fixture(scope="module")
 def trained(smollm2, tmp_path_factory):
     """A few training steps of the recipe, saved like every lrat model."""
-    from lrat_ray.model import save_encoder
+    from lrat_ray.models.encoder import save_encoder
 
     config = TrainConfig(pairs=[], output="", model=smollm2, workers=1, per_device_batch=4, group_size=2,
                          learning_rate=1e-4, pooling="last", query_prefix=INSTRUCTION, query_max_length=32,
@@ -81,6 +81,6 @@ def test_decoder_embedder_reloads_in_sentence_transformers_with_equal_vectors_an
 
 
 def _base_embeddings(path):
-    from lrat_ray.model import load_transformer
+    from lrat_ray.models.encoder import load_transformer
 
     return load_transformer(path).embed_tokens.weight

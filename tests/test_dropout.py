@@ -1,10 +1,10 @@
-"""The cheaper CPU dropout (lrat_ray.train.dropout): the rate, the scale, the gradient, the seed,
+"""The cheaper CPU dropout (lrat_ray.stages.train.dropout): the rate, the scale, the gradient, the seed,
 and an encoder that uses it computes what it computed before wherever dropout is off."""
 
 import pytest
 import torch
 
-from lrat_ray.train import dropout
+from lrat_ray.stages.train import dropout
 
 
 def test_drop_rate_scale_and_gradient():
@@ -47,8 +47,8 @@ def test_attention_equals_sdpa_where_nothing_is_dropped():
 def test_installed_encoder_unchanged_in_eval_and_dropping_in_training():
     from transformers import AutoTokenizer
 
-    from lrat_ray.embedded import embedded_model_path
-    from lrat_ray.model import load_transformer
+    from lrat_ray.models.embedded import embedded_model_path
+    from lrat_ray.models.encoder import load_transformer
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
     batch = tokenizer(["a short text", "a rather longer text about tides and the moon"], padding=True,

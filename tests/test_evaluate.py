@@ -3,10 +3,10 @@ import json
 import pytest
 from conftest import SHARED_DATA
 
-from lrat_ray.adapters import parse_trajectory
-from lrat_ray.errors import RecordError
-from lrat_ray.evaluate import EvalConfig, load_qrels, paired_comparison, run_eval, score_run, score_trajectories
-from lrat_ray.trajectory import SearchHit, Step, Trajectory
+from lrat_ray.core.adapters import parse_trajectory
+from lrat_ray.core.trajectory import SearchHit, Step, Trajectory
+from lrat_ray.infra.errors import RecordError
+from lrat_ray.stages.eval import EvalConfig, load_qrels, paired_comparison, run_eval, score_run, score_trajectories
 
 
 def _ranx(run, qrels, threshold):
@@ -100,11 +100,11 @@ def test_eval_warns_about_judgments_it_cannot_use(msmarco_index, msmarco_slice, 
                                                    caplog):
     """Scores over what matches are still computed, but never silently: judged queries without
     text, and runs whose ids no judgment names, are reported on the console."""
-    from lrat_ray.evaluate import EvalRunsConfig, run_eval_runs
+    from lrat_ray.stages.eval import EvalRunsConfig, run_eval_runs
 
     qrels = tmp_path / "qrels.tsv"
     qrels.write_text((msmarco_slice / "qrels.tsv").read_text() + "no-such-query\tD1\t1\n")
-    with caplog.at_level("WARNING", logger="lrat_ray.evaluate"):
+    with caplog.at_level("WARNING", logger="lrat_ray.stages.eval"):
         result = run_eval(EvalConfig(index=str(msmarco_index), queries=str(msmarco_slice / "queries.jsonl"),
                                      qrels=str(qrels), k="10"))
     assert result["judged_queries_without_text"] == 1 and result["queries"] == 4
@@ -113,7 +113,7 @@ def test_eval_warns_about_judgments_it_cannot_use(msmarco_index, msmarco_slice, 
     caplog.clear()
     evidence = str(SHARED_DATA / "browsecomp-plus-qrels" / "qrel_evidence.txt")
     runs = [str(p) for p in real_trajectory_files]
-    with caplog.at_level("WARNING", logger="lrat_ray.evaluate"):
+    with caplog.at_level("WARNING", logger="lrat_ray.stages.eval"):
         matched = run_eval_runs(EvalRunsConfig(runs=runs, evidence=evidence))
     # 4 of the 10 real runs (ids 0, 4, 14, 17) are not among BrowseComp-Plus's 830 judged queries
     assert matched["tasks_without_evidence_judgments"] == 4 and matched["tasks_with_evidence"] == 6
@@ -121,7 +121,7 @@ def test_eval_warns_about_judgments_it_cannot_use(msmarco_index, msmarco_slice, 
     caplog.clear()
     other = tmp_path / "other.trec"
     other.write_text("q-elsewhere Q0 d1 1\n")
-    with caplog.at_level("WARNING", logger="lrat_ray.evaluate"):
+    with caplog.at_level("WARNING", logger="lrat_ray.stages.eval"):
         unmatched = run_eval_runs(EvalRunsConfig(runs=runs, evidence=str(other)))
     assert unmatched["evidence_recall"] is None and unmatched["tasks_without_evidence_judgments"] == 10
     assert "10 of the 10 runs have ids with no evidence judgments" in caplog.text and "q-elsewhere" in caplog.text

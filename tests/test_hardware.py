@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from lrat_ray import hardware
-from lrat_ray.errors import LratError
+from lrat_ray.infra import hardware
+from lrat_ray.infra.errors import LratError
 
 HEAD = "processor\t: 0\nvendor_id\t: {vendor}\nmodel name\t: {model}\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
 COMMON = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr sse sse2 ssse3 sse4_1 sse4_2 avx f16c"
@@ -75,8 +75,8 @@ def test_unreadable_cpuinfo_is_an_unknown_cpu_on_fp32(tmp_path, auto):
 
 
 def test_bf16_option_reads_auto_and_booleans_from_yaml(tmp_path):
-    from lrat_ray.config import resolve
-    from lrat_ray.index import IndexConfig
+    from lrat_ray.infra.config import resolve
+    from lrat_ray.stages.index import IndexConfig
 
     given = {"corpus": ["c.jsonl"], "output": "out"}
     for text, value in (("auto", None), ("true", True), ("off", False)):
@@ -91,12 +91,12 @@ def test_bf16_option_reads_auto_and_booleans_from_yaml(tmp_path):
 def test_vllm_engines_of_judge_and_agents_follow_the_cpu(tmp_path, monkeypatch, auto):
     """The judge's ray.data.llm engine and the agents' Ray Serve LLM get float32 on an AVX2-only CPU
     and bfloat16 where bf16 is native; the judge report names what it used and the CPU."""
-    from lrat_ray.judge import JudgeConfig, _precision, vllm_processor_config
-    from lrat_ray.llm_serve import LLMServeConfig, llm_config
+    from lrat_ray.serving.llm import LLMServeConfig, llm_config
+    from lrat_ray.stages.judge import JudgeConfig, _precision, vllm_processor_config
 
     judge = JudgeConfig(pairs="p", output="o", backend="vllm", model="tiny", gpus_per_replica=0)
     cpus = {kind: fake_cpu(kind, tmp_path) for kind in CPUS}
-    monkeypatch.setattr("lrat_ray.tiny_llm.resolve_llm", lambda name: "/some/model")
+    monkeypatch.setattr("lrat_ray.models.tiny_llm.resolve_llm", lambda name: "/some/model")
     for kind, dtype in (("avx2", "float32"), ("amx", "bfloat16")):
         monkeypatch.setattr(hardware, "cpu_info", lambda path=None, cpu=cpus[kind]: cpu)
         assert vllm_processor_config(judge, "/some/model").engine_kwargs["dtype"] == dtype
@@ -112,8 +112,8 @@ def test_index_in_one_precision_searched_in_the_other(ray_session, msmarco_slice
     """Precision is not part of the vector-compatibility rule: an fp32 index searched by a bf16
     query encoder (and a bf16 index by an fp32 one) loads, records what built it, and ranks as the
     same-precision search does up to rounding."""
-    from lrat_ray.index import IndexConfig, run_index
-    from lrat_ray.serving import load_retriever
+    from lrat_ray.serving.retriever import load_retriever
+    from lrat_ray.stages.index import IndexConfig, run_index
 
     corpus = tmp_path / "corpus.jsonl"  # the judged passages and some others: bf16 is emulated on AVX2 machines
     corpus.write_text("\n".join((msmarco_slice / "corpus.jsonl").read_text().split("\n")[:40]) + "\n")

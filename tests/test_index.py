@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from conftest import jsonl_lines
 
-from lrat_ray.corpus import document_text
-from lrat_ray.errors import LratError, RecordError
-from lrat_ray.index import IndexConfig, RetrievalIndex, build_faiss, run_index
-from lrat_ray.model import Encoder, EncoderSpec, spec_for
+from lrat_ray.core.corpus import document_text
+from lrat_ray.infra.errors import LratError, RecordError
+from lrat_ray.models.encoder import Encoder, EncoderSpec, spec_for
+from lrat_ray.stages.index import IndexConfig, RetrievalIndex, build_faiss, run_index
 
 
 def _vectors_by_id(index_dir) -> dict:
@@ -132,7 +132,7 @@ def test_corpus_lines_without_id_or_text(tmp_path):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"_id": "a", "text": "alpha"}\n{"title": "no id", "text": "x"}\n'
                       '{"_id": "c", "text": ""}\n{oops\n')
-    from lrat_ray.corpus import iter_documents
+    from lrat_ray.core.corpus import iter_documents
 
     skipped = {}
     assert [d for d, _ in iter_documents([str(corpus)], skipped=skipped)] == ["a"]

@@ -6,7 +6,8 @@ import pyarrow.dataset as pads
 import pytest
 from openai_stub import ScriptedOpenAI
 
-from lrat_ray.judge import (
+from lrat_ray.core.pairs import PAIR_SCHEMA
+from lrat_ray.stages.judge import (
     OFFICIAL_RULE,
     JudgeConfig,
     OpenAIAnswers,
@@ -18,7 +19,6 @@ from lrat_ray.judge import (
     render_prompt,
     run_judge,
 )
-from lrat_ray.pairs import PAIR_SCHEMA
 
 
 @pytest.mark.parametrize("answer, thinking, label", [
@@ -92,7 +92,7 @@ def test_unreachable_endpoint_counts_failures():
 
 
 def test_run_judge_on_mined_real_pairs(ray_session, real_trajectory_files, tmp_path):
-    from lrat_ray.mine_job import MineConfig, run_mine
+    from lrat_ray.stages.mine import MineConfig, run_mine
 
     run_mine(MineConfig(input=[str(real_trajectory_files[0].parent)], output=str(tmp_path / "mined"),
                         tokenizer="chars"))

@@ -13,11 +13,11 @@ import pytest
 from conftest import FIXTURES
 from generated_runs import generate_run, write_runs
 
-from lrat_ray.adapters import parse_trajectory
-from lrat_ray.judge import keyword_label
-from lrat_ray.mine_job import length_measure
-from lrat_ray.mining import MiningOptions, mine_trajectories
-from lrat_ray.weighting import LengthHistogram, fit_weights
+from lrat_ray.core.adapters import parse_trajectory
+from lrat_ray.core.mining import MiningOptions, mine_trajectories
+from lrat_ray.core.weighting import LengthHistogram, fit_weights
+from lrat_ray.stages.judge import keyword_label
+from lrat_ray.stages.mine import length_measure
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,8 @@ def test_pure_miner_with_the_judge_equals_the_official_builder(official):
 
 def test_judge_events_then_mine_with_labels_equals_the_official_builder(ray_session, official, tmp_path):
     """The command-line path: lrat judge --events, then lrat mine --labels (weights included)."""
-    from lrat_ray.judge import JudgeConfig, run_judge
-    from lrat_ray.mine_job import MineConfig, run_mine
+    from lrat_ray.stages.judge import JudgeConfig, run_judge
+    from lrat_ray.stages.mine import MineConfig, run_mine
 
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -68,9 +68,9 @@ def test_judge_events_then_mine_with_labels_equals_the_official_builder(ray_sess
 
 
 def test_mine_refuses_labels_of_other_trajectories(ray_session, tmp_path):
-    from lrat_ray.errors import LratError
-    from lrat_ray.judge import JudgeConfig, run_judge
-    from lrat_ray.mine_job import MineConfig, run_mine
+    from lrat_ray.infra.errors import LratError
+    from lrat_ray.stages.judge import JudgeConfig, run_judge
+    from lrat_ray.stages.mine import MineConfig, run_mine
 
     judged_runs, other_runs = tmp_path / "a", tmp_path / "b"
     judged_runs.mkdir(), other_runs.mkdir()

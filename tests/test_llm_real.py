@@ -38,14 +38,14 @@ SHORT = {"max_turns": 2, "k": 5, "max_tokens": 192, "thought_chars": 100, "answe
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from lrat_ray.tiny_llm import tiny_model_path
+    from lrat_ray.models.tiny_llm import tiny_model_path
 
     return tiny_model_path()
 
 
 @pytest.fixture(scope="module")
 def mined_real(ray_session, real_trajectory_files, tmp_path_factory):
-    from lrat_ray.mine_job import MineConfig, run_mine
+    from lrat_ray.stages.mine import MineConfig, run_mine
 
     out = tmp_path_factory.mktemp("mined") / "mined"
     run_mine(MineConfig(input=[str(real_trajectory_files[0].parent)], output=str(out), tokenizer="chars"))
@@ -67,7 +67,7 @@ def _first_pairs(mined, n: int, directory):
 
 @timeout("judge")
 def test_vllm_judge_over_real_mined_pairs_then_from_its_cache(tiny_model, mined_real, tmp_path):
-    from lrat_ray.judge import JudgeConfig, run_judge
+    from lrat_ray.stages.judge import JudgeConfig, run_judge
 
     pairs = _first_pairs(mined_real, 8, tmp_path / "eight")
     first = run_judge(JudgeConfig(pairs=str(pairs), output=str(tmp_path / "one"), backend="vllm",
@@ -89,7 +89,7 @@ def test_vllm_judge_over_real_mined_pairs_then_from_its_cache(tiny_model, mined_
 
 @timeout("transformers")
 def test_transformers_judge_on_the_tiny_model(tiny_model, mined_real, tmp_path):
-    from lrat_ray.judge import JudgeConfig, run_judge
+    from lrat_ray.stages.judge import JudgeConfig, run_judge
 
     few = _first_pairs(mined_real, 5, tmp_path / "few")
     report = run_judge(JudgeConfig(pairs=str(few), output=str(tmp_path / "judged"), backend="transformers",
@@ -108,8 +108,8 @@ def test_one_flywheel_iteration_with_llm_agents_and_the_vllm_judge(tiny_model, r
     """One iteration with LLM agents (Ray actors calling the served tiny LLM and the served
     retriever), their answers graded by the same LLM as a BrowseComp-Plus-style grader, their
     browse events labelled by the vLLM judge, then mined, trained on, indexed and evaluated."""
-    from lrat_ray.adapters import read_trajectories
-    from lrat_ray.flywheel import FlywheelConfig, run_flywheel
+    from lrat_ray.core.adapters import read_trajectories
+    from lrat_ray.experiments.flywheel import FlywheelConfig, run_flywheel
 
     config = FlywheelConfig(
         corpus=[str(scifact_slice / "corpus.jsonl")], queries=str(scifact_slice / "queries.jsonl"),

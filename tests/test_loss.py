@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from lrat_ray.loss import ablation_weights, sample_negatives, weighted_info_nce
+from lrat_ray.core.loss import ablation_weights, sample_negatives, weighted_info_nce
 
 
 def reference_loss(q, d, w, tau, group, mask=None, normalization="mean"):

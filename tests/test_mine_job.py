@@ -6,10 +6,10 @@ import pytest
 from conftest import FIXTURES, SHARED_DATA, jsonl_lines
 
 from lrat_ray.cli import main
-from lrat_ray.errors import LratError, RecordError
-from lrat_ray.mine_job import MineConfig, mine_file_group, run_mine
-from lrat_ray.mining import MiningOptions, character_lengths
-from lrat_ray.pairs import PAIR_SCHEMA
+from lrat_ray.core.mining import MiningOptions, character_lengths
+from lrat_ray.core.pairs import PAIR_SCHEMA
+from lrat_ray.infra.errors import LratError, RecordError
+from lrat_ray.stages.mine import MineConfig, mine_file_group, run_mine
 
 GOOD = json.loads((FIXTURES / "browsecomp_json_output.json").read_text())
 
@@ -83,8 +83,8 @@ def test_token_lengths_equal_the_tokenizers_own_count(real_trajectory_files):
     """The miner counts with the Rust tokenizer directly; it must agree with transformers' call."""
     from transformers import AutoTokenizer
 
-    from lrat_ray.embedded import resolve_model
-    from lrat_ray.mine_job import length_measure
+    from lrat_ray.models.embedded import resolve_model
+    from lrat_ray.stages.mine import length_measure
 
     table, _ = mine_file_group([str(p) for p in real_trajectory_files], MiningOptions(), character_lengths)
     texts = table.column("reasoning").to_pylist() + ["", "Ünïcode 北京 and a very long word " * 200]
@@ -95,8 +95,8 @@ def test_token_lengths_equal_the_tokenizers_own_count(real_trajectory_files):
 
 def test_sharded_job_equals_single_process(ray_session, real_trajectory_files, tmp_path):
     """Each real file in its own task (10 shards): beta, mu_raw and every weight equal one process."""
-    from lrat_ray.mine_job import length_measure
-    from lrat_ray.weighting import LengthHistogram, fit_weights
+    from lrat_ray.core.weighting import LengthHistogram, fit_weights
+    from lrat_ray.stages.mine import length_measure
 
     table, _ = mine_file_group([str(p) for p in real_trajectory_files], MiningOptions(),
                                length_measure("embedded"))
@@ -171,8 +171,8 @@ def test_missing_input_and_bad_tokenizer_fail_fast(tmp_path):
 def test_native_parquet_and_jsonl_inputs_give_the_same_pairs(tmp_path):
     import pyarrow.parquet as pq
 
-    from lrat_ray.adapters import parse_trajectory
-    from lrat_ray.trajectory import to_arrow_table, trajectory_to_dict
+    from lrat_ray.core.adapters import parse_trajectory
+    from lrat_ray.core.trajectory import to_arrow_table, trajectory_to_dict
 
     traj = parse_trajectory(GOOD)
     pq.write_table(to_arrow_table([traj]), tmp_path / "t.parquet")

@@ -4,11 +4,11 @@ import zlib
 import pytest
 from conftest import FIXTURES, HAND, browse, search, think
 
-from lrat_ray.adapters import parse_trajectory
-from lrat_ray.mine_job import length_measure
-from lrat_ray.mining import MiningOptions, browsed_ranks, mine_trajectories, mine_trajectory
-from lrat_ray.trajectory import Step, Trajectory
-from lrat_ray.weighting import LengthHistogram, fit_weights
+from lrat_ray.core.adapters import parse_trajectory
+from lrat_ray.core.mining import MiningOptions, browsed_ranks, mine_trajectories, mine_trajectory
+from lrat_ray.core.trajectory import Step, Trajectory
+from lrat_ray.core.weighting import LengthHistogram, fit_weights
+from lrat_ray.stages.mine import length_measure
 
 
 def judge_useless(event):

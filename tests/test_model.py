@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lrat_ray.model import Encoder, EncoderSpec, spec_for
+from lrat_ray.models.encoder import Encoder, EncoderSpec, spec_for
 
 TEXTS = ["The Eiffel Tower is in Paris.", "Photosynthesis converts light into chemical energy.",
          "A short one.", "Graded relevance judgments of the TREC 2019 deep learning track " * 8]
@@ -21,7 +21,7 @@ def test_encoder_equals_sentence_transformers(encoder):
     """Same model, same pooling, same normalisation: the embeddings must agree."""
     from sentence_transformers import SentenceTransformer
 
-    from lrat_ray.embedded import embedded_model_path
+    from lrat_ray.models.embedded import embedded_model_path
 
     reference = SentenceTransformer(embedded_model_path(), device="cpu")
     reference.max_seq_length = 256

@@ -108,8 +108,8 @@ def mean_loss(model_dir, examples):
     """The weighted InfoNCE of a model on examples (1 positive + 1 negative each), weights 1."""
     import torch
 
-    from lrat_ray.loss import weighted_info_nce
-    from lrat_ray.model import Encoder, spec_for
+    from lrat_ray.core.loss import weighted_info_nce
+    from lrat_ray.models.encoder import Encoder, spec_for
 
     encoder = Encoder(spec_for(model_dir, document_max_length=128))
     q = torch.tensor(encoder.encode_queries([e["query"] for e in examples]))
@@ -127,9 +127,9 @@ def test_training_job_resumes_from_its_checkpoint_after_losing_a_worker_node(clu
     from conftest import SHARED_DATA
     from sentence_transformers import SentenceTransformer
 
-    from lrat_ray.embedded import embedded_model_path
-    from lrat_ray.model import Encoder, spec_for
-    from lrat_ray.train import TrainConfig, load_examples
+    from lrat_ray.models.embedded import embedded_model_path
+    from lrat_ray.models.encoder import Encoder, spec_for
+    from lrat_ray.stages.train import TrainConfig, load_examples
 
     pairs = SHARED_DATA / "lrat" / "train_pairs_sample.jsonl"
     out = tmp_path / "model"

@@ -5,8 +5,8 @@ import copy
 
 import torch
 
-from lrat_ray.train import TrainConfig
-from lrat_ray.train.optimizer import MasterWeights, build_optimizer, optimizer_step, to_bf16_weights
+from lrat_ray.stages.train import TrainConfig
+from lrat_ray.stages.train.optimizer import MasterWeights, build_optimizer, optimizer_step, to_bf16_weights
 
 
 def _model():

@@ -1,4 +1,4 @@
-"""Versioned, immutable stage outputs (lrat_ray/outputs.py), on the real trajectory files; no Ray."""
+"""Versioned, immutable stage outputs (lrat_ray/infra/stage_run.py), on the real trajectory files; no Ray."""
 
 import dataclasses
 import json
@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from lrat_ray.errors import LratError
-from lrat_ray.mine_job import MineConfig
-from lrat_ray.outputs import run_stage, stage_key
+from lrat_ray.infra.errors import LratError
+from lrat_ray.infra.stage_run import run_stage, stage_key
+from lrat_ray.stages.mine import MineConfig
 
 
 @pytest.fixture

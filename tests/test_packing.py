@@ -2,7 +2,7 @@
 MiniLM (bidirectional; mean and CLS pooling) and a tiny Qwen3-shaped decoder built from a config
 (random weights, SmolLM2's tokenizer; causal, grouped-query attention, last-token pooling on an
 appended EOS) under right and left padding; the training step with and without GradCache; the
-index's vectors. On CPU the packed attention is the exact per-text fallback (``lrat_ray.packing``)."""
+index's vectors. On CPU the packed attention is the exact per-text fallback (``lrat_ray.models.packing``)."""
 
 import copy
 import json
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from lrat_ray.embedded import resolve_model
-from lrat_ray.model import EncoderSpec, embed, load_tokenizer, load_transformer, spec_for
-from lrat_ray.packing import embed_packed, install, pack, tokenize_packed
+from lrat_ray.models.embedded import resolve_model
+from lrat_ray.models.encoder import EncoderSpec, embed, load_tokenizer, load_transformer, spec_for
+from lrat_ray.models.packing import embed_packed, install, pack, tokenize_packed
 
 TEXTS = ["Vitamin D deficiency is associated with a higher risk of fractures in older adults.",
          "BRCA1",
@@ -31,7 +31,7 @@ def minilm(pooling="mean"):
 def qwen3():
     from transformers import Qwen3Config, Qwen3Model
 
-    from lrat_ray.tiny_llm import tiny_model_path
+    from lrat_ray.models.tiny_llm import tiny_model_path
 
     spec = EncoderSpec(model="qwen3-test", pooling="last", document_max_length=48)
     tokenizer = load_tokenizer(tiny_model_path(prepare=False), spec)  # appends EOS for last-token pooling
@@ -92,9 +92,9 @@ def test_training_step_packed_equals_padded(variant):
     """Same loss and gradients from the step, packed or padded (length groups): plain, GradCache,
     behind PairForward (DDP's and DeepSpeed's one forward per step), with LoRA adapters, and for
     the causal decoder."""
-    from lrat_ray.train import TrainConfig
-    from lrat_ray.train.step import StepRunner, pair_forward
-    from lrat_ray.train.worker import _with_lora
+    from lrat_ray.stages.train import TrainConfig
+    from lrat_ray.stages.train.step import StepRunner, pair_forward
+    from lrat_ray.stages.train.worker import _with_lora
 
     spec, tokenizer, model = qwen3() if variant == "decoder" else minilm()
     if variant == "lora":
@@ -123,7 +123,7 @@ def test_training_step_packed_equals_padded(variant):
 
 
 def test_encoder_vectors_packed_equal_padded():
-    from lrat_ray.model import Encoder
+    from lrat_ray.models.encoder import Encoder
 
     spec = spec_for("embedded", document_max_length=64)
     padded = Encoder(spec, device="cpu", batch_size=2, packed=False).encode_documents(TEXTS)
@@ -133,7 +133,7 @@ def test_encoder_vectors_packed_equal_padded():
 
 
 def test_index_vectors_with_packing_equal_without(ray_session, msmarco_slice, tmp_path):
-    from lrat_ray.index import IndexConfig, run_index
+    from lrat_ray.stages.index import IndexConfig, run_index
 
     corpus = tmp_path / "corpus.jsonl"  # 60 passages of real lengths: the fallback encodes them one by one
     corpus.write_text("\n".join((msmarco_slice / "corpus.jsonl").read_text().splitlines()[:60]) + "\n")

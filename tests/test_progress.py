@@ -1,10 +1,10 @@
-"""Progress lines of long stages (lrat_ray/progress.py) and one-line errors of the lrat command."""
+"""Progress lines of long stages (lrat_ray/infra/progress.py) and one-line errors of the lrat command."""
 
 import logging
 import re
 import time
 
-from lrat_ray.progress import Progress
+from lrat_ray.infra.progress import Progress
 
 
 def test_log_lines_report_done_rate_and_time_left_and_keep_coming_while_nothing_finishes(caplog):

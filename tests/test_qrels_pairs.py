@@ -6,9 +6,9 @@ import json
 import pyarrow.parquet as pq
 
 from lrat_ray.cli import main
-from lrat_ray.corpus import document_text
-from lrat_ray.evaluate import load_qrels, load_queries, retrieve
-from lrat_ray.train import TrainConfig, load_examples
+from lrat_ray.core.corpus import document_text
+from lrat_ray.stages.eval import load_qrels, load_queries, retrieve
+from lrat_ray.stages.train import TrainConfig, load_examples
 
 
 def test_pairs_from_qrels_on_real_judgments(msmarco_index, msmarco_slice, tmp_path):

@@ -6,10 +6,10 @@ import statistics
 import pytest
 from openai_stub import ScriptedOpenAI
 
-from lrat_ray.adapters import parse_trajectory
-from lrat_ray.judge import keyword_label
-from lrat_ray.mining import mine_trajectory
-from lrat_ray.rollout import AgentConfig, Task, claim_overlap, run_llm, run_simulated, split_task_ids
+from lrat_ray.agents.rollout import AgentConfig, Task, claim_overlap, run_llm, run_simulated, split_task_ids
+from lrat_ray.core.adapters import parse_trajectory
+from lrat_ray.core.mining import mine_trajectory
+from lrat_ray.stages.judge import keyword_label
 
 
 class StubRetriever:
@@ -151,7 +151,7 @@ def test_llm_agent_against_a_scripted_openai_server(grader):
 
 
 def test_exact_match_grader():
-    from lrat_ray.grading import exact_match, parse_verdict
+    from lrat_ray.agents.grading import exact_match, parse_verdict
 
     assert exact_match("The Eiffel Tower!", "eiffel tower") and exact_match("It is docid 4983.", "12 | 4983")
     assert not exact_match("docid 49830", "4983") and not exact_match("", "x")

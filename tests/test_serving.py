@@ -9,9 +9,9 @@ import httpx
 import pytest
 from conftest import jsonl_lines
 
-from lrat_ray.llm_client import bearer_headers
-from lrat_ray.runtime import free_port
-from lrat_ray.serving import RequestError, parse_search_request
+from lrat_ray.infra.chat_client import bearer_headers
+from lrat_ray.infra.runtime import free_port
+from lrat_ray.serving.retriever import RequestError, parse_search_request
 
 TOKEN = "s3cret"
 
@@ -48,7 +48,7 @@ def test_good_search_request():
 
 @pytest.fixture(scope="module")
 def second_index(ray_session, msmarco_slice, tmp_path_factory):
-    from lrat_ray.index import IndexConfig, run_index
+    from lrat_ray.stages.index import IndexConfig, run_index
 
     root = tmp_path_factory.mktemp("second")
     (root / "corpus.jsonl").write_text("\n".join(jsonl_lines(msmarco_slice / "corpus.jsonl")[:60]) + "\n")
@@ -63,7 +63,7 @@ def server(request, ray_session, msmarco_index, serve_port):
     one deployment per shard (the index has two)."""
     from ray import serve
 
-    from lrat_ray.serving import ServeConfig, deploy
+    from lrat_ray.serving.retriever import ServeConfig, deploy
 
     settings = ServeConfig(index=str(msmarco_index), port=serve_port, token=TOKEN, replica_cpus=0.5,
                            composed=request.param == "composed")
@@ -75,7 +75,7 @@ def server(request, ray_session, msmarco_index, serve_port):
 
 
 def test_search_document_and_health(server, msmarco_index, msmarco_slice):
-    from lrat_ray.index import RetrievalIndex
+    from lrat_ray.stages.index import RetrievalIndex
 
     _, url, client = server
     assert url.startswith("http://127.0.0.1:")
@@ -86,7 +86,7 @@ def test_search_document_and_health(server, msmarco_index, msmarco_slice):
     assert len(hits) == 5 and set(hits[0]) == {"docid", "score", "title", "snippet"}
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     # same ranking as searching the index in-process
-    from lrat_ray.model import Encoder
+    from lrat_ray.models.encoder import Encoder
 
     index = RetrievalIndex.load(str(msmarco_index))
     local = index.search(Encoder(index.spec).encode_queries([queries[0]]), 5)[0]
@@ -171,7 +171,7 @@ def test_mcp_tools_answer_like_http(server):
     import uvicorn
     from mcp.client.client import Client
 
-    from lrat_ray.mcp_server import McpConfig, build_mcp_server
+    from lrat_ray.serving.mcp import McpConfig, build_mcp_server
 
     _, url, client = server
     port = free_port()
@@ -201,7 +201,7 @@ def test_mcp_tools_answer_like_http(server):
 
 
 def test_swap_index_under_load_drops_no_request(server, second_index):
-    from lrat_ray.serving import swap_index
+    from lrat_ray.serving.retriever import swap_index
 
     settings, url, _ = server
     replica = httpx.get(f"{url}/healthz", headers=bearer_headers(TOKEN), timeout=30).json()["replica"]
@@ -249,8 +249,8 @@ def test_swap_index_under_load_drops_no_request(server, second_index):
 def test_a_full_replica_turns_requests_away_with_retry_after_and_the_agent_client_retries(server):
     from concurrent.futures import ThreadPoolExecutor
 
-    from lrat_ray.rollout import RetrieverClient
-    from lrat_ray.serving import deploy
+    from lrat_ray.agents.rollout import RetrieverClient
+    from lrat_ray.serving.retriever import deploy
 
     settings, url, _ = server
     deploy(dataclasses.replace(settings, max_in_flight=1))
@@ -283,7 +283,7 @@ def test_one_failing_request_in_a_batch_fails_alone(ray_session, msmarco_index):
     import functools
     import types
 
-    from lrat_ray.serving import LocalSearch, _Failed, make_deployment
+    from lrat_ray.serving.retriever import LocalSearch, _Failed, make_deployment
 
     backend = LocalSearch(snippet_chars=100)
     asyncio.run(backend.load(str(msmarco_index)))
@@ -305,8 +305,8 @@ def test_one_failing_request_in_a_batch_fails_alone(ray_session, msmarco_index):
 
 
 def test_a_layout_the_cluster_cannot_hold_fails_at_once(ray_session, msmarco_index, serve_port):
-    from lrat_ray.errors import LratError
-    from lrat_ray.serving import ServeConfig, check_placement, deploy
+    from lrat_ray.infra.errors import LratError
+    from lrat_ray.serving.retriever import ServeConfig, check_placement, deploy
 
     composed = ServeConfig(index=str(msmarco_index), composed=True, shard_cpus=1.0, replica_cpus=1.0)
     check_placement(dataclasses.replace(composed, shard_cpus=0.25, replica_cpus=0.5), {"CPU": 2.0})  # fits

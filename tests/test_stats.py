@@ -2,8 +2,8 @@ import json
 
 from conftest import HAND
 
-from lrat_ray.adapters import parse_trajectory
-from lrat_ray.stats import StatsAccumulator
+from lrat_ray.core.adapters import parse_trajectory
+from lrat_ray.core.stats import StatsAccumulator
 
 
 def test_table1_on_real_trajectories_matches_their_tool_counts(real_trajectory_files):

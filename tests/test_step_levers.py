@@ -11,10 +11,10 @@ import time
 import pytest
 import torch
 
-from lrat_ray.train import TrainConfig, checkpointing
-from lrat_ray.train.prefetch import prefetched
-from lrat_ray.train.regional_compile import compile_layers, layer_list
-from lrat_ray.train.step import StepRunner
+from lrat_ray.stages.train import TrainConfig, checkpointing
+from lrat_ray.stages.train.prefetch import prefetched
+from lrat_ray.stages.train.regional_compile import compile_layers, layer_list
+from lrat_ray.stages.train.step import StepRunner
 from tests.test_packing import TEXTS, minilm, qwen3
 
 QUERIES = ["vitamin D fractures", "BRCA1 breast cancer", "aspirin colorectal", "statins LDL"]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from lrat_ray import storage
+from lrat_ray.infra import storage
 
 
 @pytest.fixture

@@ -8,10 +8,18 @@ import pytest
 import torch
 from conftest import SHARED_DATA
 
-from lrat_ray.errors import LratError
-from lrat_ray.pairs import PAIR_SCHEMA
-from lrat_ray.runtime import free_port
-from lrat_ray.train import StepRunner, TrainConfig, deepspeed_config, dropout, group_texts, load_examples, run_train
+from lrat_ray.core.pairs import PAIR_SCHEMA
+from lrat_ray.infra.errors import LratError
+from lrat_ray.infra.runtime import free_port
+from lrat_ray.stages.train import (
+    StepRunner,
+    TrainConfig,
+    deepspeed_config,
+    dropout,
+    group_texts,
+    load_examples,
+    run_train,
+)
 
 SAMPLE = SHARED_DATA / "lrat" / "train_pairs_sample.jsonl"
 
@@ -88,8 +96,8 @@ def test_bad_training_input(tmp_path):
 def _runner(config, fast_dropout=False):
     from transformers import AutoTokenizer
 
-    from lrat_ray.embedded import embedded_model_path
-    from lrat_ray.model import load_transformer, spec_for
+    from lrat_ray.models.embedded import embedded_model_path
+    from lrat_ray.models.encoder import load_transformer, spec_for
 
     torch.manual_seed(0)
     model = load_transformer(embedded_model_path())
@@ -124,7 +132,7 @@ def test_grad_cache_replays_dropout_so_it_equals_the_big_batch_gradient(fast_dro
     same chunks."""
     import random
 
-    from lrat_ray.loss import distributed_loss
+    from lrat_ray.core.loss import distributed_loss
 
     examples = load_examples(TrainConfig(pairs=[str(SAMPLE)], output="x"))[:4]
     batch = {k: [e[k] for e in examples] for k in ("query", "positive", "negatives", "weight")}
@@ -158,7 +166,7 @@ def test_grad_cache_replays_dropout_so_it_equals_the_big_batch_gradient(fast_dro
 def _gathered_worker(rank, world, port, out):
     import torch.distributed as dist
 
-    from lrat_ray.loss import distributed_loss
+    from lrat_ray.core.loss import distributed_loss
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.manual_seed(0)
@@ -183,7 +191,7 @@ def _linear_batch():
 
 def test_two_worker_gathered_loss_and_gradient_equal_one_process():
 
-    from lrat_ray.loss import weighted_info_nce
+    from lrat_ray.core.loss import weighted_info_nce
 
     torch.manual_seed(0)
     w_proj = torch.randn(6, 6, dtype=torch.float64, requires_grad=True)
@@ -211,7 +219,7 @@ def test_deepspeed_config_plumbing(tmp_path):
     ds = deepspeed_config(config)
     assert ds["zero_optimization"]["stage"] == 2 and ds["train_batch_size"] == 64
     assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["bf16"] == {"enabled": True}
-    from lrat_ray.train import CONFIG_DIR
+    from lrat_ray.stages.train import CONFIG_DIR
 
     for stage in (1, 2, 3):
         ds = deepspeed_config(TrainConfig(pairs=["x"], output="x",
@@ -225,7 +233,7 @@ def test_deepspeed_zero2_trains_on_cpu_workers(ray_session, tmp_path):
     """DeepSpeed ZeRO-2 inside the TorchTrainer with 2 CPU workers (gloo), torch's AdamW, packed
     encoding through PairForward's one forward (the padded PairForward runs in the multi-node test)."""
     pytest.importorskip("deepspeed")
-    from lrat_ray.model import Encoder, spec_for
+    from lrat_ray.models.encoder import Encoder, spec_for
 
     out = tmp_path / "ds-model"
     summary = run_train(TrainConfig(pairs=[str(SAMPLE)], output=str(out), workers=2, per_device_batch=2,
@@ -240,7 +248,7 @@ def test_deepspeed_zero2_trains_on_cpu_workers(ray_session, tmp_path):
 def test_every_epoch_after_the_first_is_reshuffled_and_the_order_is_reproducible(ray_session):
     import ray
 
-    from lrat_ray.train.worker import epoch_batches
+    from lrat_ray.stages.train.worker import epoch_batches
 
     shard = ray.data.from_items([{"query": f"q{i}"} for i in range(64)]).iterator()
     config = TrainConfig(pairs=["x"], output="x", per_device_batch=8, seed=3)
@@ -266,9 +274,9 @@ def test_lora_trains_only_adapters_and_merges_on_save(tmp_path):
 
     from transformers import AutoTokenizer
 
-    from lrat_ray.embedded import embedded_model_path
-    from lrat_ray.model import Encoder, load_transformer, save_encoder, spec_for
-    from lrat_ray.train.worker import _with_lora
+    from lrat_ray.models.embedded import embedded_model_path
+    from lrat_ray.models.encoder import Encoder, load_transformer, save_encoder, spec_for
+    from lrat_ray.stages.train.worker import _with_lora
 
     model = _with_lora(load_transformer(embedded_model_path()), rank=4)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -289,7 +297,7 @@ def test_lora_trains_only_adapters_and_merges_on_save(tmp_path):
 
 
 def test_length_groups_split_only_where_padding_costs_more_than_a_call():
-    from lrat_ray.train.step import GROUP_COST_TOKENS, length_groups
+    from lrat_ray.stages.train.step import GROUP_COST_TOKENS, length_groups
 
     assert length_groups([20] * 32, 4) == [list(range(32))]  # nothing to save: the batch as it is
     mixed = [128 if i % 2 else 10 for i in range(32)]
@@ -306,9 +314,9 @@ def test_grouped_and_paired_encoding_equal_one_padded_batch():
     its longest, in the input order."""
     from transformers import AutoTokenizer
 
-    from lrat_ray.embedded import embedded_model_path
-    from lrat_ray.model import load_transformer, spec_for
-    from lrat_ray.train.step import StepRunner, length_groups, pair_forward, unwrap
+    from lrat_ray.models.embedded import embedded_model_path
+    from lrat_ray.models.encoder import load_transformer, spec_for
+    from lrat_ray.stages.train.step import StepRunner, length_groups, pair_forward, unwrap
 
     path = embedded_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -340,8 +348,8 @@ def test_streamed_examples_equal_the_examples_built_in_one_process(ray_session, 
     """``lrat train`` streams its examples from the pairs' Parquet files (Ray Data read, ablation
     filter and weights, corpus join, shuffle) instead of building them in the driver: for each
     ablation, with or without a corpus, the streamed examples are exactly the in-process ones."""
-    from lrat_ray.mine_job import MineConfig, run_mine
-    from lrat_ray.train.data import example_dataset
+    from lrat_ray.stages.mine import MineConfig, run_mine
+    from lrat_ray.stages.train.data import example_dataset
 
     mined = tmp_path / "mined"
     run_mine(MineConfig(input=[str(f) for f in real_trajectory_files], output=str(mined), workers=1, tokenizer="chars"))

@@ -2,8 +2,7 @@ import json
 
 import pytest
 
-from lrat_ray.errors import RecordError
-from lrat_ray.trajectory import (
+from lrat_ray.core.trajectory import (
     TRAJECTORY_SCHEMA,
     SearchHit,
     Step,
@@ -13,6 +12,7 @@ from lrat_ray.trajectory import (
     trajectory_from_dict,
     trajectory_to_dict,
 )
+from lrat_ray.infra.errors import RecordError
 
 
 def _example() -> Trajectory:

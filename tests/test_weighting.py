@@ -4,7 +4,7 @@ import statistics
 
 import pytest
 
-from lrat_ray.weighting import LengthHistogram, fit_weights, raw_weight
+from lrat_ray.core.weighting import LengthHistogram, fit_weights, raw_weight
 
 
 def test_weights_by_hand():
