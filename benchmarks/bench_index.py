@@ -137,8 +137,9 @@ def stored_vectors(index_dir: Path, ids: list[str]) -> np.ndarray:
 
 def compare_bf16() -> None:
     from lrat_ray.core.corpus import document_text
+    from lrat_ray.core.datasets import load_qrels, load_queries
+    from lrat_ray.core.metrics import score_run
     from lrat_ray.models.encoder import Encoder, spec_for
-    from lrat_ray.stages.eval import load_qrels, load_queries, score_run
     from lrat_ray.stages.index import build_faiss
 
     scifact = DATA / "scifact-beir"

@@ -45,7 +45,7 @@ SCIFACT = DATA / "scifact-beir"
 
 def scifact_subset(directory: Path, documents: int, tasks: int) -> tuple[Path, list[str]]:
     """The abstracts judged for the first ``tasks`` training claims, filled up to ``documents``."""
-    from lrat_ray.stages.eval import load_qrels
+    from lrat_ray.core.datasets import load_qrels
 
     qrels = load_qrels(str(SCIFACT / "qrels" / "train.tsv"))
     claims = sorted(qrels)[:tasks]
@@ -78,8 +78,8 @@ def bench_index(corpus: Path, out: Path, workers: int) -> float:
 
 def bench_rollout(index: Path, claims: list[str], out: Path, workers: int) -> float:
     from lrat_ray.agents.rollout import AgentConfig, load_tasks, run_rollouts
+    from lrat_ray.core.datasets import load_qrels, load_queries
     from lrat_ray.serving.retriever import ServeConfig, deploy
-    from lrat_ray.stages.eval import load_qrels, load_queries
 
     url = deploy(ServeConfig(index=str(index), port=18731, replica_cpus=0))
     tasks = load_tasks(load_queries(str(SCIFACT / "queries.jsonl")), load_qrels(str(SCIFACT / "qrels" / "train.tsv")),

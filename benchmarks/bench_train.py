@@ -133,8 +133,9 @@ def training_quality(path: str, batch: int) -> None:
     from transformers import AutoTokenizer
 
     from lrat_ray.core.corpus import document_text
+    from lrat_ray.core.datasets import load_qrels, load_queries
+    from lrat_ray.core.metrics import score_run
     from lrat_ray.models.encoder import Encoder, load_transformer, spec_for
-    from lrat_ray.stages.eval import load_qrels, load_queries, score_run
     from lrat_ray.stages.index import build_faiss
     from lrat_ray.stages.train import StepRunner, TrainConfig, dropout
     from lrat_ray.stages.train.optimizer import build_optimizer

@@ -136,7 +136,7 @@ def msmarco_slice(tmp_path_factory):
     unjudged passages; small enough to encode in seconds."""
     import json
 
-    from lrat_ray.stages.eval import load_qrels
+    from lrat_ray.core.datasets import load_qrels
 
     qrels = load_qrels(str(MSMARCO / "qrels" / "test.tsv"))
     qids = sorted(qrels)[:4]
@@ -178,7 +178,7 @@ def scifact_slice(tmp_path_factory):
     """A real SciFact slice: 30 train and 12 test claims with every judged abstract, plus 150 others."""
     import json
 
-    from lrat_ray.stages.eval import load_qrels
+    from lrat_ray.core.datasets import load_qrels
 
     train = load_qrels(str(SCIFACT / "qrels" / "train.tsv"))
     test = load_qrels(str(SCIFACT / "qrels" / "test.tsv"))

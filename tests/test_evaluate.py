@@ -4,9 +4,11 @@ import pytest
 from conftest import SHARED_DATA
 
 from lrat_ray.core.adapters import parse_trajectory
+from lrat_ray.core.datasets import load_qrels
+from lrat_ray.core.metrics import paired_comparison, score_run, score_trajectories
 from lrat_ray.core.trajectory import SearchHit, Step, Trajectory
 from lrat_ray.infra.errors import RecordError
-from lrat_ray.stages.eval import EvalConfig, load_qrels, paired_comparison, run_eval, score_run, score_trajectories
+from lrat_ray.stages.eval import EvalConfig, run_eval
 
 
 def _ranx(run, qrels, threshold):

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 
 from lrat_ray.cli import main
 from lrat_ray.core.corpus import document_text
-from lrat_ray.stages.eval import load_qrels, load_queries, retrieve
+from lrat_ray.core.datasets import load_qrels, load_queries
+from lrat_ray.stages.eval import retrieve
 from lrat_ray.stages.train import TrainConfig, load_examples
 
 

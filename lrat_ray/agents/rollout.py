@@ -610,8 +610,8 @@ def run_rollouts(url: str, tasks: list[Task], config: AgentConfig, output: str, 
 
 def run_rollout_config(config: RolloutConfig) -> dict:
     """``lrat rollout``: the tasks of ``config.queries`` (those with judgments when qrels are given)."""
+    from lrat_ray.core.datasets import load_answers, load_qrels, load_queries
     from lrat_ray.infra.runtime import actor_resources, init_ray
-    from lrat_ray.stages.eval import load_answers, load_qrels, load_queries
 
     init_ray(config.address)
     queries = load_queries(config.queries)

@@ -266,8 +266,8 @@ def _claim_output(config: AblationConfig) -> None:
 
 def _experiment(config: AblationConfig) -> Experiment:
     from lrat_ray.core.corpus import document_text, iter_documents
+    from lrat_ray.core.datasets import load_qrels, load_queries
     from lrat_ray.models.encoder import spec_for
-    from lrat_ray.stages.eval import load_qrels, load_queries
 
     queries = load_queries(config.queries)
     train_qrels = load_qrels(config.train_qrels)
@@ -326,7 +326,7 @@ def _measure(exp: Experiment, encoder, index, seed: int) -> dict:
 
     from lrat_ray.agents.rollout import AgentConfig, LocalRetriever, load_tasks, run_simulated
     from lrat_ray.core.adapters import parse_trajectory
-    from lrat_ray.stages.eval import score_run, score_trajectories, truncate
+    from lrat_ray.core.metrics import score_run, score_trajectories, truncate
 
     qids = list(exp.heldout)
     hits = index.search(encoder.encode_queries([exp.heldout[q] for q in qids]), exp.config.depth)
@@ -497,8 +497,8 @@ def summarize(cells: dict[tuple[str, str], dict[int, dict]], base: dict, disjoin
     :data:`PRIMARY` on nDCG@10), the control's equivalence test, the A/A calibration, the share of
     the oracle's gain LRAT recovers, the effect detectable at 80% power, exploratory comparisons
     for the other arms and, labelled conditional, per-claim tests on seed-averaged scores."""
+    from lrat_ray.core.metrics import paired_comparison
     from lrat_ray.experiments import ablation_stats as st
-    from lrat_ray.stages.eval import paired_comparison
 
     qids = sorted(base)
     subsets = {"all": qids, "disjoint": sorted(disjoint)}

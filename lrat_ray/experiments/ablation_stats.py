@@ -2,7 +2,7 @@
 
 An arm's score on a held-out claim depends on the claim and on the trained model, and the trained
 model on the seed (rollouts, batch order, dropout). A test that averages the seeds away and pairs
-by claim (``lrat_ray.stages.eval.paired_comparison``) ignores the training noise: it answers "do these
+by claim (``lrat_ray.core.metrics.paired_comparison``) ignores the training noise: it answers "do these
 particular models differ?", not "does the method differ?". So the primary tests here are over
 seeds, paired (both arms of a seed share its rollouts and, under common random numbers, its batch
 stream), with a two-way (seed x claim) bootstrap for an interval that also carries the claim

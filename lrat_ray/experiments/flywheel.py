@@ -203,7 +203,7 @@ def _heldout_summary(r: dict) -> str:
 
 def _split(config: FlywheelConfig, queries: dict[str, str]) -> tuple[list[str], list[str], dict]:
     from lrat_ray.agents.rollout import split_task_ids
-    from lrat_ray.stages.eval import load_qrels
+    from lrat_ray.core.datasets import load_qrels
 
     train_qrels = load_qrels(config.train_qrels)
     if config.heldout_qrels:
@@ -325,7 +325,8 @@ def _evaluate(state: FlywheelState, iteration: int, url: str) -> dict:
 
 def _score_heldout(state: FlywheelState, iteration: int, url: str, path: str) -> dict:
     from lrat_ray.core.adapters import read_trajectories
-    from lrat_ray.stages.eval import retrieve, score_run, score_trajectories
+    from lrat_ray.core.metrics import score_run, score_trajectories
+    from lrat_ray.stages.eval import retrieve
 
     summary = _rollout(state, url, state.heldout_ids, path)
     runs = [traj for uri in storage.expand_inputs([os.path.join(path, "runs")])
@@ -347,7 +348,7 @@ def _score_heldout(state: FlywheelState, iteration: int, url: str, path: str) ->
     storage.write_json_atomic(os.path.join(path, "per_query.json"), scored["per_query"])
     base_path = os.path.join(_stage(state, 0, "eval"), "per_query.json")
     if iteration > 0 and os.path.isfile(base_path):
-        from lrat_ray.stages.eval import paired_comparison
+        from lrat_ray.core.metrics import paired_comparison
 
         with open(base_path) as fh:
             metrics["ndcg@10_p_vs_0"] = paired_comparison(json.load(fh), scored["per_query"], "ndcg@10")["t_test_p"]
@@ -357,7 +358,7 @@ def _score_heldout(state: FlywheelState, iteration: int, url: str, path: str) ->
 
 def _intervals(per_task: dict, per_query: dict) -> dict:
     """95% bootstrap intervals over the held-out tasks of every reported metric."""
-    from lrat_ray.stages.eval import bootstrap_interval
+    from lrat_ray.core.metrics import bootstrap_interval
 
     values = {"success_rate": [None if r["correct"] is None else float(r["correct"]) for r in per_task.values()],
               "evidence_recall": [r.get("evidence_recall") for r in per_task.values()],
@@ -414,8 +415,8 @@ def _relevant_pairs(pairs_dir: str) -> int:
 
 def run_flywheel(config: FlywheelConfig) -> list[dict]:
     """Run (or resume) the flywheel; returns one results row per iteration."""
+    from lrat_ray.core.datasets import load_answers, load_queries
     from lrat_ray.infra.runtime import init_ray
-    from lrat_ray.stages.eval import load_answers, load_queries
 
     started = time.time()
     # Rollout actors, Train workers and Serve replicas do not share the driver's directory.

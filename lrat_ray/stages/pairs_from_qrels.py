@@ -34,8 +34,9 @@ class PairsFromQrelsConfig:
 def run_pairs_from_qrels(config: PairsFromQrelsConfig) -> dict:
     import pyarrow as pa
 
+    from lrat_ray.core.datasets import load_qrels, load_queries
     from lrat_ray.core.pairs import PAIR_SCHEMA
-    from lrat_ray.stages.eval import load_qrels, load_queries, retrieve
+    from lrat_ray.stages.eval import retrieve
     from lrat_ray.stages.index import RetrievalIndex
 
     queries = load_queries(config.queries)

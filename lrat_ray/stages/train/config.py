@@ -11,7 +11,7 @@ from lrat_ray.infra.hardware import parse_auto
 from lrat_ray.models.encoder import EncoderOptions
 from lrat_ray.stages.train.checkpointing import MODES, parse_mode
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 BACKENDS = ("ddp", "deepspeed")
 
 @dataclass(kw_only=True)
