@@ -74,7 +74,8 @@ def bare_vllm(pairs: Path) -> tuple[float, float, int, int]:
     from vllm import LLM, SamplingParams
 
     from lrat_ray.models.tiny_llm import tiny_model_path
-    from lrat_ray.stages.judge import JudgeConfig, render_prompt
+    from lrat_ray.stages.judge import JudgeConfig
+    from lrat_ray.stages.judge.prompts import render_prompt
 
     config = JudgeConfig(output="-", pairs=str(pairs))
     rows = pads.dataset(str(pairs / "pairs"), format="parquet").to_table(columns=["reasoning"]).column(0).to_pylist()

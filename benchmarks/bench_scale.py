@@ -77,9 +77,12 @@ def bench_index(corpus: Path, out: Path, workers: int) -> float:
 
 
 def bench_rollout(index: Path, claims: list[str], out: Path, workers: int) -> float:
-    from lrat_ray.agents.rollout import AgentConfig, load_tasks, run_rollouts
+    from lrat_ray.agents.config import AgentConfig
+    from lrat_ray.agents.rollout import run_rollouts
+    from lrat_ray.agents.tasks import load_tasks
     from lrat_ray.core.datasets import load_qrels, load_queries
-    from lrat_ray.serving.retriever import ServeConfig, deploy
+    from lrat_ray.serving.config import ServeConfig
+    from lrat_ray.serving.retriever import deploy
 
     url = deploy(ServeConfig(index=str(index), port=18731, replica_cpus=0))
     tasks = load_tasks(load_queries(str(SCIFACT / "queries.jsonl")), load_qrels(str(SCIFACT / "qrels" / "train.tsv")),

@@ -162,7 +162,8 @@ def main() -> int:
 
     from lrat_ray.infra.errors import LratError
     from lrat_ray.infra.runtime import free_port, init_ray
-    from lrat_ray.serving.retriever import ServeConfig, deploy, swap_index
+    from lrat_ray.serving.config import ServeConfig
+    from lrat_ray.serving.retriever import deploy, swap_index
     from lrat_ray.stages.index import IndexConfig, read_manifest, run_index
 
     init_ray(num_cpus=2)

@@ -75,8 +75,8 @@ def commands():
     """(name, config class, module, handler, help) of every subcommand that takes a config: the
     registered stages (:mod:`lrat_ray.registry`), then the long-running services and the ablation."""
     from lrat_ray.experiments.ablation import AblationConfig
+    from lrat_ray.serving.config import ServeConfig
     from lrat_ray.serving.mcp import McpConfig
-    from lrat_ray.serving.retriever import ServeConfig
 
     staged = [(s.name, s.config_class(), s.module, _cmd_stage, s.help) for s in STAGES.values()]
     return staged + [

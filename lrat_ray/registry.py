@@ -11,17 +11,22 @@ finished). Config classes and run functions are imported only when a stage is us
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import Any, NamedTuple
+
+
+class Loaded(NamedTuple):
+    config: type  # the stage's config dataclass
+    run: Callable[[Any], Any]  # config in, a JSON-able result out
+    module: ModuleType  # whose docstring introduces the stage in --help
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    config_path: str  # "module:ClassName"
-    run_path: str  # "module:function"
+    load: Callable[[], Loaded]  # imports the stage when it is used (the loaders below)
     help: str
     summary: Callable[[dict], str]
     local_only: bool = False  # needs local files (FAISS, a model, a server): remote outputs go via a scratch dir
@@ -29,18 +34,70 @@ class Stage:
 
     @property
     def module(self) -> str:
-        return self.config_path.split(":")[0]
+        return self.load().module.__name__
 
     def config_class(self) -> type:
-        return _load(self.config_path)
+        return self.load().config
 
     def run(self) -> Callable[[Any], dict]:
-        return _load(self.run_path)
+        return self.load().run
 
 
-def _load(path: str):
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
+# Each loader imports its stage only when called: `lrat --help` imports no torch, and the registry
+# imports no stage at import time (the flywheel, itself a stage, reads the registry).
+
+def _load_mine() -> Loaded:
+    from lrat_ray.stages import mine
+
+    return Loaded(mine.MineConfig, mine.run_mine, mine)
+
+
+def _load_judge() -> Loaded:
+    from lrat_ray.stages import judge
+
+    return Loaded(judge.JudgeConfig, judge.run_judge, judge)
+
+
+def _load_pairs_from_qrels() -> Loaded:
+    from lrat_ray.stages import pairs_from_qrels
+
+    return Loaded(pairs_from_qrels.PairsFromQrelsConfig, pairs_from_qrels.run_pairs_from_qrels, pairs_from_qrels)
+
+
+def _load_train() -> Loaded:
+    from lrat_ray.stages import train
+
+    return Loaded(train.TrainConfig, train.run_train, train)
+
+
+def _load_index() -> Loaded:
+    from lrat_ray.stages import index
+
+    return Loaded(index.IndexConfig, index.run_index, index)
+
+
+def _load_eval() -> Loaded:
+    from lrat_ray.stages import eval as eval_stage
+
+    return Loaded(eval_stage.EvalConfig, eval_stage.run_eval, eval_stage)
+
+
+def _load_eval_runs() -> Loaded:
+    from lrat_ray.stages import eval as eval_stage
+
+    return Loaded(eval_stage.EvalRunsConfig, eval_stage.run_eval_runs, eval_stage)
+
+
+def _load_rollout() -> Loaded:
+    from lrat_ray.agents import rollout
+
+    return Loaded(rollout.RolloutConfig, rollout.run_rollout_config, rollout)
+
+
+def _load_flywheel() -> Loaded:
+    from lrat_ray.experiments import flywheel
+
+    return Loaded(flywheel.FlywheelConfig, flywheel.run_flywheel, flywheel)
 
 
 def _rate(count, seconds) -> str:
@@ -105,23 +162,17 @@ def _flywheel(rows: list) -> str:
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("mine", "lrat_ray.stages.mine:MineConfig", "lrat_ray.stages.mine:run_mine",
-          "mine weighted training pairs from agent trajectories", _mine),
-    Stage("judge", "lrat_ray.stages.judge:JudgeConfig", "lrat_ray.stages.judge:run_judge",
-          "label mined pairs (or browse events) from the post-browse reasoning", _judge),
-    Stage("pairs-from-qrels", "lrat_ray.stages.pairs_from_qrels:PairsFromQrelsConfig", "lrat_ray.stages.pairs_from_qrels:run_pairs_from_qrels",
+    Stage("mine", _load_mine, "mine weighted training pairs from agent trajectories", _mine),
+    Stage("judge", _load_judge, "label mined pairs (or browse events) from the post-browse reasoning", _judge),
+    Stage("pairs-from-qrels", _load_pairs_from_qrels,
           "training pairs from relevance judgments (mined-pairs schema)", _pairs_from_qrels),
-    Stage("train", "lrat_ray.stages.train:TrainConfig", "lrat_ray.stages.train:run_train",
-          "weighted-contrastive training on Ray Train", _train, local_only=True),
-    Stage("index", "lrat_ray.stages.index:IndexConfig", "lrat_ray.stages.index:run_index",
-          "encode a corpus and build a FAISS index", _index, local_only=True),
-    Stage("eval", "lrat_ray.stages.eval:EvalConfig", "lrat_ray.stages.eval:run_eval",
-          "IR metrics of an index on judged queries", _eval, output_optional=True),
-    Stage("eval-runs", "lrat_ray.stages.eval:EvalRunsConfig", "lrat_ray.stages.eval:run_eval_runs",
-          "evidence recall, steps and success of agent trajectories", _eval_runs, output_optional=True),
-    Stage("rollout", "lrat_ray.agents.rollout:RolloutConfig", "lrat_ray.agents.rollout:run_rollout_config",
-          "run agents against a served retriever", _rollout),
-    Stage("flywheel", "lrat_ray.experiments.flywheel:FlywheelConfig", "lrat_ray.experiments.flywheel:run_flywheel",
+    Stage("train", _load_train, "weighted-contrastive training on Ray Train", _train, local_only=True),
+    Stage("index", _load_index, "encode a corpus and build a FAISS index", _index, local_only=True),
+    Stage("eval", _load_eval, "IR metrics of an index on judged queries", _eval, output_optional=True),
+    Stage("eval-runs", _load_eval_runs, "evidence recall, steps and success of agent trajectories", _eval_runs,
+          output_optional=True),
+    Stage("rollout", _load_rollout, "run agents against a served retriever", _rollout),
+    Stage("flywheel", _load_flywheel,
           "the closed loop: serve, roll out, mine, judge, train, re-index, redeploy, evaluate", _flywheel,
           local_only=True),
 )}

@@ -92,7 +92,8 @@ def test_vllm_engines_of_judge_and_agents_follow_the_cpu(tmp_path, monkeypatch, 
     """The judge's ray.data.llm engine and the agents' Ray Serve LLM get float32 on an AVX2-only CPU
     and bfloat16 where bf16 is native; the judge report names what it used and the CPU."""
     from lrat_ray.serving.llm import LLMServeConfig, llm_config
-    from lrat_ray.stages.judge import JudgeConfig, _precision, vllm_processor_config
+    from lrat_ray.stages.judge import JudgeConfig
+    from lrat_ray.stages.judge.backends import BACKENDS, vllm_processor_config
 
     judge = JudgeConfig(pairs="p", output="o", backend="vllm", model="tiny", gpus_per_replica=0)
     cpus = {kind: fake_cpu(kind, tmp_path) for kind in CPUS}
@@ -101,7 +102,7 @@ def test_vllm_engines_of_judge_and_agents_follow_the_cpu(tmp_path, monkeypatch, 
         monkeypatch.setattr(hardware, "cpu_info", lambda path=None, cpu=cpus[kind]: cpu)
         assert vllm_processor_config(judge, "/some/model").engine_kwargs["dtype"] == dtype
         assert llm_config(LLMServeConfig(gpus_per_replica=0)).engine_kwargs["dtype"] == dtype
-        report = _precision(judge)
+        report = BACKENDS["vllm"].precision(judge)
         assert report["dtype"] == dtype and report["hardware"]["cpu"] == CPUS[kind][1]
         assert report["hardware"]["bf16_native"] is NATIVE[kind]
     pinned = JudgeConfig(pairs="p", output="o", backend="vllm", model="tiny", gpus_per_replica=0, dtype="bfloat16")
@@ -112,7 +113,7 @@ def test_index_in_one_precision_searched_in_the_other(ray_session, msmarco_slice
     """Precision is not part of the vector-compatibility rule: an fp32 index searched by a bf16
     query encoder (and a bf16 index by an fp32 one) loads, records what built it, and ranks as the
     same-precision search does up to rounding."""
-    from lrat_ray.serving.retriever import load_retriever
+    from lrat_ray.serving.search import load_retriever
     from lrat_ray.stages.index import IndexConfig, run_index
 
     corpus = tmp_path / "corpus.jsonl"  # the judged passages and some others: bf16 is emulated on AVX2 machines

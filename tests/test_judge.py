@@ -7,18 +7,10 @@ import pytest
 from openai_stub import ScriptedOpenAI
 
 from lrat_ray.core.pairs import PAIR_SCHEMA
-from lrat_ray.stages.judge import (
-    OFFICIAL_RULE,
-    JudgeConfig,
-    OpenAIAnswers,
-    add_prompts,
-    keyword_label,
-    label_answers,
-    output_schema,
-    parse_label,
-    render_prompt,
-    run_judge,
-)
+from lrat_ray.stages.judge import JudgeConfig, run_judge
+from lrat_ray.stages.judge.backends import OpenAIAnswers
+from lrat_ray.stages.judge.prompts import OFFICIAL_RULE, keyword_label, parse_label, render_prompt
+from lrat_ray.stages.judge.rows import add_prompts, label_answers, output_schema
 
 
 @pytest.mark.parametrize("answer, thinking, label", [

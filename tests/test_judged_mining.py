@@ -16,7 +16,7 @@ from generated_runs import generate_run, write_runs
 from lrat_ray.core.adapters import parse_trajectory
 from lrat_ray.core.mining import MiningOptions, mine_trajectories
 from lrat_ray.core.weighting import LengthHistogram, fit_weights
-from lrat_ray.stages.judge import keyword_label
+from lrat_ray.stages.judge.prompts import keyword_label
 from lrat_ray.stages.mine import length_measure
 
 

@@ -6,10 +6,13 @@ import statistics
 import pytest
 from openai_stub import ScriptedOpenAI
 
-from lrat_ray.agents.rollout import AgentConfig, Task, claim_overlap, run_llm, run_simulated, split_task_ids
+from lrat_ray.agents.config import AgentConfig
+from lrat_ray.agents.react import run_llm
+from lrat_ray.agents.simulated import claim_overlap, run_simulated
+from lrat_ray.agents.tasks import Task, split_task_ids
 from lrat_ray.core.adapters import parse_trajectory
 from lrat_ray.core.mining import mine_trajectory
-from lrat_ray.stages.judge import keyword_label
+from lrat_ray.stages.judge.prompts import keyword_label
 
 
 class StubRetriever:

@@ -11,7 +11,7 @@ from conftest import jsonl_lines
 
 from lrat_ray.infra.chat_client import bearer_headers
 from lrat_ray.infra.runtime import free_port
-from lrat_ray.serving.retriever import RequestError, parse_search_request
+from lrat_ray.serving.requests import RequestError, parse_search_request
 
 TOKEN = "s3cret"
 
@@ -63,7 +63,8 @@ def server(request, ray_session, msmarco_index, serve_port):
     one deployment per shard (the index has two)."""
     from ray import serve
 
-    from lrat_ray.serving.retriever import ServeConfig, deploy
+    from lrat_ray.serving.config import ServeConfig
+    from lrat_ray.serving.retriever import deploy
 
     settings = ServeConfig(index=str(msmarco_index), port=serve_port, token=TOKEN, replica_cpus=0.5,
                            composed=request.param == "composed")
@@ -249,7 +250,7 @@ def test_swap_index_under_load_drops_no_request(server, second_index):
 def test_a_full_replica_turns_requests_away_with_retry_after_and_the_agent_client_retries(server):
     from concurrent.futures import ThreadPoolExecutor
 
-    from lrat_ray.agents.rollout import RetrieverClient
+    from lrat_ray.agents.retrievers import RetrieverClient
     from lrat_ray.serving.retriever import deploy
 
     settings, url, _ = server
@@ -283,7 +284,9 @@ def test_one_failing_request_in_a_batch_fails_alone(ray_session, msmarco_index):
     import functools
     import types
 
-    from lrat_ray.serving.retriever import LocalSearch, _Failed, make_deployment
+    from lrat_ray.serving.admission import Admission
+    from lrat_ray.serving.deployments import make_deployment
+    from lrat_ray.serving.search import LocalSearch, _Failed
 
     backend = LocalSearch(snippet_chars=100)
     asyncio.run(backend.load(str(msmarco_index)))
@@ -296,17 +299,20 @@ def test_one_failing_request_in_a_batch_fails_alone(ray_session, msmarco_index):
     backend.search = faulty
     ingress = make_deployment().func_or_class  # the deployment's class, its methods called on a stand-in
     counter = types.SimpleNamespace(observe=lambda n: None, inc=lambda n: None)
-    retriever = types.SimpleNamespace(backend=backend, batch_size=counter, queries_total=counter, answered=0)
+    retriever = types.SimpleNamespace(backend=backend, batch_size=counter, queries_total=counter,
+                                      admission=Admission(max_in_flight=4, retry_after_s=1))
     retriever._search_together = functools.partial(ingress._search_together, retriever)
     retriever._search_alone = functools.partial(ingress._search_alone, retriever)
     out = asyncio.run(ingress._search(retriever, [(["axon terminal"], 3), (["poison pill"], 3), (["heart attack"], 2)]))
     assert isinstance(out[1], _Failed) and "RuntimeError" in out[1].message
     assert [len(r[0]) for i, r in enumerate(out) if i != 1] == [3, 2]
+    assert retriever.admission.answered == 3  # the failed one too: it was answered (with its error)
 
 
 def test_a_layout_the_cluster_cannot_hold_fails_at_once(ray_session, msmarco_index, serve_port):
     from lrat_ray.infra.errors import LratError
-    from lrat_ray.serving.retriever import ServeConfig, check_placement, deploy
+    from lrat_ray.serving.config import ServeConfig
+    from lrat_ray.serving.retriever import check_placement, deploy
 
     composed = ServeConfig(index=str(msmarco_index), composed=True, shard_cpus=1.0, replica_cpus=1.0)
     check_placement(dataclasses.replace(composed, shard_cpus=0.25, replica_cpus=0.5), {"CPU": 2.0})  # fits

@@ -230,7 +230,7 @@ def _setup(config: AblationConfig):
     """The experiment, the untrained retriever every agent searches, and its held-out scores."""
     import torch
 
-    from lrat_ray.agents.rollout import LocalRetriever
+    from lrat_ray.agents.retrievers import LocalRetriever
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     _claim_output(config)
@@ -293,7 +293,7 @@ def _experiment(config: AblationConfig) -> Experiment:
 
 
 def _train_tasks(exp: Experiment, seed: int):
-    from lrat_ray.agents.rollout import load_tasks
+    from lrat_ray.agents.tasks import load_tasks
 
     ids = sorted(q for q in exp.train_qrels if q in exp.queries)
     if exp.config.train_tasks is None or exp.config.train_tasks >= len(ids):
@@ -324,7 +324,10 @@ def _measure(exp: Experiment, encoder, index, seed: int) -> dict:
     recall of the informative agent solving the task with it (seeded like the training rollouts)."""
     import pytrec_eval
 
-    from lrat_ray.agents.rollout import AgentConfig, LocalRetriever, load_tasks, run_simulated
+    from lrat_ray.agents.config import AgentConfig
+    from lrat_ray.agents.retrievers import LocalRetriever
+    from lrat_ray.agents.simulated import run_simulated
+    from lrat_ray.agents.tasks import load_tasks
     from lrat_ray.core.adapters import parse_trajectory
     from lrat_ray.core.metrics import score_run, score_trajectories, truncate
 
@@ -370,7 +373,8 @@ def _pairs(exp: Experiment, retriever, tasks, variant: str, seed: int) -> list[d
 
 
 def _rollouts(exp: Experiment, retriever, tasks, variant: str, seed: int) -> list[dict]:
-    from lrat_ray.agents.rollout import AgentConfig, run_simulated
+    from lrat_ray.agents.config import AgentConfig
+    from lrat_ray.agents.simulated import run_simulated
 
     agent = AgentConfig(**{"max_turns": 4, **exp.config.agent, "kind": "simulated", "seed": seed,
                            "reasoning_signal": variant == "informative"})
@@ -384,7 +388,7 @@ def mine_and_judge(runs: list[dict], tasks) -> list[dict]:
     from lrat_ray.core.adapters import parse_trajectory
     from lrat_ray.core.mining import mine_trajectories
     from lrat_ray.core.weighting import LengthHistogram, fit_weights
-    from lrat_ray.stages.judge import keyword_label
+    from lrat_ray.stages.judge.prompts import keyword_label
     from lrat_ray.stages.mine import length_measure
 
     judgments = {t.id: t.judgments for t in tasks}

@@ -50,7 +50,7 @@ RESULT_COLUMNS = ("iteration", "model", *INTERVAL_METRICS,
 
 
 def _agent_config():
-    from lrat_ray.agents.rollout import AgentConfig
+    from lrat_ray.agents.config import AgentConfig
     return AgentConfig
 
 
@@ -202,7 +202,7 @@ def _heldout_summary(r: dict) -> str:
 
 
 def _split(config: FlywheelConfig, queries: dict[str, str]) -> tuple[list[str], list[str], dict]:
-    from lrat_ray.agents.rollout import split_task_ids
+    from lrat_ray.agents.tasks import split_task_ids
     from lrat_ray.core.datasets import load_qrels
 
     train_qrels = load_qrels(config.train_qrels)
@@ -249,7 +249,8 @@ def _build_index(state: FlywheelState, iteration: int) -> None:
 
 def _deploy(state: FlywheelState, iteration: int) -> str:
     from lrat_ray.infra.runtime import free_port
-    from lrat_ray.serving.retriever import ServeConfig, deploy, swap_index
+    from lrat_ray.serving.config import ServeConfig
+    from lrat_ray.serving.retriever import deploy, swap_index
 
     index = _index_dir(state, iteration)
     if state.serve_settings is None:
@@ -272,7 +273,8 @@ def _agent_stage(state: FlywheelState, iteration: int, name: str, ids: list[str]
 
 
 def _rollout(state: FlywheelState, url: str, ids: list[str], path: str) -> dict:
-    from lrat_ray.agents.rollout import ACTOR_CPUS, load_tasks, run_rollouts
+    from lrat_ray.agents.rollout import ACTOR_CPUS, run_rollouts
+    from lrat_ray.agents.tasks import load_tasks
     from lrat_ray.infra.runtime import actor_resources
 
     agent = state.config.stage_config("agent")

@@ -44,11 +44,12 @@ from lrat_ray.infra.claims import CLAIM, Claim, clear_output
 from lrat_ray.infra.config import runtime_options
 from lrat_ray.infra.errors import LratError
 from lrat_ray.infra.hardware import describe
-from lrat_ray.models.embedded import EMBEDDED
 
 log = logging.getLogger(__name__)
 VERSION_PLACEHOLDER = "{version}"
 C = TypeVar("C")
+# Model names, not paths, even where a directory of that name happens to exist (lrat_ray.models).
+MODEL_NAMES = ("embedded", "tiny")
 
 
 @dataclasses.dataclass
@@ -64,7 +65,7 @@ def input_fingerprint(value: Any) -> Any:
     a path (a Hugging Face model name, ``embedded``)."""
     if isinstance(value, list):
         return [input_fingerprint(v) for v in value]
-    if not isinstance(value, str) or value == EMBEDDED or not storage.exists(value):
+    if not isinstance(value, str) or value in MODEL_NAMES or not storage.exists(value):
         return value
     return storage.fingerprint(value)
 

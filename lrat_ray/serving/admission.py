@@ -1,0 +1,54 @@
+"""Admission control of one retriever replica, a plain class (tested without Serve).
+
+A full replica says so at once (503 with ``Retry-After``) rather than queueing work it cannot
+finish before the client gives up; ``Retry-After`` is how long the requests in flight take to
+drain at the recent answer rate, so a fleet turned away at once comes back spread over that time,
+not every second (each 503 costs the proxy as much as an answer).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+
+
+class Admission:
+    """``max_in_flight`` requests at a time; ``retry_after_s`` the shortest wait it asks for, 60 s
+    the longest. ``clock`` is injectable so the drain rate can be tested without waiting."""
+
+    RATE_WINDOW_S = 2.0  # the answer rate is re-measured at most this often
+
+    def __init__(self, max_in_flight: int, retry_after_s: int, clock: Callable[[], float] = time.monotonic):
+        self.max_in_flight, self.retry_after_s, self.clock = max_in_flight, retry_after_s, clock
+        self.in_flight = 0
+        self.answered = 0  # searches answered, for the drain rate
+        self._rate, self._rate_since, self._answered_since = 0.0, clock(), 0
+
+    @property
+    def full(self) -> bool:
+        return self.in_flight >= self.max_in_flight
+
+    @contextmanager
+    def admitted(self):
+        """One request in flight for the duration of the block."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    def record_answered(self, count: int) -> None:
+        self.answered += count
+
+    def retry_after(self) -> int:
+        """Seconds for the requests in flight to drain at the recent answer rate (at least
+        ``retry_after_s``, at most 60; ``retry_after_s`` before any rate is known)."""
+        now = self.clock()
+        if now - self._rate_since >= self.RATE_WINDOW_S:
+            self._rate = (self.answered - self._answered_since) / (now - self._rate_since)
+            self._rate_since, self._answered_since = now, self.answered
+        if self._rate <= 0:
+            return self.retry_after_s
+        return max(self.retry_after_s, min(60, math.ceil(self.in_flight / self._rate)))
