@@ -8,6 +8,7 @@ from lrat_ray.core.datasets import load_qrels
 from lrat_ray.core.metrics import paired_comparison, score_run, score_trajectories
 from lrat_ray.core.trajectory import SearchHit, Step, Trajectory
 from lrat_ray.infra.errors import RecordError
+from lrat_ray.infra.stage_run import run_stage
 from lrat_ray.stages.eval import EvalConfig, run_eval
 
 
@@ -25,9 +26,10 @@ def _ranx(run, qrels, threshold):
 
 @pytest.mark.parametrize("threshold", [1, 2])
 def test_metrics_equal_an_independent_library(msmarco_index, msmarco_slice, tmp_path, threshold):
-    result = run_eval(EvalConfig(index=str(msmarco_index), queries=str(msmarco_slice / "queries.jsonl"),
-                                 qrels=str(msmarco_slice / "qrels.tsv"), k="5,20", rel_threshold=threshold,
-                                 output=str(tmp_path)))
+    result = run_stage("eval", EvalConfig(index=str(msmarco_index), queries=str(msmarco_slice / "queries.jsonl"),
+                                          qrels=str(msmarco_slice / "qrels.tsv"), k="5,20", rel_threshold=threshold,
+                                          output=str(tmp_path / "eval")), run_eval).result
+    tmp_path = tmp_path / "eval"
     qrels = load_qrels(str(msmarco_slice / "qrels.tsv"))
     run = {}
     for line in (tmp_path / "run.trec").read_text().split("\n"):
@@ -39,7 +41,7 @@ def test_metrics_equal_an_independent_library(msmarco_index, msmarco_slice, tmp_
     reference = _ranx(run, qrels, threshold)
     for metric, value in reference.items():
         assert result["metrics"][metric] == pytest.approx(value, abs=1e-6), metric
-    written = json.loads((tmp_path / "metrics.json").read_text())
+    written = json.loads((tmp_path / "report.json").read_text())
     assert written["metrics"] == result["metrics"] and set(written["per_query"]) == set(run)
     assert result["metrics"]["ndcg@10"] > 0.3  # the base model does retrieve the judged passages
 

@@ -84,18 +84,20 @@ def test_unreachable_endpoint_counts_failures():
 
 
 def test_run_judge_on_mined_real_pairs(ray_session, real_trajectory_files, tmp_path):
+    from lrat_ray.infra.stage_run import run_stage
     from lrat_ray.stages.mine import MineConfig, run_mine
 
     run_mine(MineConfig(input=[str(real_trajectory_files[0].parent)], output=str(tmp_path / "mined"),
                         tokenizer="chars"))
-    report = run_judge(JudgeConfig(pairs=str(tmp_path / "mined"), output=str(tmp_path / "judged")))
+    report = run_stage("judge", JudgeConfig(pairs=str(tmp_path / "mined"), output=str(tmp_path / "judged")),
+                       run_judge).result
     table = pads.dataset(str(tmp_path / "judged" / "pairs"), format="parquet").to_table()
     assert report["pairs"] == table.num_rows == 28 and report["ok"] == 28
     assert report["relevant"] + report["irrelevant"] == 28
     assert table.schema.equals(output_schema(PAIR_SCHEMA))  # the pair columns keep their types
     assert set(table.column("judge_prompt_version").to_pylist()) == {"lrat-official-v1"}
-    saved = json.loads((tmp_path / "judged" / "report.json").read_text())
-    assert saved["prompt_sha256"] and saved["backend"] == "keyword"
+    saved = json.loads((tmp_path / "judged" / "report.json").read_text())  # recorded once, by run_stage
+    assert saved == report and saved["prompt_sha256"] and saved["backend"] == "keyword"
 
 
 def test_run_judge_openai_uses_the_cache_on_a_rerun(ray_session, tmp_path):

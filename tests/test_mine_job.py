@@ -9,6 +9,7 @@ from lrat_ray.cli import main
 from lrat_ray.core.mining import MiningOptions, character_lengths
 from lrat_ray.core.pairs import PAIR_SCHEMA
 from lrat_ray.infra.errors import LratError, RecordError
+from lrat_ray.infra.stage_run import run_stage
 from lrat_ray.stages.mine import MineConfig, mine_file_group, run_mine
 
 GOOD = json.loads((FIXTURES / "browsecomp_json_output.json").read_text())
@@ -60,16 +61,18 @@ def test_strict_stops_at_the_first_bad_record_naming_file_line_field(tmp_path, l
 
 def test_mine_job_on_real_trajectories(ray_session, real_trajectory_files, tmp_path):
     out = tmp_path / "out"
-    report = run_mine(MineConfig(input=[str(real_trajectory_files[0].parent)], output=str(out),
-                                 export="lrat-jsonl", workers=2))
+    report = run_stage("mine", MineConfig(input=[str(real_trajectory_files[0].parent)], output=str(out),
+                                          export="lrat-jsonl", workers=2), run_mine).result
     assert report["records_read"] == report["records_used"] == 10 and report["records_skipped"] == {}
     table = pads.dataset(str(out / "pairs"), format="parquet").to_table()
     assert table.schema.equals(PAIR_SCHEMA)
     assert table.num_rows == report["pairs"] == 28  # 28 browses, all attributable, none repeated
     assert report["unattributed_browses"] == 0
     assert sum(table.column("weight").to_pylist()) == pytest.approx(table.num_rows)
-    assert json.loads((out / "report.json").read_text()) == report
-    assert sorted(p.name for p in out.iterdir()) == ["lrat_pairs.jsonl", "pairs", "report.json"]
+    assert json.loads((out / "report.json").read_text()) == report  # recorded once, by run_stage
+    assert json.loads((out / "_lrat_stage.json").read_text())["report"] == "report.json"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("_lrat_stage")) == [
+        "lrat_pairs.jsonl", "pairs", "report.json"]
     exported = [json.loads(l) for l in jsonl_lines(out / "lrat_pairs.jsonl")]
     official = json.loads(jsonl_lines(SHARED_DATA / "lrat" / "train_pairs_sample.jsonl")[0])
     assert len(exported) == 28 and set(exported[0]) == set(official)

@@ -92,7 +92,7 @@ def test_mining_job_survives_losing_a_worker_node(cluster, synthetic_runs, tmp_p
         # The 10 real trajectories give 28 pairs (test_mining pins them); each appears 400 times.
         assert len(pairs) == len(keys) == report["pairs"] == 400 * 28
         manifest = json.loads((out / "_lrat_stage.json").read_text())
-        assert manifest["stage"] == "mine" and manifest["result"]["pairs"] == 400 * 28
+        assert manifest["stage"] == "mine" and report["pairs"] == 400 * 28
 
         again = submit(cluster, "mine", "--input", str(synthetic_runs), "--output", str(out),
                        "--resources", json.dumps(STAGE), "--files-per-task", "1", "--workers", "1")
@@ -144,7 +144,7 @@ def test_training_job_resumes_from_its_checkpoint_after_losing_a_worker_node(clu
     cluster.kill("worker-1")
     cluster.add_worker("worker-1b", resources=STAGE)
     assert wait(cluster, job) == "SUCCEEDED", logs(cluster, job)[-4000:]
-    report = json.loads((out / "train_report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     assert report["steps"] == report["total_steps"] == 10  # 8 usable pairs / (2 workers x 2) x 5 epochs
     # restarted at a checkpoint
     assert (report["final_metrics"]["resumed_from_step"] or 0) >= 1, logs(cluster, job)[-6000:]
@@ -177,7 +177,7 @@ def test_training_job_killed_with_its_driver_resumes_when_resubmitted(cluster, t
     assert (out / "_lrat_stage.started.json").exists() and not (out / "_lrat_stage.json").exists()
     second = submit(cluster, "train", *args)
     assert wait(cluster, second) == "SUCCEEDED", logs(cluster, second)[-4000:]
-    report = json.loads((out / "train_report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     assert report["steps"] == report["total_steps"] == 15  # 10 pairs / 2 per step x 3 epochs
     assert report["final_metrics"]["resumed_from_step"] >= 1, logs(cluster, second)[-6000:]
     key = json.loads((out / "_lrat_stage.json").read_text())["key"]
@@ -232,7 +232,8 @@ def test_flywheel_job_stopped_and_resubmitted_skips_finished_stages(cluster, sci
     judge = json.loads((out / "iter-1" / "judge" / "_lrat_stage.json").read_text())
     mine = json.loads((out / "iter-1" / "mine" / "_lrat_stage.json").read_text())
     assert judge["inputs"]["pairs"] == f"stage:{mine['key']}"  # keys chain from stage to stage
-    rows = json.loads((out / "_lrat_stage.json").read_text())["result"]
+    assert json.loads((out / "_lrat_stage.json").read_text())["report"] == "report.json"
+    rows = json.loads((out / "report.json").read_text())
     assert [r["iteration"] for r in rows] == [0, 1]
     assert 0 < rows[1]["judged_relevant"] <= rows[1]["train_pairs"]
     for row in rows:

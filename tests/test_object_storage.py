@@ -98,16 +98,21 @@ def test_stages_read_and_write_s3_with_versioned_outputs(s3, scifact_slice, tmp_
         assert f"{prefix}/_lrat_stage.json" in keys
         return json.loads(client.get_object(Bucket=BUCKET, Key=f"{prefix}/_lrat_stage.json")["Body"].read())
 
+    def report(stage):  # the stage's result, recorded once (the manifest names it)
+        prefix = outputs[stage][len("s3://lrat/"):]
+        assert manifest(stage)["report"] == "report.json"
+        return json.loads(client.get_object(Bucket=BUCKET, Key=f"{prefix}/report.json")["Body"].read())
+
     mined = manifest("mine")
-    assert mined["result"]["records_read"] == 10 and mined["result"]["pairs"] == 28
+    assert report("mine")["records_read"] == 10 and report("mine")["pairs"] == 28
     # lineage: each stage's input fingerprint is the version key of the stage before it
     assert manifest("judge")["inputs"]["pairs"] == f"stage:{mined['key']}"
     assert manifest("index")["inputs"]["model"] == f"stage:{manifest('train')['key']}"
     trained = outputs["train"][len("s3://lrat/"):]
-    assert {f"{trained}/model.safetensors", f"{trained}/train_report.json"} <= keys
+    assert {f"{trained}/model.safetensors", f"{trained}/report.json"} <= keys
     assert any(k.startswith(f"{trained}.ray/") and "checkpoint_" in k for k in keys)  # Ray Train wrote to S3
     index = outputs["index"][len("s3://lrat/"):]
     assert f"{index}/manifest.json" in keys
     assert {f"{index}/shard-00000/{name}" for name in ("index.faiss", "documents.arrow", "shard.json")} <= keys
-    metrics = manifest("eval")["result"]["metrics"]
-    assert 0 < metrics["ndcg@10"] <= 1 and manifest("eval")["result"]["queries"] == 12
+    metrics = report("eval")["metrics"]
+    assert 0 < metrics["ndcg@10"] <= 1 and report("eval")["queries"] == 12

@@ -7,6 +7,7 @@ import pytest
 from openai_stub import ScriptedOpenAI
 
 from lrat_ray.agents.config import AgentConfig
+from lrat_ray.agents.kinds import AGENT_KINDS
 from lrat_ray.agents.react import run_llm
 from lrat_ray.agents.simulated import claim_overlap, run_simulated
 from lrat_ray.agents.tasks import Task, split_task_ids
@@ -42,7 +43,7 @@ def test_judgment_driven_agent_statistics_match_its_parameters():
     lengths = {True: [], False: []}
     for t in range(3000):
         task = Task(id=f"t{t}", question="claim words here", judgments={d: 1 for d in relevant_docs})
-        run = run_simulated(task, client, config)
+        run = AGENT_KINDS[config.kind](task, client, config)  # the registered kind: browses from the judgments
         traj = parse_trajectory(run)
         hits = traj.steps[1].result_ids
         opened = [s.doc_id for s in traj.steps if s.kind == "browse"]
@@ -129,10 +130,10 @@ def test_simulated_agent_answers_after_evidence_and_is_seeded():
     config = AgentConfig(kind="simulated-judged", max_turns=5, position_bias=0.0, p_browse_relevant=1.0,
                          p_correct_with_evidence=1.0)
     task = Task(id="t", question="what is it", judgments={"d3": 1})
-    run = run_simulated(task, client, config)
+    run = AGENT_KINDS[config.kind](task, client, config)
     assert run["correct"] is True and run["result"][-1]["type"] == "output_text"
     assert "d3" in run["retrieved_docids"] and run["tool_call_counts"]["get_document"] >= 1
-    again = run_simulated(task, StubRetriever(docs=12), config)
+    again = AGENT_KINDS[config.kind](task, StubRetriever(docs=12), config)
     assert again["result"] == run["result"]  # same seed, same retriever: same trajectory
 
 

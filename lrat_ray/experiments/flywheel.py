@@ -395,10 +395,9 @@ def _train_iteration(state: FlywheelState, iteration: int, url: str) -> dict:
     order = [("judge", judge, run_judge), ("mine", mine, run_mine)]
     if not config.judges_events:  # mine first, then judge the mined pairs
         order.reverse()
-    for name, stage_config, run in order:
-        _run(state, iteration, name, stage_config, run)
+    results = {name: _run(state, iteration, name, stage_config, run) for name, stage_config, run in order}
     pairs_dir = mine_dir if config.judges_events else judge_dir
-    judged = json.loads(open(os.path.join(pairs_dir, "report.json")).read())
+    judged = results["mine" if config.judges_events else "judge"]  # the stage that wrote the pairs trained on
     info.update(train_pairs=judged["pairs"], judged_relevant=_relevant_pairs(pairs_dir))
     seed = config.train.get("seed", config.seed + iteration)  # a fresh shuffle per iteration unless pinned
     _run(state, iteration, "train", config.stage_config(

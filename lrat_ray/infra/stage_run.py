@@ -11,9 +11,11 @@ through :func:`run_stage`, which gives its output directory these rules:
   more machines does not make a new version.
 * ``{version}`` in ``--output`` is replaced by the key, so ``s3://bucket/lrat/mine/{version}``
   gives content-addressed directories that never overwrite each other.
-* ``OUTPUT/_lrat_stage.json`` is written last: stage, key, config, input fingerprints, versions
-  and the stage's result. A directory with it is finished: the same key returns the recorded
-  result without running anything; another key is refused (outputs are immutable).
+* The stage's result is recorded once, by :func:`run_stage`: ``OUTPUT/report.json`` (what the run
+  function returned: counts, skips, timings); stages do not write it themselves.
+  ``OUTPUT/_lrat_stage.json`` is written last: stage, key, config, input fingerprints, versions,
+  hardware and the name of the report. A directory with it is finished: the same key returns the
+  recorded result without running anything; another key is refused (outputs are immutable).
 * ``OUTPUT/_lrat_stage.started.json`` claims the directory first (:mod:`lrat_ray.infra.claims`): a second
   run while the first is alive is refused, naming it. Once that run is gone (it failed, or was
   killed) a rerun with the same key goes on where it stopped (each stage resumes its own work:
@@ -47,6 +49,7 @@ from lrat_ray.infra.hardware import describe
 
 log = logging.getLogger(__name__)
 VERSION_PLACEHOLDER = "{version}"
+REPORT = "report.json"  # the stage's result, written once by run_stage
 C = TypeVar("C")
 # Model names, not paths, even where a directory of that name happens to exist (lrat_ray.models).
 MODEL_NAMES = ("embedded", "tiny")
@@ -110,12 +113,12 @@ def run_stage(stage: str, config: C, run: Callable[[C], Any], local_only: bool =
     if getattr(config, "storage_path", False) is None:
         config = dataclasses.replace(config, storage_path=default_storage_path(output))
     if getattr(config, "run_name", False) is None:  # stable: a resubmitted job finds its checkpoints
-        config = dataclasses.replace(config, run_name=f"{stage}-{key}")
+        config = dataclasses.replace(config, run_name=run_name(stage, key))
     finished = read_json(storage.join(output, storage.STAGE_MANIFEST))
     if finished is not None:
         _check_same(finished, stage, key, output, "holds")
         log.info("%s: %s already holds this result (version %s); nothing to do", stage, output, key)
-        return StageResult(finished["result"], output, key, skipped=True)
+        return StageResult(_recorded_result(finished, output), output, key, skipped=True)
     if read_json(storage.join(output, CLAIM)) is None and storage.exists(output) and _has_files(output):
         raise LratError(f"{output} already has files that no lrat {stage} run wrote; outputs are never mixed "
                         "or overwritten: choose an empty or new directory (e.g. put {version} in --output)")
@@ -138,11 +141,11 @@ def run_stage(stage: str, config: C, run: Callable[[C], Any], local_only: bool =
             storage.upload_dir(scratch, output)
         else:
             result = run(config)
+        storage.write_bytes_atomic(storage.join(output, REPORT), _json_bytes(result))
         manifest = {"stage": stage, "key": key, "output": output, "config": dataclasses.asdict(config),
                     "inputs": content, "versions": versions(), "hardware": describe(), "started": started,
-                    "finished": time.time(), "host": socket.gethostname(), "result": result}
-        storage.write_bytes_atomic(storage.join(output, storage.STAGE_MANIFEST),
-                                   (json.dumps(manifest, indent=2, default=str) + "\n").encode())
+                    "finished": time.time(), "host": socket.gethostname(), "report": REPORT}
+        storage.write_bytes_atomic(storage.join(output, storage.STAGE_MANIFEST), _json_bytes(manifest))
     except BaseException as exc:
         # Bad input or option before anything was written: the directory goes as it came.
         if not (isinstance(exc, LratError) and previous is None and claim.release_untouched()):
@@ -150,6 +153,22 @@ def run_stage(stage: str, config: C, run: Callable[[C], Any], local_only: bool =
         raise
     claim.finish()
     return StageResult(json.loads(json.dumps(result, default=str)), output, key, skipped=False)
+
+
+def run_name(stage: str, key: str) -> str:
+    """The Ray Train run name of a stage run: the same options and inputs give the same name, so a
+    resubmitted job finds the checkpoints the killed one left."""
+    return f"{stage}-{key}"
+
+
+def _json_bytes(value) -> bytes:
+    return (json.dumps(value, indent=2, default=str) + "\n").encode()
+
+
+def _recorded_result(manifest: dict, output: str):
+    if "result" in manifest:  # written before the report was a file of its own (lrat-ray <= 0.x)
+        return manifest["result"]
+    return read_json(storage.join(output, manifest.get("report", REPORT)))
 
 
 def default_storage_path(output: str) -> str:

@@ -4,8 +4,8 @@ Every path may be a local path or a URI that ``pyarrow.fs.FileSystem.from_uri`` 
 (``s3://bucket/key``, ``gs://...``, ``hdfs://...``). Records are read with their position in the
 file (``line 12``, ``row 3``, ``item 2``) so errors can name it. Local writes go to a temporary
 file in the same directory and are renamed into place, so a crash never leaves half a file; object
-stores write whole objects, so there the file that is written last (``report.json``) marks a
-finished output.
+stores write whole objects, so there the file that is written last (the stage manifest,
+``_lrat_stage.json``, :mod:`lrat_ray.infra.stage_run`) marks a finished output.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ class EvalConfig:
     k: str = option("1,5,10,20,100", help="cut-offs for Recall@k, comma-separated")
     rel_threshold: int = option(1, help="minimum grade counted as relevant for recall and MRR")
     evidence: str | None = option(None, help="evidence qrels: adds evidence_recall@k", path=True)
-    output: str | None = option(None, help="write metrics.json and run.trec here")
+    output: str | None = option(None, help="write run.trec here, and report.json with the metrics")
     compare: str | None = option(None, help="second index to compare against, on the same queries", path=True)
     model: str | None = option(None, help="encoder for queries (default: the index's own model)", path=True)
     batch_size: int = option(64, help="queries per forward pass", runtime=True)
@@ -103,7 +103,6 @@ def run_eval(config: EvalConfig) -> dict:
         write_trec_run(storage.join(config.output, "run.trec"), run_a, "lrat")
         if config.compare:
             write_trec_run(storage.join(config.output, "run_compare.trec"), run_b, "lrat-compare")
-        storage.write_json_atomic(storage.join(config.output, "metrics.json"), result)
     return result
 
 
@@ -117,7 +116,7 @@ class EvalRunsConfig:
     evidence: str = option(help="evidence qrels (TREC: qid Q0 docid grade)", path=True)
     gold: str | None = option(None, help="gold-document qrels: adds gold recall", path=True)
     format: str = option("auto", choices=("auto", "native", "browsecomp", "openai"), help="trajectory format")
-    output: str | None = option(None, help="write runs_metrics.json here")
+    output: str | None = option(None, help="write report.json with the metrics here")
 
 
 def run_eval_runs(config: EvalRunsConfig) -> dict:
@@ -139,6 +138,4 @@ def run_eval_runs(config: EvalRunsConfig) -> dict:
         log.warning("%d of the %d runs have ids with no evidence judgments in %s (e.g. run %s; judged ids look "
                     "like %s): they do not count in evidence recall", len(unjudged), len(result["per_task"]),
                     config.evidence, unjudged[0], ", ".join(sorted(evidence)[:2]) or "none")
-    if config.output:
-        storage.write_json_atomic(storage.join(config.output, "runs_metrics.json"), result)
     return result

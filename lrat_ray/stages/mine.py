@@ -9,8 +9,8 @@ Pipeline (``run_mine``):
    Table-1 sums. Finished groups are reused if the run is restarted with the same configuration.
 2. The driver merges the summaries. The histogram gives the exact global ``beta`` and ``mu_raw``.
 3. One Ray task per staged file adds the ``weight`` column and writes ``DIR/pairs/part-NNNNN.parquet``
-   (input order), built in a temporary directory and renamed into place; ``DIR/report.json`` is
-   written last, atomically.
+   (input order), built in a temporary directory and renamed into place. The returned report is
+   recorded as ``DIR/report.json`` by :func:`lrat_ray.infra.stage_run.run_stage`.
 
 Every record read is counted as used or as skipped under a reason: records_read = records_used +
 sum(records_skipped). With ``strict`` the first bad record stops the run with an error naming the
@@ -55,6 +55,7 @@ from lrat_ray.infra import storage
 from lrat_ray.infra.config import ActorPool, checked, option
 from lrat_ray.infra.errors import LratError, RecordError
 from lrat_ray.infra.progress import Progress
+from lrat_ray.infra.stage_run import versions
 
 log = logging.getLogger(__name__)
 MAX_EXAMPLES = 20
@@ -306,7 +307,7 @@ def _weigh_file(staged: str, destination: str, params) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def run_mine(config: MineConfig) -> dict:
-    """Run the whole mining job; returns the report (also written to ``output/report.json``)."""
+    """Run the whole mining job; returns the report (run_stage records it as ``output/report.json``)."""
     import ray
 
     from lrat_ray.infra.runtime import actor_resources, fit_workers, init_ray, remote_args
@@ -354,10 +355,9 @@ def run_mine(config: MineConfig) -> dict:
                   pairs_with_weight_zero=0 if params.zero_length == "neutral" or params.uniform
                   else lengths.counts.get(0, 0),
                   files=len(files), workers=workers, config=dataclasses.asdict(config),
-                  versions=_versions(), wall_seconds=round(time.time() - started, 3))
+                  versions=versions(), wall_seconds=round(time.time() - started, 3))
     if config.export == "lrat-jsonl":
         report["export"] = _export_lrat_jsonl(pairs_dir, config)
-    storage.write_json_atomic(storage.join(config.output, "report.json"), report)
     storage.remove_dir(storage.join(config.output, "_staging"))
     return report
 
@@ -414,13 +414,3 @@ def _export_lrat_jsonl(pairs_dir: str, config: MineConfig) -> dict:
     storage.write_bytes_atomic(storage.join(config.output, "lrat_pairs.jsonl"),
                                ("\n".join(lines) + ("\n" if lines else "")).encode())
     return counts
-
-
-def _versions() -> dict:
-    import platform
-
-    import pyarrow
-    import ray
-
-    return {"lrat_ray": __version__, "ray": ray.__version__, "pyarrow": pyarrow.__version__,
-            "python": platform.python_version()}

@@ -5,7 +5,8 @@ and every document judged relevant (grade >= ``rel_threshold``), one pair: posit
 document; in-set negatives = the base retriever's top-ranked documents that are not judged
 relevant (hard negatives, as agents would have seen them); weight 1. The output is
 ``DIR/pairs/part-0.parquet`` with the columns of :mod:`lrat_ray.core.pairs` (``reasoning`` empty,
-``rank`` = the positive's rank in the base retriever's list or null) plus ``DIR/report.json``.
+``rank`` = the positive's rank in the base retriever's list or null) plus ``DIR/report.json`` (the
+returned report, recorded by run_stage).
 """
 
 import dataclasses
@@ -68,5 +69,4 @@ def run_pairs_from_qrels(config: PairsFromQrelsConfig) -> dict:
     storage.write_table_atomic(storage.join(config.output, "pairs", "part-0.parquet"), table)
     report = {"queries": len(judged), "pairs": len(rows), "positives_missing_from_index": missing_docs,
               "config": dataclasses.asdict(config), "index_model": index.manifest["model"]}
-    storage.write_json_atomic(storage.join(config.output, "report.json"), report)
     return report

@@ -214,7 +214,8 @@ def _counts(tmp: str) -> dict:
 
 
 def run_judge(config: JudgeConfig) -> dict:
-    """Judge every pair (or browse event); writes OUTPUT/pairs (or labels) and OUTPUT/report.json."""
+    """Judge every pair (or browse event); writes OUTPUT/pairs (or labels) and returns the report
+    (run_stage records it as OUTPUT/report.json)."""
     from ray.data import DataContext
 
     from lrat_ray.infra.runtime import init_ray
@@ -257,5 +258,4 @@ def run_judge(config: JudgeConfig) -> dict:
               "cache_files_before": cached_entries, **BACKENDS[config.backend].precision(config),
               "config": dataclasses.asdict(config),
               "wall_seconds": round(time.time() - started, 2)}
-    storage.write_json_atomic(storage.join(config.output, "report.json"), report)
     return report

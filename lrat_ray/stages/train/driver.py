@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def run_train(config: TrainConfig) -> dict:
-    """Train and write the model to ``config.output``; returns a summary (also in train_report.json)."""
+    """Train and write the model to ``config.output``; returns a summary (run_stage records it as report.json)."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -84,17 +84,15 @@ def run_train(config: TrainConfig) -> dict:
                "final_metrics": result.metrics, "config": dataclasses.asdict(config),
                "encoder": dataclasses.asdict(spec_for(config.output)),
                "wall_seconds": round(time.time() - started, 1), "lrat_ray": __version__}
-    storage.write_json_atomic(os.path.join(config.output, "train_report.json"), summary)
     return summary
 
 
 def _run_name(config: TrainConfig) -> str:
-    """Without run_stage (Python callers): the same options give the same run, hence resume."""
-    import hashlib
-    import json
+    """Without run_stage (Python callers): the name run_stage would give, so the same options
+    resume the same run."""
+    from lrat_ray.infra.stage_run import run_name, stage_key
 
-    blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
-    return "train-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return run_name("train", stage_key("train", config))
 
 
 def _worker_resources(config: TrainConfig) -> dict:
