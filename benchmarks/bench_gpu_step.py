@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import random
@@ -128,7 +129,7 @@ def main() -> int:
     from lrat_ray.models import packing
     from lrat_ray.models.encoder import EncoderSpec, load_tokenizer, save_encoder
     from lrat_ray.models.tiny_llm import tiny_model_path
-    from lrat_ray.stages.train import StepRunner, TrainConfig
+    from lrat_ray.stages.train import TrainConfig, step_runner
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -224,7 +225,7 @@ def main() -> int:
             if config.bf16_weights:
                 to_bf16_weights(model)
             params, optimizer, scheduler = build_optimizer(model, config, 10 ** 6, config.bf16_weights)
-            return StepRunner(model, tokenizer, spec, config, device), params, optimizer, scheduler
+            return step_runner(model, tokenizer, spec, config, device), params, optimizer, scheduler
 
         def steps(state, n):
             runner, params, optimizer, scheduler = state
@@ -296,7 +297,7 @@ def encoding(model, tokenizer, spec, documents, device, cuda, tmp) -> None:
     """documents/s: a bare padded transformers loop against Encoder, padded and packed."""
     import torch
 
-    from lrat_ray.models.encoder import Encoder, EncoderSpec
+    from lrat_ray.models.encoder import Encoder
 
     texts = documents * 4
     batch = 64
@@ -310,9 +311,9 @@ def encoding(model, tokenizer, spec, documents, device, cuda, tmp) -> None:
 
     timings = {}
     for label, run in (("bare transformers loop", bare),
-                       ("Encoder padded", Encoder(EncoderSpec(**{**spec.__dict__, "model": tmp}), str(device),
+                       ("Encoder padded", Encoder(dataclasses.replace(spec, model=tmp), str(device),
                                                   batch, bf16=cuda, packed=False).encode_documents),
-                       ("Encoder packed", Encoder(EncoderSpec(**{**spec.__dict__, "model": tmp}), str(device),
+                       ("Encoder packed", Encoder(dataclasses.replace(spec, model=tmp), str(device),
                                                   batch, bf16=cuda, packed=True).encode_documents)):
         call = run if label == "bare transformers loop" else (lambda run=run: run(texts))
         call()  # warm-up

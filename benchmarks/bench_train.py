@@ -137,7 +137,7 @@ def training_quality(path: str, batch: int) -> None:
     from lrat_ray.core.metrics import score_run
     from lrat_ray.models.encoder import Encoder, load_transformer, spec_for
     from lrat_ray.stages.index import build_faiss
-    from lrat_ray.stages.train import StepRunner, TrainConfig, dropout
+    from lrat_ray.stages.train import TrainConfig, dropout, step_runner
     from lrat_ray.stages.train.optimizer import build_optimizer
 
     scifact = DATA / "scifact-beir"
@@ -169,7 +169,7 @@ def training_quality(path: str, batch: int) -> None:
         dropout.install(model)
         config = TrainConfig(pairs=["-"], output="-", group_size=1, temperature=0.05, bf16=bf16)
         _, optimizer, scheduler = build_optimizer(model, config, len(batches))
-        runner = StepRunner(model, tok, spec, config, torch.device("cpu"))
+        runner = step_runner(model, tok, spec, config, torch.device("cpu"))
         start = time.perf_counter()
         for queries_batch, docs_batch in batches:
             runner.run(queries_batch, docs_batch, [True] * len(docs_batch), [1.0] * len(queries_batch),
@@ -200,7 +200,7 @@ def main() -> int:
     from lrat_ray.models import packing
     from lrat_ray.models.embedded import embedded_model_path
     from lrat_ray.models.encoder import load_transformer, spec_for
-    from lrat_ray.stages.train import StepRunner, TrainConfig, dropout
+    from lrat_ray.stages.train import TrainConfig, dropout, step_runner
     from lrat_ray.stages.train.optimizer import build_optimizer
     from lrat_ray.stages.train.prefetch import prefetched
 
@@ -251,7 +251,7 @@ def main() -> int:
         config = TrainConfig(pairs=["-"], output="-", group_size=1, temperature=0.05, bf16=bf16,
                              learning_rate=1e-5, warmup_ratio=0.0, length_groups=groups, packing=packed)
         _, ours_opt, _ = build_optimizer(ours_model, config, args.steps)
-        runner = StepRunner(ours_model, tok, spec, config, torch.device("cpu"))
+        runner = step_runner(ours_model, tok, spec, config, torch.device("cpu"))
 
         def ours_step(queries, docs, runner=runner, ours_opt=ours_opt):
             runner.run(queries, docs, [True] * len(docs), [1.0] * len(queries), backward=lambda v: v.backward())

@@ -8,7 +8,7 @@ The reasoning the agent writes right after reading ``d`` is kept: its length ``l
 pair's weight (:mod:`lrat_ray.core.weighting`) and an LLM judge reads it to drop browses that turned out
 useless (:mod:`lrat_ray.stages.judge`).
 
-Two ways of choosing the query and the negatives (``MiningOptions.negatives``):
+Two ways of choosing the query and the negatives (``MiningOptions.negative_mode``):
 
 ``attributed`` (default; the paper's description)
     A browse of ``d`` is attributed to the latest earlier search whose results contain ``d``; the
@@ -48,14 +48,14 @@ NEGATIVE_MODES = ("attributed", "since-last-positive")
 
 @dataclass(frozen=True)
 class MiningOptions:
-    """How pairs are mined; see the module docstring for the two ``negatives`` modes."""
+    """How pairs are mined; see the module docstring for the two ``negative_mode`` values."""
 
-    negatives: str = "attributed"
+    negative_mode: str = "attributed"
     exclude_browsed: bool = True
 
     def __post_init__(self):
-        if self.negatives not in NEGATIVE_MODES:
-            raise ValueError(f"negatives must be one of {NEGATIVE_MODES}, got {self.negatives!r}")
+        if self.negative_mode not in NEGATIVE_MODES:
+            raise ValueError(f"negative_mode must be one of {NEGATIVE_MODES}, got {self.negative_mode!r}")
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def mine_trajectories(trajectories: Iterable[Trajectory], options: MiningOptions
                       measure: LengthMeasure = character_lengths, judge: Judge | None = None) -> MiningResult:
     """Mine many trajectories, measuring all reasoning lengths in one call (tokenizers batch well)."""
     result = MiningResult()
-    miner = _mine_since_last_positive if options.negatives == "since-last-positive" else _mine_attributed
+    miner = _mine_since_last_positive if options.negative_mode == "since-last-positive" else _mine_attributed
     for traj in trajectories:
         miner(traj, options, judge, result)
     lengths = measure([p.reasoning for p in result.pairs])

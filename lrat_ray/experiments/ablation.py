@@ -40,6 +40,7 @@ start-up would cost more than the training; every finished arm is saved, so a re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import json
 import logging
@@ -142,6 +143,11 @@ class Experiment:
     searchable: list[str]
     base_spec: object
 
+    @functools.cached_property
+    def text_of(self) -> dict[str, str]:
+        """doc id -> the searchable text (what training encodes and the index holds)."""
+        return dict(zip(self.doc_ids, self.searchable))
+
 
 def run_ablation(config: AblationConfig) -> dict:
     """Run every seed x agent x arm (resuming finished ones) and write the report; with
@@ -236,7 +242,7 @@ def _setup(config: AblationConfig):
     _claim_output(config)
     exp = _experiment(config)
     base_encoder = _encoder(exp.base_spec, bf16=config.bf16)
-    base_index = _index(exp, base_encoder)
+    base_index = _index(exp, base_encoder, os.path.join(config.output, "base", "vectors.npy"))
     base_retriever = LocalRetriever(base_index, base_encoder)
     base = _cached(os.path.join(config.output, "base", "per_query.json"),
                    lambda: _measure(exp, base_encoder, base_index, config.seeds[0]))
@@ -308,12 +314,19 @@ def _encoder(spec, model=None, tokenizer=None, bf16: bool | None = None):
     return Encoder(spec, device="cpu", bf16=bf16) if model is None else Encoder.wrap(spec, model, tokenizer, bf16=bf16)
 
 
-def _index(exp: Experiment, encoder):
+def _index(exp: Experiment, encoder, cache: str | None = None):
+    """The corpus indexed with ``encoder``; ``cache``: the vectors saved there (the untrained
+    model's, which a resumed run or the full run after the pilot need not encode again)."""
     import pyarrow as pa
 
     from lrat_ray.stages.index import RetrievalIndex
 
-    vectors = encoder.encode_documents(exp.searchable)
+    if cache and os.path.isfile(cache):
+        vectors = np.load(cache)
+    else:
+        vectors = encoder.encode_documents(exp.searchable)
+        if cache:
+            storage.write_bytes_atomic(cache, storage.npy_bytes(vectors))
     documents = pa.table({"doc_id": exp.doc_ids, "title": exp.titles, "text": exp.texts})
     return RetrievalIndex.in_memory(vectors, documents, {"encoder": dataclasses.asdict(encoder.spec)},
                                     exp.config.output)
@@ -388,15 +401,16 @@ def mine_and_judge(runs: list[dict], tasks) -> list[dict]:
     from lrat_ray.core.adapters import parse_trajectory
     from lrat_ray.core.mining import mine_trajectories
     from lrat_ray.core.weighting import LengthHistogram, fit_weights
-    from lrat_ray.stages.judge.prompts import keyword_label
+    from lrat_ray.stages.judge.backends import BACKENDS
     from lrat_ray.stages.mine import length_measure
 
     judgments = {t.id: t.judgments for t in tasks}
+    judge = BACKENDS["keyword"].label  # the judge stage's keyword backend, row by row
     result = mine_trajectories([parse_trajectory(run) for run in runs], measure=length_measure("embedded"))
     params = fit_weights(LengthHistogram.of(p.reasoning_length for p in result.pairs), zero_length="neutral")
     return [{"task": p.trajectory_id, "query": p.query, "positive_id": p.positive_id,
              "negative_ids": p.negative_ids, "reasoning_length": p.reasoning_length,
-             "relevant": keyword_label(p.reasoning), "useful": judgments[p.trajectory_id].get(p.positive_id, 0) > 0,
+             "relevant": judge(p.reasoning), "useful": judgments[p.trajectory_id].get(p.positive_id, 0) > 0,
              "weight": params.weight(p.reasoning_length)} for p in result.pairs]
 
 
@@ -466,8 +480,7 @@ def _train_and_score(exp: Experiment, pairs: list[dict], arm: str, seed: int, or
     from lrat_ray.stages.train import fit_in_process
 
     config = exp.config
-    texts = dict(zip(exp.doc_ids, exp.searchable))
-    fitted = fit_in_process(arm_train_config(config, order_seed), arm_examples(pairs, arm, texts, config.stream),
+    fitted = fit_in_process(arm_train_config(config, order_seed), arm_examples(pairs, arm, exp.text_of, config.stream),
                             config.steps)
     encoder = _encoder(fitted["spec"], fitted["model"], fitted["tokenizer"], bf16=config.bf16)
     return _measure(exp, encoder, _index(exp, encoder), seed)

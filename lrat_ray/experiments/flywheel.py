@@ -149,7 +149,8 @@ class FlywheelConfig:
     @property
     def judges_events(self) -> bool:
         """The official builder's mode judges browses while mining: judge events, then mine with labels."""
-        return self._sections["mine"].negatives == "since-last-positive" and self._sections["judge"].backend != "none"
+        return (self._sections["mine"].negative_mode == "since-last-positive"
+                and self._sections["judge"].backend != "none")
 
     @property
     def serves_agent_llm(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import types
 import typing
@@ -22,11 +23,13 @@ import yaml
 from lrat_ray.infra.errors import LratError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | None = None,
            minimum: float | None = None, runtime: bool = False, path: bool = False,
-           convert: Callable[[Any], Any] | None = None, default_text: str | None = None, **kwargs):
+           convert: Callable[[Any], Any] | None = None, default_text: str | None = None,
+           old_names: tuple[str, ...] = (), **kwargs):
     """A dataclass field with help text (and optional choices or minimum) for the command line.
 
     ``choices`` and ``minimum`` are enforced whenever a :func:`checked` config is built.
@@ -35,9 +38,11 @@ def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | No
     path (or list of them) whose content goes into that key (see :mod:`lrat_ray.infra.stage_run`).
     ``convert`` normalises a value given in another form (``bf16: auto`` in YAML) when a
     :func:`checked` config is built; ``default_text`` is how ``--help`` names the default.
+    ``old_names``: earlier names of the option, still read from YAML (with a deprecation message)
+    and the command line.
     """
     metadata = {"help": help, "choices": choices, "minimum": minimum, "runtime": runtime, "path": path,
-                "convert": convert, "default_text": default_text}
+                "convert": convert, "default_text": default_text, "old_names": tuple(old_names)}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
@@ -58,7 +63,8 @@ def build_section(owner: Any, name: str, defaults: dict):
     then the section's own options, checked to be options of that config that the owner does not
     set itself."""
     f = next(f for f in dataclasses.fields(owner) if f.name == name)
-    config_class, set_by, values = f.metadata["section"](), set(f.metadata["set_by"]), getattr(owner, name)
+    config_class, set_by = f.metadata["section"](), set(f.metadata["set_by"])
+    values = renamed(config_class, getattr(owner, name), f"section {name}")
     known = {g.name for g in dataclasses.fields(config_class)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -69,6 +75,20 @@ def build_section(owner: Any, name: str, defaults: dict):
     return config_class(**{**defaults, **values})
 
 
+def renamed(config_class: type, values: dict, where: str) -> dict:
+    """``values`` with options given under an old name (``option(old_names=...)``) under the new
+    one, each named in a deprecation message; both names at once is an error."""
+    old = {o: f.name for f in dataclasses.fields(config_class) for o in f.metadata.get("old_names", ())}
+    out = dict(values)
+    for name in sorted(set(values) & set(old)):
+        new = old[name]
+        if new in values:
+            raise LratError(f"{where}: both {name!r} and its new name {new!r} are given; keep {new!r}")
+        log.warning("%s: option %r is now called %r; the old name still works but will go", where, name, new)
+        out[new] = out.pop(name)
+    return out
+
+
 def runtime_options(config_class: type) -> set[str]:
     return {f.name for f in dataclasses.fields(config_class) if f.metadata.get("runtime")}
 
@@ -76,15 +96,25 @@ def runtime_options(config_class: type) -> set[str]:
 def checked(cls: type[T]) -> type[T]:
     """Class decorator (put it under ``@dataclass``): every instance checks its ``choices`` and
     ``minimum`` values when it is built, wherever the values came from (command line, YAML, a
-    flywheel section, Python), then runs the class's own ``__post_init__`` checks."""
+    flywheel section, Python), then runs the class's own ``__post_init__`` checks, and is frozen
+    from then on: a validated config is never changed in place (``dataclasses.replace`` makes a
+    new one, validated again), so what a stage recorded is what it ran with."""
     own = cls.__dict__.get("__post_init__")
 
     def __post_init__(self):
         check_values(self)
         if own is not None:
             own(self)
+        object.__setattr__(self, "_validated", True)
+
+    def __setattr__(self, name, value):
+        if self.__dict__.get("_validated"):
+            raise dataclasses.FrozenInstanceError(
+                f"{type(self).__name__}.{name}: a validated config is frozen; use dataclasses.replace")
+        object.__setattr__(self, name, value)
 
     cls.__post_init__ = __post_init__
+    cls.__setattr__ = __setattr__
     return cls
 
 
@@ -190,7 +220,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     own = cls.__dict__.get("__annotations__", {})
     for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
         tp = _unwrap_optional(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + n.replace("_", "-") for n in (f.name, *f.metadata.get("old_names", ()))]
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
                                   "help": _help_with_default(f)}
         if f.metadata.get("choices"):
@@ -205,7 +235,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["type"] = typing.get_args(tp)[0]
         else:
             kwargs["type"] = tp
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(*flags, **kwargs)
 
 
 def _help_with_default(f: dataclasses.Field) -> str:
@@ -241,7 +271,7 @@ def resolve(cls: type[T], namespace: argparse.Namespace | dict | None = None,
         data = load_yaml(config_path)
         if section is not None:
             data = data.get(section, {}) or {}
-        values.update(_checked_yaml(data, names, config_path))
+        values.update(_checked_yaml(data, cls, config_path))
     given = vars(namespace) if isinstance(namespace, argparse.Namespace) else (namespace or {})
     values.update({k: v for k, v in given.items() if k in names})
     missing = [f.name for f in dataclasses.fields(cls)
@@ -255,8 +285,9 @@ def resolve(cls: type[T], namespace: argparse.Namespace | dict | None = None,
         raise LratError(f"invalid configuration: {exc}") from None
 
 
-def _checked_yaml(data: dict, names: set[str], path: str) -> dict:
-    normalised = {str(k).replace("-", "_"): v for k, v in data.items()}
+def _checked_yaml(data: dict, cls: type, path: str) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    normalised = renamed(cls, {str(k).replace("-", "_"): v for k, v in data.items()}, f"config {path}")
     unknown = sorted(set(normalised) - names)
     if unknown:
         raise LratError(f"config {path}: unknown option(s) {unknown}; known: {sorted(names)}")

@@ -420,3 +420,12 @@ def local_copy(uri: str) -> str:
         fh.write(version)
     publish_dir(tmp, target)
     return target
+
+
+def npy_bytes(array) -> bytes:
+    """``array`` in NumPy's ``.npy`` format, for :func:`write_bytes_atomic`."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()

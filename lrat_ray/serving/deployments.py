@@ -3,8 +3,8 @@ batching), the composed layout's ``QueryEncoder`` and ``IndexShard<N>``, the app
 (``serve run lrat_ray.serving.deployments:build_app index=DIR`` or ``serve/config.yaml``), the
 placement check and the version pinning that makes an index swap an in-place reconfigure."""
 
-from __future__ import annotations
-
+# No "from __future__ import annotations": FastAPI reads the route handlers' annotations at run
+# time (``request: Request``, imported inside make_deployment), and strings there would not resolve.
 import asyncio
 import dataclasses
 import functools

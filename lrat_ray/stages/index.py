@@ -340,7 +340,7 @@ class ShardBuilder:
             vectors = np.load(io.BytesIO(storage.read_bytes(storage.join(folder, "embeddings.npy"))))
         else:
             vectors = self._encode(documents)
-            storage.write_bytes_atomic(storage.join(folder, "embeddings.npy"), _npy_bytes(vectors))
+            storage.write_bytes_atomic(storage.join(folder, "embeddings.npy"), storage.npy_bytes(vectors))
             storage.write_bytes_atomic(storage.join(folder, "documents.arrow"), payload)
         storage.write_bytes_atomic(storage.join(folder, "index.faiss"), self._faiss_bytes(vectors))
         summary = {"shard": shard, "name": name, "count": len(vectors), "dimension": int(vectors.shape[1]),
@@ -390,12 +390,6 @@ def _ipc_bytes(table: pa.Table) -> bytes:
     with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
 
 
 def run_index(config: IndexConfig) -> dict:

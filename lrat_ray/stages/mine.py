@@ -74,9 +74,9 @@ class MineConfig(ActorPool):
     format: str = option("auto", choices=FORMATS,
                          help="trajectory format; auto detects it per record")
     strict: bool = option(False, help="stop at the first bad record instead of skipping and counting it")
-    negatives: str = option("attributed", choices=NEGATIVE_MODES,
-                            help="attributed: negatives of the search the browse came from; "
-                                 "since-last-positive: the official LRAT data builder's rule")
+    negative_mode: str = option("attributed", choices=NEGATIVE_MODES, old_names=("negatives",),
+                                help="attributed: negatives of the search the browse came from; "
+                                     "since-last-positive: the official LRAT data builder's rule")
     exclude_browsed: bool = option(True, help="attributed mode: never use a document the trajectory "
                                               "browsed anywhere as a negative")
     tokenizer: str = option("embedded", help="tokenizer measuring reasoning length: a Hugging Face name "
@@ -101,11 +101,11 @@ class MineConfig(ActorPool):
     def __post_init__(self):
         if not self.input:
             raise ValueError("input: give at least one file, directory or glob")
-        MiningOptions(self.negatives, self.exclude_browsed)  # validates the mode
+        MiningOptions(self.negative_mode, self.exclude_browsed)  # validates the mode
 
     @property
     def mining_options(self) -> MiningOptions:
-        return MiningOptions(negatives=self.negatives, exclude_browsed=self.exclude_browsed)
+        return MiningOptions(negative_mode=self.negative_mode, exclude_browsed=self.exclude_browsed)
 
     def content_key(self) -> str:
         """Hash of what determines the staged (unweighted) pairs, for reusing finished groups."""

@@ -27,7 +27,8 @@ class PairsFromQrelsConfig:
     queries: str = option(help="queries: BEIR queries.jsonl or TSV", path=True)
     qrels: str = option(help="judgments: BEIR TSV or TREC qrels", path=True)
     output: str = option(help="output directory (pairs/ and report.json)")
-    negatives: int = option(20, help="hard negatives per pair, from the base retriever's top results")
+    negative_count: int = option(20, old_names=("negatives",),
+                                 help="hard negatives per pair, from the base retriever's top results")
     depth: int = option(50, help="how deep to search for them")
     rel_threshold: int = option(1, help="minimum grade counted as relevant")
 
@@ -52,7 +53,7 @@ def run_pairs_from_qrels(config: PairsFromQrelsConfig) -> dict:
     for qid in sorted(judged):
         ranked = [d for d, _ in sorted(run[qid].items(), key=lambda kv: -kv[1])]
         negatives = [d for d in ranked if d not in qrels[qid] or qrels[qid][d] < config.rel_threshold]
-        negatives = negatives[:config.negatives]
+        negatives = negatives[:config.negative_count]
         for positive in sorted(judged[qid]):
             doc = index.document(positive)
             if doc is None:

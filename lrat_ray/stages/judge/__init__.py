@@ -13,7 +13,7 @@ since agents often keep searching even after a useful page.
 columns to ``OUTPUT/pairs``; training's ``filter``/``reweight`` read the labels. ``--events
 TRAJECTORIES`` labels every *browse event* of the trajectories (``OUTPUT/labels``: trajectory id,
 browse turn, document, label) so that ``lrat mine --labels OUTPUT`` can mine with them: the
-official builder (``--negatives since-last-positive``) judges each browse while it mines, and a
+official builder (``--negative-mode since-last-positive``) judges each browse while it mines, and a
 judged-irrelevant browse changes the windows and the hard negatives, so judging finished pairs
 afterwards cannot give its pairs.
 

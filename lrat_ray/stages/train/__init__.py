@@ -33,8 +33,10 @@ optimizer step), :mod:`~lrat_ray.stages.train.checkpointing` (off/full/selective
 from lrat_ray.stages.train.config import BACKENDS, CONFIG_DIR, TrainConfig
 from lrat_ray.stages.train.data import EXAMPLE_COLUMNS, group_texts, load_examples
 from lrat_ray.stages.train.driver import fit_in_process, run_train
-from lrat_ray.stages.train.step import RandomState, StepRunner
+from lrat_ray.stages.train.grad_cache import GradCacheStepRunner, RandomState
+from lrat_ray.stages.train.step import StepRunner, step_runner
 from lrat_ray.stages.train.worker import deepspeed_config
 
-__all__ = ["BACKENDS", "CONFIG_DIR", "EXAMPLE_COLUMNS", "RandomState", "StepRunner", "TrainConfig",
-           "deepspeed_config", "fit_in_process", "group_texts", "load_examples", "run_train"]
+__all__ = ["BACKENDS", "CONFIG_DIR", "EXAMPLE_COLUMNS", "GradCacheStepRunner", "RandomState", "StepRunner",
+           "TrainConfig", "deepspeed_config", "fit_in_process", "group_texts", "load_examples", "run_train",
+           "step_runner"]

@@ -3,7 +3,6 @@ one contrastive batch (the collation: each pair's group of positive + sampled in
 
 from __future__ import annotations
 
-import math
 import random
 
 from lrat_ray.core.loss import ablation_weights, sample_negatives
@@ -31,17 +30,11 @@ def load_examples(config: TrainConfig) -> list[dict]:
             continue
         fs, path = storage.resolve(pairs_source(spec))
         table = pads.dataset(path, filesystem=fs, format="parquet").to_table()
-        missing = {"query", "positive_id", "negative_ids", "weight"} - set(table.column_names)
-        if missing:
-            raise LratError(f"{spec}: pairs lack column(s) {sorted(missing)}; expected lrat mine output")
+        _check_columns(spec, table.column_names)
+        _check_weights(spec, table.column("weight"), lambda row, t=table: t.column("query")[row].as_py())
         rows.extend(_pair_row(row, spec) for row in table.to_pylist())
     if not rows:
         raise LratError(f"no pairs in {config.pairs}")
-    for row in rows:
-        weight = row["weight"]
-        if weight is None or not math.isfinite(weight) or weight < 0:
-            raise LratError(f"{row['source']}: pair for query {row['query']!r:.60} has weight {weight}; "
-                            "weights must be finite and non-negative")
     weights, keep = ablation_weights([r["weight"] for r in rows], [r["relevant"] for r in rows], config.ablation)
     examples = [_example(row, float(weight), texts) for row, weight, kept in zip(rows, weights, keep) if kept]
     if not examples:
@@ -88,19 +81,11 @@ def _pair_stats(sources, ablation: str) -> tuple[int, float, list[list[str]]]:
     for spec, fs, path in sources:
         dataset = pads.dataset(path, filesystem=fs, format="parquet")
         present.append([c for c in PAIR_COLUMNS if c in dataset.schema.names])
-        missing = {"query", "positive_id", "negative_ids", "weight"} - set(dataset.schema.names)
-        if missing:
-            raise LratError(f"{spec}: pairs lack column(s) {sorted(missing)}; expected lrat mine output")
+        _check_columns(spec, dataset.schema.names)
         columns = ["weight", "relevant"] if "relevant" in dataset.schema.names else ["weight"]
         table = dataset.to_table(columns=columns)
         weight = table.column("weight")
-        bad = pc.or_kleene(pc.or_kleene(pc.is_null(weight), pc.is_nan(weight)),
-                           pc.or_kleene(pc.less(weight, 0), pc.is_inf(weight)))
-        if pc.any(bad).as_py():
-            row = pc.index(bad, True).as_py()
-            query = dataset.to_table(columns=["query"]).column("query")[row].as_py()
-            raise LratError(f"{spec}: pair for query {query!r:.60} has weight {weight[row].as_py()}; "
-                            "weights must be finite and non-negative")
+        _check_weights(spec, weight, lambda row, d=dataset: d.to_table(columns=["query"]).column("query")[row].as_py())
         keep = _keep_mask(table.column("relevant") if "relevant" in columns else None, len(table), ablation)
         rows += len(table)
         count += pc.sum(keep).as_py() or 0
@@ -110,6 +95,28 @@ def _pair_stats(sources, ablation: str) -> tuple[int, float, list[list[str]]]:
     if not count:
         raise LratError(f"every pair was filtered out by ablation {ablation!r}")
     return count, total / count, present
+
+
+REQUIRED_COLUMNS = ("query", "positive_id", "negative_ids", "weight")
+
+
+def _check_columns(spec: str, names) -> None:
+    missing = set(REQUIRED_COLUMNS) - set(names)
+    if missing:
+        raise LratError(f"{spec}: pairs lack column(s) {sorted(missing)}; expected lrat mine output")
+
+
+def _check_weights(spec: str, weight, query_at) -> None:
+    """Every weight finite and non-negative, else an error naming the file and the pair's query
+    (``query_at(row)``, read only then). The one check of pair weights, over an Arrow column."""
+    import pyarrow.compute as pc
+
+    bad = pc.or_kleene(pc.or_kleene(pc.is_null(weight), pc.is_nan(weight)),
+                       pc.or_kleene(pc.less(weight, 0), pc.is_inf(weight)))
+    if pc.any(bad).as_py():
+        row = pc.index(bad, True).as_py()
+        raise LratError(f"{spec}: pair for query {query_at(row)!r:.60} has weight {weight[row].as_py()}; "
+                        "weights must be finite and non-negative")
 
 
 def _keep_mask(relevant, length: int, ablation: str):
@@ -171,6 +178,8 @@ def _example(row: dict, weight: float, texts: dict[str, str] | None) -> dict:
 
 
 def _official_rows(path: str) -> list[dict]:
+    import pyarrow as pa
+
     rows = []
     for position, record in storage.iter_records(path):
         if isinstance(record, Exception):
@@ -184,6 +193,11 @@ def _official_rows(path: str) -> list[dict]:
                      "negative_ids": neg_ids, "negative_texts": record["neg"],
                      "weight": record.get("reweight_rate", 1.0), "relevant": record.get("satisfied"),
                      "source": path})
+    try:
+        weights = pa.array([r["weight"] for r in rows], pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise LratError(f"{path}: reweight_rate must be a number ({exc})") from None
+    _check_weights(path, weights, lambda row: rows[row]["query"])
     return rows
 
 

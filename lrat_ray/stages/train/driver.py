@@ -20,7 +20,7 @@ from lrat_ray.infra.stage_run import default_storage_path
 from lrat_ray.stages.train.config import TrainConfig
 from lrat_ray.stages.train.data import EXAMPLE_COLUMNS, example_dataset, group_texts
 from lrat_ray.stages.train.optimizer import build_optimizer, optimizer_step, to_bf16_weights
-from lrat_ray.stages.train.step import StepRunner
+from lrat_ray.stages.train.step import step_runner
 from lrat_ray.stages.train.worker import _starting_model, resolve_device_options, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def fit_in_process(config: TrainConfig, examples: list[dict], steps: int, output
         to_bf16_weights(model)
     params, optimizer, scheduler = build_optimizer(model, config, steps, config.bf16_weights)
     model.train()
-    runner = StepRunner(model, tokenizer, spec, config, torch.device("cpu"))
+    runner = step_runner(model, tokenizer, spec, config, torch.device("cpu"))
     order_rng = random.Random(config.seed)
     stream: list[dict] = []
     losses = []

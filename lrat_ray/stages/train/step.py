@@ -1,5 +1,5 @@
-"""One training step: forward, weighted InfoNCE with gathered negatives, backward — plainly or with
-GradCache (representations first without gradients, then chunk by chunk with the cached gradient)."""
+"""One training step: forward, weighted InfoNCE with gathered negatives, backward (the plain
+step; GradCache's is :mod:`lrat_ray.stages.train.grad_cache`, chosen by :func:`step_runner`)."""
 
 from __future__ import annotations
 
@@ -7,37 +7,6 @@ import functools
 from dataclasses import dataclass
 
 from lrat_ray.stages.train.config import TrainConfig
-
-
-class RandomState:
-    """torch's CPU (and current CUDA device's) random state, to replay a forward pass exactly."""
-
-    def __init__(self, cpu, cuda, device):
-        self.cpu, self.cuda, self.device = cpu, cuda, device
-
-    @classmethod
-    def capture(cls, device) -> RandomState:
-        import torch
-
-        cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        return cls(torch.get_rng_state(), cuda, device)
-
-    def replay(self):
-        """A context in which torch draws the same numbers as after :meth:`capture`; the global
-        state is restored afterwards."""
-        import contextlib
-
-        import torch
-
-        @contextlib.contextmanager
-        def replaying():
-            with torch.random.fork_rng(devices=[self.device] if self.cuda is not None else []):
-                torch.set_rng_state(self.cpu)
-                if self.cuda is not None:
-                    torch.cuda.set_rng_state(self.cuda, self.device)
-                yield
-
-        return replaying()
 
 
 @functools.cache
@@ -137,8 +106,17 @@ class Prepared:
                         self.weights.to(device, non_blocking=True), self.mask.to(device, non_blocking=True))
 
 
+def step_runner(model, tokenizer, spec, config: TrainConfig, device) -> StepRunner:
+    """The step for ``config``: GradCache's when ``grad_cache_chunk`` is set, else the plain one."""
+    if config.grad_cache_chunk:
+        from lrat_ray.stages.train.grad_cache import GradCacheStepRunner
+
+        return GradCacheStepRunner(model, tokenizer, spec, config, device)
+    return StepRunner(model, tokenizer, spec, config, device)
+
+
 class StepRunner:
-    """Forward + loss + backward for one micro-batch, with or without GradCache.
+    """Forward + loss + backward for one micro-batch, the whole batch in one pass.
 
     ``prepare`` (tokenization, tensors on the host) and ``run_prepared`` (device work) are apart so
     that the first can run ahead of the step in a thread (:func:`prefetched`); ``run`` does both."""
@@ -162,18 +140,13 @@ class StepRunner:
                                        padding=True, return_tensors="pt") for group in groups], groups)
 
     def prepare(self, queries, documents, mask, weights) -> Prepared:
-        """Tokenize a micro-batch (instructions and EOS as the spec says). Host tensors, pinned when
+        """Tokenize a micro-batch (instructions and EOS as the spec says), one side's texts per unit
+        (:meth:`_units_of`). Host tensors, pinned when
         the step runs on CUDA so that the copy in :meth:`run_prepared` does not block."""
         import torch
 
-        q_texts = [self.spec.format_query(t) for t in queries]
-        d_texts = [self.spec.format_document(t) for t in documents]
-        size = self.config.grad_cache_chunk
-        if size:
-            q_sides = [q_texts[i:i + size] for i in range(0, len(q_texts), size)]
-            d_sides = [d_texts[i:i + size] for i in range(0, len(d_texts), size)]
-        else:
-            q_sides, d_sides = [q_texts], [d_texts]
+        q_sides = self._units_of([self.spec.format_query(t) for t in queries])
+        d_sides = self._units_of([self.spec.format_document(t) for t in documents])
         units = [self._tokenize(t, self.spec.query_max_length) for t in q_sides] + \
                 [self._tokenize(t, self.spec.document_max_length) for t in d_sides]
         prepared = Prepared(units, len(q_sides), torch.tensor(weights, dtype=torch.float32),
@@ -182,6 +155,10 @@ class StepRunner:
             prepared.units = [unit.pin_memory() for unit in units]
             prepared.weights, prepared.mask = prepared.weights.pin_memory(), prepared.mask.pin_memory()
         return prepared
+
+    def _units_of(self, texts: list[str]) -> list[list[str]]:
+        """The texts of one side as the units encoded together: all of them in the plain step."""
+        return [texts]
 
     # -- device side: tokens -> embeddings -> loss -------------------------------------------------
     def _encode(self, units: list):
@@ -223,50 +200,12 @@ class StepRunner:
         from lrat_ray.core.loss import distributed_loss
 
         prepared = prepared.to(self.device)
-        if not self.config.grad_cache_chunk:
-            with self._autocast():
-                q, d = self._encode(prepared.units)
-                value, loss = distributed_loss(q.float(), d.float(), prepared.weights, prepared.mask,
-                                               self.config.temperature, self.config.group_size,
-                                               self.config.normalization)
-            backward(value)
-            return loss.detach()
-        return self._run_grad_cache(prepared, backward)
-
-    def _run_grad_cache(self, prepared: Prepared, backward):
-        """GradCache (Gao et al., 2021): same gradients as one big batch, memory of one chunk."""
-        import contextlib
-
-        import torch
-
-        from lrat_ray.core.loss import distributed_loss
-
-        units = prepared.units
-        # Each chunk's random state (dropout) is saved before its first pass and replayed in the
-        # second, so the re-encoded representations are the ones the loss was differentiated at.
-        states = []
-        with torch.no_grad(), self._autocast():
-            reps = []
-            for unit in units:
-                states.append(RandomState.capture(self.device))
-                reps.append(self._encode([unit])[0].float())
-        q = torch.cat(reps[:prepared.query_units])
-        d = torch.cat(reps[prepared.query_units:])
-        q.requires_grad_(True)
-        d.requires_grad_(True)
-        value, loss = distributed_loss(q, d, prepared.weights, prepared.mask, self.config.temperature,
-                                       self.config.group_size, self.config.normalization)
-        value.backward()
-        grads = torch.cat([q.grad, d.grad])
-        offset = 0
-        for index, (unit, state) in enumerate(zip(units, states)):
-            last = index == len(units) - 1
-            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            with sync, state.replay(), self._autocast():
-                reps = self._encode([unit])[0].float()
-                surrogate = (reps * grads[offset:offset + len(reps)]).sum()
-            backward(surrogate)
-            offset += len(reps)
+        with self._autocast():
+            q, d = self._encode(prepared.units)
+            value, loss = distributed_loss(q.float(), d.float(), prepared.weights, prepared.mask,
+                                           self.config.temperature, self.config.group_size,
+                                           self.config.normalization)
+        backward(value)
         return loss.detach()
 
     def _autocast(self):

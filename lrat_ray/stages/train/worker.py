@@ -21,7 +21,7 @@ from lrat_ray.stages.train.data import group_texts
 from lrat_ray.stages.train.optimizer import build_optimizer, optimizer_step, to_bf16_weights
 from lrat_ray.stages.train.prefetch import prefetched
 from lrat_ray.stages.train.regional_compile import compile_layers
-from lrat_ray.stages.train.step import StepRunner, pair_forward, unwrap
+from lrat_ray.stages.train.step import pair_forward, step_runner, unwrap
 
 SHUFFLE_BUFFER = 4096  # rows each worker reshuffles at a time after the first epoch
 
@@ -69,7 +69,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     model_for_forward.train()
-    runner = StepRunner(model_for_forward, tokenizer, spec, config, device)
+    runner = step_runner(model_for_forward, tokenizer, spec, config, device)
 
     if start_step >= total_steps:  # finished before the driver died: hand back the final checkpoint
         ray.train.report({**state.get("metrics", {"step": start_step}), "resumed_from_step": start_step},

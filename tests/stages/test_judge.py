@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 
@@ -64,7 +65,7 @@ def test_openai_answers_retries_and_failure_policy():
     with ScriptedOpenAI() as server:
         config = JudgeConfig(output="-", pairs="-", backend="openai", model="judge", endpoint=server.url,
                              retries=2, concurrency=2)
-        answered = OpenAIAnswers(vars(config))(add_prompts(batch, config))
+        answered = OpenAIAnswers(dataclasses.asdict(config))(add_prompts(batch, config))
         assert server.calls == 7  # one retry each for the 500 and the 503 with Retry-After
     labelled = label_answers(answered, config, output_schema(PAIR_SCHEMA)).to_pylist()
     assert [r["judge_status"] for r in labelled] == ["ok", "ok", "unparseable", "ok", "ok"]
@@ -77,7 +78,7 @@ def test_openai_answers_retries_and_failure_policy():
 def test_unreachable_endpoint_counts_failures():
     config = JudgeConfig(output="-", pairs="-", backend="openai", model="m", endpoint="http://127.0.0.1:9/v1",
                          retries=1, timeout_s=2)
-    answered = OpenAIAnswers(vars(config))(add_prompts(_pairs("fine"), config))
+    answered = OpenAIAnswers(dataclasses.asdict(config))(add_prompts(_pairs("fine"), config))
     (row,) = label_answers(answered, config, output_schema(PAIR_SCHEMA)).to_pylist()
     assert row["judge_status"] == "failed" and row["relevant"] is True
     assert "gave up after 2 attempts" in row["judge_raw"]

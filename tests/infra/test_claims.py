@@ -35,8 +35,8 @@ WRITER = textwrap.dedent("""
 def _write(config):
     os.makedirs(config.output, exist_ok=True)
     with open(os.path.join(config.output, "part.txt"), "a") as fh:
-        fh.write(f"\n{config.negatives}")
-    return {"negatives": config.negatives}
+        fh.write(f"\n{config.negative_mode}")
+    return {"negatives": config.negative_mode}
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_a_second_writer_is_refused_while_the_first_lives_then_a_killed_run_resu
         run_stage("mine", config, _write)
     assert time.monotonic() - started >= 1.0  # it waited for the lock before refusing
     with pytest.raises(LratError, match=rf"pid {child.pid}"):  # another version is refused the same way
-        run_stage("mine", dataclasses.replace(config, negatives="since-last-positive"), _write)
+        run_stage("mine", dataclasses.replace(config, negative_mode="since-last-positive"), _write)
     assert open(os.path.join(config.output, "part.txt")).read() == "written by the first run"  # untouched
 
     child.send_signal(signal.SIGKILL)  # a crash: no exception handler runs, the claim still says running
@@ -76,7 +76,7 @@ def test_a_killed_run_is_cleared_by_a_run_of_another_version(running_writer):
     child, config = running_writer
     child.send_signal(signal.SIGKILL)
     child.wait()
-    other = dataclasses.replace(config, negatives="since-last-positive")
+    other = dataclasses.replace(config, negative_mode="since-last-positive")
     done = run_stage("mine", other, _write)
     assert done.result == {"negatives": "since-last-positive"}
     assert open(os.path.join(config.output, "part.txt")).read() == "\nsince-last-positive"  # the old file went

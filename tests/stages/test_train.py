@@ -12,13 +12,14 @@ from lrat_ray.core.pairs import PAIR_SCHEMA
 from lrat_ray.infra.errors import LratError
 from lrat_ray.infra.runtime import free_port
 from lrat_ray.stages.train import (
-    StepRunner,
+    GradCacheStepRunner,
     TrainConfig,
     deepspeed_config,
     dropout,
     group_texts,
     load_examples,
     run_train,
+    step_runner,
 )
 
 SAMPLE = SHARED_DATA / "lrat" / "train_pairs_sample.jsonl"
@@ -88,6 +89,12 @@ def test_bad_training_input(tmp_path):
     empty.write_text("")
     with pytest.raises(LratError, match="no pairs"):
         load_examples(TrainConfig(pairs=[str(empty)], output="x"))
+    # Official LRAT JSONL goes through the same weight check, naming the file and the query.
+    official = tmp_path / "official.jsonl"
+    official.write_text("\n".join(json.dumps({"query": q, "pos": ["p"], "neg": ["n"], "reweight_rate": w})
+                                   for q, w in (("fine", 0.5), ("the bad one", -0.25))) + "\n")
+    with pytest.raises(LratError, match=r"official\.jsonl: pair for query 'the bad one' has weight -0\.25"):
+        load_examples(TrainConfig(pairs=[str(official)], output="x"))
     with pytest.raises(LratError, match="does not load"):
         run_train(TrainConfig(pairs=[str(SAMPLE)], output=str(tmp_path / "m"), model=str(tmp_path / "nope")))
     assert not (tmp_path / "m").exists()
@@ -105,7 +112,7 @@ def _runner(config, fast_dropout=False):
         dropout.install(model)
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
     spec = spec_for("embedded", document_max_length=64)
-    return StepRunner(model, tokenizer, spec, config, torch.device("cpu")), model
+    return step_runner(model, tokenizer, spec, config, torch.device("cpu")), model
 
 
 def test_grad_cache_equals_no_caching():
@@ -117,6 +124,7 @@ def test_grad_cache_equals_no_caching():
     grads, losses = [], []
     for chunk in (None, 3):
         runner, model = _runner(TrainConfig(pairs=["x"], output="x", group_size=3, grad_cache_chunk=chunk))
+        assert isinstance(runner, GradCacheStepRunner) == bool(chunk)  # the step the config chose
         losses.append(runner.run(*texts, backward=lambda v: v.backward()))
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
@@ -283,7 +291,8 @@ def test_lora_trains_only_adapters_and_merges_on_save(tmp_path):
     assert trainable and all("lora_" in n for n in trainable)
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
     spec = spec_for("embedded", document_max_length=64)
-    runner = StepRunner(model, tokenizer, spec, TrainConfig(pairs=["x"], output="x", group_size=2), torch.device("cpu"))
+    config = TrainConfig(pairs=["x"], output="x", group_size=2)
+    runner = step_runner(model, tokenizer, spec, config, torch.device("cpu"))
     examples = load_examples(TrainConfig(pairs=[str(SAMPLE)], output="x"))[:4]
     batch = {k: [e[k] for e in examples] for k in ("query", "positive", "negatives", "weight")}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -316,7 +325,7 @@ def test_grouped_and_paired_encoding_equal_one_padded_batch():
 
     from lrat_ray.models.embedded import embedded_model_path
     from lrat_ray.models.encoder import load_transformer, spec_for
-    from lrat_ray.stages.train.step import StepRunner, length_groups, pair_forward, unwrap
+    from lrat_ray.stages.train.step import length_groups, pair_forward, step_runner, unwrap
 
     path = embedded_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -331,7 +340,7 @@ def test_grouped_and_paired_encoding_equal_one_padded_batch():
         torch.manual_seed(0)
         model = load_transformer(path).eval()  # no dropout: the paths must agree exactly
         config = TrainConfig(pairs=["-"], output="-", group_size=1, length_groups=groups)
-        runner = StepRunner(pair_forward(model) if wrap else model, tokenizer, spec, config, torch.device("cpu"))
+        runner = step_runner(pair_forward(model) if wrap else model, tokenizer, spec, config, torch.device("cpu"))
         assert runner.paired == wrap and unwrap(runner.model) is model
         q, d = runner._encode(runner.prepare(queries, documents, [True] * 12, [1.0] * 12).units)
         (q @ d.T * torch.arange(1.0, 13.0)).sum().backward()

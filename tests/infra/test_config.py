@@ -13,7 +13,7 @@ def test_yaml_then_command_line_precedence(tmp_path):
     resolved = resolve(MineConfig, args, str(config), "mine")
     assert (resolved.input, resolved.output, resolved.workers, resolved.exclude_browsed) == (
         ["a.jsonl"], "out", 8, False)
-    assert resolved.negatives == "attributed"  # untouched default
+    assert resolved.negative_mode == "attributed"  # untouched default
 
 
 def test_unknown_yaml_key_and_missing_required_option(tmp_path):
@@ -29,7 +29,40 @@ def test_unknown_yaml_key_and_missing_required_option(tmp_path):
 
 def test_choices_are_enforced_on_the_command_line():
     with pytest.raises(SystemExit):
+        build_parser().parse_args(["mine", "--input", "x", "--output", "y", "--negative-mode", "random"])
+    with pytest.raises(SystemExit):  # the old name too
         build_parser().parse_args(["mine", "--input", "x", "--output", "y", "--negatives", "random"])
+
+
+def test_renamed_options_are_still_read_under_their_old_names_with_a_message(tmp_path, caplog):
+    from lrat_ray.experiments.flywheel import FlywheelConfig
+    from lrat_ray.stages.pairs_from_qrels import PairsFromQrelsConfig
+
+    config = tmp_path / "c.yaml"
+    config.write_text("input: [a]\noutput: o\nnegatives: since-last-positive\n")
+    with caplog.at_level("WARNING"):
+        assert resolve(MineConfig, {}, str(config)).negative_mode == "since-last-positive"
+    assert f"config {config}: option 'negatives' is now called 'negative_mode'" in caplog.text
+    args = build_parser().parse_args(["pairs-from-qrels", "--index", "i", "--queries", "q", "--qrels", "r",
+                                      "--output", "o", "--negatives", "5"])
+    assert resolve(PairsFromQrelsConfig, args).negative_count == 5
+    flywheel = resolve(FlywheelConfig, {"corpus": ["c"], "queries": "q", "train_qrels": "t",
+                                        "mine": {"negatives": "since-last-positive"}})
+    assert flywheel.stage_config("mine", input=["r"], output="m").negative_mode == "since-last-positive"
+    config.write_text("input: [a]\noutput: o\nnegatives: attributed\nnegative_mode: attributed\n")
+    with pytest.raises(LratError, match="both 'negatives' and its new name 'negative_mode'"):
+        resolve(MineConfig, {}, str(config))
+
+
+def test_a_validated_config_is_frozen():
+    import dataclasses
+
+    config = MineConfig(input=["a"], output="o")
+    with pytest.raises(dataclasses.FrozenInstanceError, match="MineConfig.workers: a validated config is frozen"):
+        config.workers = 3
+    assert dataclasses.replace(config, workers=3).workers == 3 and config.workers is None
+    with pytest.raises(ValueError, match="minimum 1"):
+        dataclasses.replace(config, workers=0)  # a replaced config is validated again
 
 
 def test_choices_are_enforced_in_yaml_and_in_every_flywheel_section(tmp_path):
@@ -42,7 +75,7 @@ def test_choices_are_enforced_in_yaml_and_in_every_flywheel_section(tmp_path):
         resolve(JudgeConfig, {}, str(config), "judge")
     base = {"corpus": ["c"], "queries": "q", "train_qrels": "t"}
     for section, value, named in (("judge", {"backend": "vlm"}, "backend"),
-                                  ("mine", {"negatives": "random"}, "negatives"),
+                                  ("mine", {"negatives": "random"}, "negative_mode"),
                                   ("train", {"backend": "horovod"}, "backend"), ("agent", {"kind": "robot"}, "kind"),
                                   ("train", {"learning_rat": 1}, "unknown option.*learning_rat"),
                                   ("train", {"pairs": ["x"]}, r"\['pairs'\] are set by FlywheelConfig"),

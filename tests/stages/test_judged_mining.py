@@ -54,7 +54,7 @@ def test_judge_events_then_mine_with_labels_equals_the_official_builder(ray_sess
     write_runs(runs, official["trajectories"], official["generator_seed"], shards=4)
     report = run_judge(JudgeConfig(events=[str(runs)], output=str(tmp_path / "judged"), backend="keyword"))
     assert report["labels"] == report["ok"] == report["relevant"] + report["irrelevant"]
-    run_mine(MineConfig(input=[str(runs)], output=str(tmp_path / "mined"), negatives="since-last-positive",
+    run_mine(MineConfig(input=[str(runs)], output=str(tmp_path / "mined"), negative_mode="since-last-positive",
                         labels=str(tmp_path / "judged"), zero_length="neutral", workers=2))
     rows = pads.dataset(str(tmp_path / "mined" / "pairs"), format="parquet").to_table().to_pylist()
     rows.sort(key=lambda r: (int(r["trajectory_id"].rsplit("-", 1)[1]), r["browse_turn"]))
@@ -79,4 +79,4 @@ def test_mine_refuses_labels_of_other_trajectories(ray_session, tmp_path):
     run_judge(JudgeConfig(events=[str(judged_runs)], output=str(tmp_path / "judged"), backend="keyword"))
     with pytest.raises(LratError, match="no judge label for trajectory 'gen-2-"):
         run_mine(MineConfig(input=[str(other_runs)], output=str(tmp_path / "mined"),
-                            negatives="since-last-positive", labels=str(tmp_path / "judged")))
+                            negative_mode="since-last-positive", labels=str(tmp_path / "judged")))

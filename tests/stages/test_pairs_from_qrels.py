@@ -15,7 +15,7 @@ from lrat_ray.stages.train import TrainConfig, load_examples
 def test_pairs_from_qrels_on_real_judgments(msmarco_index, msmarco_slice, tmp_path):
     out = tmp_path / "pairs-from-qrels"
     assert main(["pairs-from-qrels", "--index", str(msmarco_index), "--queries", str(msmarco_slice / "queries.jsonl"),
-                 "--qrels", str(msmarco_slice / "qrels.tsv"), "--output", str(out), "--negatives", "5",
+                 "--qrels", str(msmarco_slice / "qrels.tsv"), "--output", str(out), "--negative-count", "5",
                  "--depth", "30", "--rel-threshold", "2"]) == 0
     rows = pq.read_table(out / "pairs" / "part-0.parquet").to_pylist()
     qrels = load_qrels(str(msmarco_slice / "qrels.tsv"))

@@ -93,7 +93,7 @@ def test_training_step_packed_equals_padded(variant):
     behind PairForward (DDP's and DeepSpeed's one forward per step), with LoRA adapters, and for
     the causal decoder."""
     from lrat_ray.stages.train import TrainConfig
-    from lrat_ray.stages.train.step import StepRunner, pair_forward
+    from lrat_ray.stages.train.step import pair_forward, step_runner
     from lrat_ray.stages.train.worker import _with_lora
 
     spec, tokenizer, model = qwen3() if variant == "decoder" else minilm()
@@ -108,7 +108,7 @@ def test_training_step_packed_equals_padded(variant):
                              grad_cache_chunk=3 if variant == "grad-cache" else None, temperature=0.05, bf16=False)
         if packing:
             install(tower)
-        runner = StepRunner(pair_forward(tower) if variant == "pair-forward" else tower, tokenizer, spec, config,
+        runner = step_runner(pair_forward(tower) if variant == "pair-forward" else tower, tokenizer, spec, config,
                             torch.device("cpu"))
         assert runner.paired is (variant == "pair-forward")
         loss = runner.run(queries, documents, [True] * 6, [1.0, 0.5, 2.0], lambda value: value.backward())

@@ -14,15 +14,15 @@ import torch
 from lrat_ray.stages.train import TrainConfig, checkpointing
 from lrat_ray.stages.train.prefetch import prefetched
 from lrat_ray.stages.train.regional_compile import compile_layers, layer_list
-from lrat_ray.stages.train.step import StepRunner
-from tests.test_packing import TEXTS, minilm, qwen3
+from lrat_ray.stages.train.step import step_runner
+from tests.models.test_packing import TEXTS, minilm, qwen3
 
 QUERIES = ["vitamin D fractures", "BRCA1 breast cancer", "aspirin colorectal", "statins LDL"]
 
 
 def _step_grads(model, tokenizer, spec, seed, **options):
     config = TrainConfig(pairs=["-"], output="-", group_size=1, length_groups=1, **options)
-    runner = StepRunner(model, tokenizer, spec, config, torch.device("cpu"))
+    runner = step_runner(model, tokenizer, spec, config, torch.device("cpu"))
     model.zero_grad()
     torch.manual_seed(seed)
     loss = runner.run(QUERIES, TEXTS[:4], [True] * 4, [1.0, 0.5, 2.0, 1.0], lambda value: value.backward())
@@ -143,7 +143,7 @@ def test_a_step_prepared_in_another_thread_equals_one_prepared_inline():
     losses = {}
     for depth in (0, 2):
         model = copy.deepcopy(base)
-        runner = StepRunner(model, tokenizer, spec, config, torch.device("cpu"))
+        runner = step_runner(model, tokenizer, spec, config, torch.device("cpu"))
         work = (runner.prepare(q, d, [True] * 4, [1.0] * 4) for q, d in batches)
         losses[depth] = [float(runner.run_prepared(p, lambda v: v.backward())) for p in prefetched(work, depth)]
     assert losses[0] == losses[2] and len(set(losses[0])) == 3

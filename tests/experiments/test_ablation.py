@@ -1,5 +1,6 @@
 """``lrat ablation`` on a real SciFact slice (small: two seeds, a few steps), and its statistics."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -131,7 +132,7 @@ def test_ablation_end_to_end_on_a_scifact_slice_resumes_and_guards_its_output(sc
                             output=str(tmp_path / "ablation"), seeds=[0, 1], train_tasks=20,
                             arms=["oracle", "naive", "reweight"], control_arms=["naive", "reweight"], steps=2,
                             batch=4, document_max_length=32, bf16=False, agent={"max_turns": 2})
-    pilot = run_ablation(AblationConfig(**{**config.__dict__, "pilot": True}))
+    pilot = run_ablation(dataclasses.replace(config, pilot=True))
     assert set(pilot["scores"]) == {"oracle/order-0", "naive/order-0", "reweight/order-0", "naive/order-1000",
                                     "reweight/order-1000"}
     assert pilot["sd_of_difference"] >= 0 and pilot["seeds_needed_80"]
@@ -163,4 +164,4 @@ def test_ablation_end_to_end_on_a_scifact_slice_resumes_and_guards_its_output(sc
     assert arm_file.stat().st_mtime_ns == before
     assert json.dumps(again["rows"], sort_keys=True) == json.dumps(report["rows"], sort_keys=True)
     with pytest.raises(LratError, match="other settings.*steps"):
-        run_ablation(AblationConfig(**{**config.__dict__, "steps": 3}))
+        run_ablation(dataclasses.replace(config, steps=3))

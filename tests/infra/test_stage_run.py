@@ -32,10 +32,10 @@ class Recorder:
         self.calls += 1
         os.makedirs(config.output, exist_ok=True)
         with open(os.path.join(config.output, "part.txt"), "w") as fh:
-            fh.write(config.negatives)
+            fh.write(config.negative_mode)
         if self.fail_with:
             raise self.fail_with
-        return {"negatives": config.negatives, "calls": self.calls}
+        return {"negatives": config.negative_mode, "calls": self.calls}
 
 
 def test_version_key_follows_content_not_runtime_options(inputs):
@@ -43,7 +43,7 @@ def test_version_key_follows_content_not_runtime_options(inputs):
     key = stage_key("mine", base)
     assert stage_key("mine", dataclasses.replace(base, workers=7, resources={"cpu_stage": 1}, address="x:1",
                                                  files_per_task=3, output="elsewhere")) == key
-    assert stage_key("mine", dataclasses.replace(base, negatives="since-last-positive")) != key
+    assert stage_key("mine", dataclasses.replace(base, negative_mode="since-last-positive")) != key
     assert stage_key("judge", base) != key
     first = sorted(inputs.iterdir())[0]
     first.write_text(first.read_text() + "\n")  # the input changed: a new version
@@ -62,7 +62,7 @@ def test_finished_output_is_reused_and_other_versions_refused(inputs, tmp_path):
     again = run_stage("mine", dataclasses.replace(config, workers=1), stage)  # runtime options differ only
     assert again.skipped and again.result == done.result and stage.calls == 1
 
-    other = dataclasses.replace(config, output=done.output, negatives="since-last-positive")
+    other = dataclasses.replace(config, output=done.output, negative_mode="since-last-positive")
     with pytest.raises(LratError, match="immutable"):
         run_stage("mine", other, stage)
     placed = run_stage("mine", dataclasses.replace(other, output=config.output), stage)  # {version}: a new dir
@@ -84,7 +84,7 @@ def test_failed_run_is_resumed_or_cleared_and_bad_starts_leave_nothing(inputs, t
     with pytest.raises(LratError, match="bad record"):
         run_stage("mine", failing, Recorder(fail_with=LratError("bad record")))
     corrected = Recorder()
-    done = run_stage("mine", dataclasses.replace(failing, strict=False, negatives="since-last-positive"), corrected)
+    done = run_stage("mine", dataclasses.replace(failing, strict=False, negative_mode="since-last-positive"), corrected)
     assert corrected.calls == 1 and done.result["negatives"] == "since-last-positive"
     assert (tmp_path / "strict" / "part.txt").read_text() == "since-last-positive"
 
