@@ -93,9 +93,9 @@ class FlywheelConfig:
                           help="IndexConfig options of every index built (workers: 2 unless set; index_type, "
                                "batch_size, bf16, ...)")
     mine: dict = section(STAGES["mine"].config_class, set_by=("input", "output", "labels"),
-                         help="MineConfig options (negatives, tokenizer, zero_length, workers: 1 unless set, ...); "
-                              "with negatives since-last-positive the browse events are judged first and mined "
-                              "with the labels")
+                         help="MineConfig options (negative_mode, tokenizer, zero_length, workers: 1 unless set, "
+                              "...); with negative_mode since-last-positive the browse events are judged first "
+                              "and mined with the labels")
     judge: dict = section(STAGES["judge"].config_class, set_by=("pairs", "events", "output"),
                           help="JudgeConfig options (backend: keyword unless set, model, prompt, guided, "
                                "on_failure, concurrency, endpoint, ...)")

@@ -1,16 +1,19 @@
 """One OpenAI-compatible chat client for the judge, the agents and the grader.
 
 Every LLM call of the project that goes over HTTP (a vLLM or SGLang server, Ray Serve LLM, a hosted
-API) goes through :class:`ChatClient`: a bearer token from an environment variable, a timeout per
-call, and retries with exponential backoff on transport errors, 429 and 5xx answers (a
-``Retry-After`` header is honoured, so a server that sheds load is waited for, not hammered). A 4xx
-other than 429 is the caller's mistake and is raised at once. Both an async API (the judge sends
-many prompts at once) and a blocking one (an agent takes one step at a time) share the policy.
+API) goes through :class:`ChatClient`, a thin layer over the ``openai`` package's clients (sync
+and async), which time out per call and retry transport errors, timeouts, 408/409/429 and 5xx
+answers with exponential backoff, honouring ``Retry-After`` (a server that sheds load is waited
+for, not hammered). A 4xx other than those is the caller's mistake and is raised at once. This
+layer adds what the project records: one error type naming the endpoint (:class:`ChatError`), the
+assistant message as a plain dict, and the tokens and seconds the answered calls cost.
+
+:func:`retry_delay` and :func:`bearer_headers` are the same policy for the retriever's own HTTP API
+(the agents' retriever client, the benchmarks).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import time
@@ -34,15 +37,7 @@ class ChatEndpoint:
     model: str
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 120.0
-    retries: int = 3
-    backoff_s: float = 0.5
-
-    def headers(self) -> dict[str, str]:
-        return bearer_headers(os.environ.get(self.api_key_env) or None)
-
-
-def _retryable(status: int) -> bool:
-    return status == 429 or status >= 500
+    retries: int = 3  # retries after the first attempt (the openai clients' max_retries)
 
 
 def retry_delay(attempt: int, retry_after: str | None, backoff_s: float = 0.5) -> float:
@@ -57,26 +52,13 @@ def retry_delay(attempt: int, retry_after: str | None, backoff_s: float = 0.5) -
     return min(backoff_s * 2 ** attempt, 30.0) * (0.5 + random.random())
 
 
-def _delay(endpoint: ChatEndpoint, attempt: int, retry_after: str | None) -> float:
-    return retry_delay(attempt, retry_after, endpoint.backoff_s)
-
-
-def _retry_reason(response) -> tuple[str, str | None]:
-    return f"HTTP {response.status_code}: {response.text[:200]}", response.headers.get("retry-after")
-
-
-def _message(payload: dict) -> dict:
+def _message(completion) -> dict:
     try:
-        return payload["choices"][0]["message"]
-    except (KeyError, IndexError, TypeError):
-        raise ChatError(f"malformed chat completion: {str(payload)[:300]}") from None
-
-
-def _has_elapsed(response) -> bool:
-    try:
-        return response.elapsed is not None  # set once httpx has read the whole response; absent on hand-built ones
-    except RuntimeError:
-        return False
+        message = completion.choices[0].message
+    except (AttributeError, IndexError, TypeError):
+        raise ChatError(f"malformed chat completion: {str(completion)[:300]}") from None
+    # A plain dict as the server sent it (extra fields such as vLLM's reasoning_content kept).
+    return message.model_dump(exclude_none=True)
 
 
 def usage_rate(usage: dict) -> float | None:
@@ -93,76 +75,68 @@ class ChatClient:
         # seconds spent waiting for them. A run records it; on a slow machine its rate says why.
         self.usage = {"calls": 0, "completion_tokens": 0, "seconds": 0.0}
 
-    def _body(self, messages: list[dict], params: dict) -> dict:
-        return {"model": self.endpoint.model, "messages": messages, **params}
+    def _client_options(self) -> dict:
+        # The openai clients need a key; a server without authentication ignores a placeholder.
+        return {"base_url": self.endpoint.base_url.rstrip("/"), "timeout": self.endpoint.timeout_s,
+                "api_key": os.environ.get(self.endpoint.api_key_env) or "no-key", "max_retries": self.endpoint.retries}
+
+    def session(self):
+        """A blocking ``openai.OpenAI`` client (a context manager) to share between calls."""
+        import openai
+
+        return openai.OpenAI(**self._client_options())
+
+    def async_session(self):
+        """An ``openai.AsyncOpenAI`` client (an async context manager) to share between calls."""
+        import openai
+
+        return openai.AsyncOpenAI(**self._client_options())
 
     async def chat(self, messages: list[dict], client=None, **params) -> dict:
-        """One completion; pass a shared ``httpx.AsyncClient`` from :meth:`async_session` when sending many."""
+        """One completion; pass a shared client from :meth:`async_session` when sending many."""
+        import openai
+
         if client is None:
             async with self.async_session() as own:
                 return await self.chat(messages, own, **params)
-        import httpx
-
-        last = "no attempt"
-        for attempt in range(self.endpoint.retries + 1):
-            retry_after = None
-            try:
-                response = await client.post("/chat/completions", json=self._body(messages, params))
-                if not _retryable(response.status_code):
-                    return self._answer(response)
-                last, retry_after = _retry_reason(response)
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            if attempt < self.endpoint.retries:
-                await asyncio.sleep(_delay(self.endpoint, attempt, retry_after))
-        raise self._gave_up(last)
+        started = time.perf_counter()
+        try:
+            completion = await client.chat.completions.create(model=self.endpoint.model, messages=messages, **params)
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from None
+        return self._answer(completion, time.perf_counter() - started)
 
     def chat_sync(self, messages: list[dict], client=None, **params) -> dict:
-        """Blocking :meth:`chat`; pass a shared ``httpx.Client`` from :meth:`session` when sending many."""
+        """Blocking :meth:`chat`; pass a shared client from :meth:`session` when sending many."""
+        import openai
+
         if client is None:
             with self.session() as own:
                 return self.chat_sync(messages, own, **params)
-        import httpx
-
-        last = "no attempt"
-        for attempt in range(self.endpoint.retries + 1):
-            retry_after = None
-            try:
-                response = client.post("/chat/completions", json=self._body(messages, params))
-                if not _retryable(response.status_code):
-                    return self._answer(response)
-                last, retry_after = _retry_reason(response)
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            if attempt < self.endpoint.retries:
-                time.sleep(_delay(self.endpoint, attempt, retry_after))
-        raise self._gave_up(last)
-
-    def _gave_up(self, last: str) -> ChatError:
-        return ChatError(f"{self.endpoint.base_url}: gave up after {self.endpoint.retries + 1} attempts: {last}")
-
-    def _answer(self, response) -> dict:
-        if response.status_code >= 400:
-            raise ChatError(f"{self.endpoint.base_url}: HTTP {response.status_code}: {response.text[:300]}")
+        started = time.perf_counter()
         try:
-            payload = response.json()
-        except ValueError:
-            raise ChatError(f"{self.endpoint.base_url}: not JSON: {response.text[:200]}") from None
-        message = _message(payload)
-        usage = payload.get("usage") if isinstance(payload, dict) else None
+            completion = client.chat.completions.create(model=self.endpoint.model, messages=messages, **params)
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from None
+        return self._answer(completion, time.perf_counter() - started)
+
+    def _error(self, exc: Exception) -> ChatError:
+        import openai
+
+        where = self.endpoint.base_url
+        attempts = self.endpoint.retries + 1
+        if isinstance(exc, openai.APIStatusError):
+            text = f"HTTP {exc.status_code}: {exc.response.text[:300]}"
+            retried = exc.status_code in (408, 409, 429) or exc.status_code >= 500
+            return ChatError(f"{where}: gave up after {attempts} attempts: {text}" if retried else f"{where}: {text}")
+        if isinstance(exc, openai.APIConnectionError):  # timeouts too, retried by the client
+            return ChatError(f"{where}: gave up after {attempts} attempts: {type(exc).__name__}: {exc}")
+        return ChatError(f"{where}: {type(exc).__name__}: {exc}")
+
+    def _answer(self, completion, seconds: float) -> dict:
+        message = _message(completion)
+        usage = getattr(completion, "usage", None)
         self.usage["calls"] += 1
-        self.usage["completion_tokens"] += int((usage or {}).get("completion_tokens") or 0)
-        self.usage["seconds"] += response.elapsed.total_seconds() if _has_elapsed(response) else 0.0
+        self.usage["completion_tokens"] += int(getattr(usage, "completion_tokens", 0) or 0)
+        self.usage["seconds"] += seconds
         return message
-
-    def async_session(self):
-        import httpx
-
-        return httpx.AsyncClient(base_url=self.endpoint.base_url.rstrip("/"), headers=self.endpoint.headers(),
-                                 timeout=self.endpoint.timeout_s)
-
-    def session(self):
-        import httpx
-
-        return httpx.Client(base_url=self.endpoint.base_url.rstrip("/"), headers=self.endpoint.headers(),
-                            timeout=self.endpoint.timeout_s)

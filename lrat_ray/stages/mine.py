@@ -109,7 +109,7 @@ class MineConfig(ActorPool):
 
     def content_key(self) -> str:
         """Hash of what determines the staged (unweighted) pairs, for reusing finished groups."""
-        keyed = {k: getattr(self, k) for k in ("format", "negatives", "exclude_browsed", "tokenizer", "labels")}
+        keyed = {k: getattr(self, k) for k in ("format", "negative_mode", "exclude_browsed", "tokenizer", "labels")}
         keyed["version"] = __version__
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 

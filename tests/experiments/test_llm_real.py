@@ -117,14 +117,14 @@ def test_one_flywheel_iteration_with_llm_agents_and_the_vllm_judge(tiny_model, r
         output=str(tmp_path / "fly"), iterations=1, train_tasks=2, heldout_tasks=1, document_max_length=64,
         index={"workers": 1}, rollout_workers=2, port=serve_port,
         judge={"backend": "vllm", "model": "tiny", "gpus_per_replica": 0, "concurrency": 1, "batch_size": 8},
-        mine={"negatives": "since-last-positive", "tokenizer": "chars", "zero_length": "neutral"},
+        mine={"negative_mode": "since-last-positive", "tokenizer": "chars", "zero_length": "neutral"},
         agent={"kind": "llm", "grader": {"kind": "llm"}, **SHORT},
         train={"epochs": 1, "per_device_batch": 4, "workers": 1, "query_max_length": 32})
     rows = run_flywheel(config)
     assert [r["iteration"] for r in rows] == [0, 1]
     assert all(r["success_rate"] is not None for r in rows)  # LLM agents' answers are graded
     fly = tmp_path / "fly"
-    rollout = json.loads((fly / "iter-1" / "rollout" / "_lrat_stage.json").read_text())["result"]
+    rollout = json.loads((fly / "iter-1" / "rollout" / "report.json").read_text())
     assert rollout["agent_llm"]["dtype"] in ("float32", "bfloat16") and rollout["agent_llm"]["hardware"]["cpu"]
     assert rollout["tasks"] == 2 and rollout["completed"] >= 1
     assert rollout["llm"]["calls"] >= rollout["completed"] and rollout["llm"]["completion_tokens"] > 0

@@ -56,11 +56,19 @@ def test_finished_output_is_reused_and_other_versions_refused(inputs, tmp_path):
     done = run_stage("mine", config, stage)
     assert not done.skipped and done.output == str(tmp_path / "mine" / stage_key("mine", config))
     manifest = json.loads((tmp_path / "mine" / done.key / "_lrat_stage.json").read_text())
-    assert manifest["key"] == done.key and manifest["result"] == {"negatives": "attributed", "calls": 1}
+    assert manifest["key"] == done.key and manifest["report"] == "report.json"  # the result is recorded once:
+    assert json.loads((tmp_path / "mine" / done.key / "report.json").read_text()) == {"negatives": "attributed",
+                                                                                      "calls": 1}
     assert manifest["inputs"]["input"][0].startswith("dir:") and manifest["versions"]["lrat_ray"]
 
     again = run_stage("mine", dataclasses.replace(config, workers=1), stage)  # runtime options differ only
     assert again.skipped and again.result == done.result and stage.calls == 1
+    # An output finished by an earlier version (the result inside the manifest, no report file) still reads.
+    finished = tmp_path / "mine" / done.key
+    (finished / "report.json").unlink()
+    old = {k: v for k, v in manifest.items() if k != "report"}
+    (finished / "_lrat_stage.json").write_text(json.dumps({**old, "result": {"calls": 1, "from": "manifest"}}))
+    assert run_stage("mine", config, stage).result == {"calls": 1, "from": "manifest"} and stage.calls == 1
 
     other = dataclasses.replace(config, output=done.output, negative_mode="since-last-positive")
     with pytest.raises(LratError, match="immutable"):
