@@ -29,9 +29,11 @@ demo-llm: venv
 test: venv lint
 	$(BIN)/python -m pytest -q
 
-# ruff: pyflakes, pycodestyle, import order, bugbear, pyupgrade (pyproject.toml [tool.ruff]).
+# ruff: pyflakes, pycodestyle, import order, bugbear, pyupgrade, and the formatter's layout
+# (pyproject.toml [tool.ruff]); `ruff format .` fixes the layout.
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Everyday work: no multi-node, object storage, DeepSpeed, real LLM or long end-to-end tests.
 test-fast: venv

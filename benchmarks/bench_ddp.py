@@ -32,9 +32,19 @@ from synthetic import generate  # noqa: E402
 def examples_per_s(pairs: Path, out: Path, workers: int, steps: int) -> float:
     from lrat_ray.stages.train import TrainConfig, run_train
 
-    summary = run_train(TrainConfig(pairs=[str(pairs)], output=str(out), workers=workers, cpus_per_worker=2 / workers,
-                                    per_device_batch=16 // workers, group_size=2, max_steps=steps,
-                                    document_max_length=128, checkpoint_every=1000))
+    summary = run_train(
+        TrainConfig(
+            pairs=[str(pairs)],
+            output=str(out),
+            workers=workers,
+            cpus_per_worker=2 / workers,
+            per_device_batch=16 // workers,
+            group_size=2,
+            max_steps=steps,
+            document_max_length=128,
+            checkpoint_every=1000,
+        )
+    )
     return summary["final_metrics"]["examples_per_s"]
 
 
@@ -100,13 +110,17 @@ def main() -> int:
         run_mine(MineConfig(input=[str(tmp / "runs")], output=str(tmp / "mined"), workers=1))
         one = examples_per_s(tmp / "mined" / "pairs", tmp / "one", 1, args.steps)
         two = examples_per_s(tmp / "mined" / "pairs", tmp / "two", 2, args.steps)
-    print(f"\n1 worker x 2 threads: {one:.2f} examples/s; 2 DDP workers x 1 thread: {two:.2f} examples/s; "
-          f"ratio {two / one:.2f}x (goal >= 0.9x)")
+    print(
+        f"\n1 worker x 2 threads: {one:.2f} examples/s; 2 DDP workers x 1 thread: {two:.2f} examples/s; "
+        f"ratio {two / one:.2f}x (goal >= 0.9x)"
+    )
     cost = gather_overhead()
     extra = cost["gathered"] - cost["local"]
-    print(f"gathered negatives: loss + backward {cost['gathered'] * 1e3:.2f} ms per step against "
-          f"{cost['local'] * 1e3:.2f} ms over the local embeddings only: +{extra * 1e3:.2f} ms, "
-          f"{extra / (16 / two):.2%} of a DDP step ({16 / two * 1e3:.0f} ms)")
+    print(
+        f"gathered negatives: loss + backward {cost['gathered'] * 1e3:.2f} ms per step against "
+        f"{cost['local'] * 1e3:.2f} ms over the local embeddings only: +{extra * 1e3:.2f} ms, "
+        f"{extra / (16 / two):.2%} of a DDP step ({16 / two * 1e3:.0f} ms)"
+    )
     return 0
 
 

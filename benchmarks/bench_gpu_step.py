@@ -48,10 +48,24 @@ from pathlib import Path
 from lrat_ray.infra.hardware import summary_line
 
 DATA = Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-SHAPES = {"qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                             num_key_value_heads=8, head_dim=128),
-          "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                       num_key_value_heads=2, head_dim=32)}
+SHAPES = {
+    "qwen3-0.6b": dict(
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+    ),
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+    ),
+}
 
 
 def recipe_batch(queries: int, group: int, seed: int = 0):
@@ -63,8 +77,11 @@ def recipe_batch(queries: int, group: int, seed: int = 0):
         if line.strip():
             doc = json.loads(line)
             corpus[doc["_id"]] = document_text(doc)
-    claims = {json.loads(l)["_id"]: json.loads(l)["text"]
-              for l in (DATA / "scifact-beir" / "queries.jsonl").read_text().split("\n") if l.strip()}
+    claims = {
+        json.loads(l)["_id"]: json.loads(l)["text"]
+        for l in (DATA / "scifact-beir" / "queries.jsonl").read_text().split("\n")
+        if l.strip()
+    }
     rng = random.Random(seed)
     pairs = [line.split("\t") for line in (DATA / "scifact-beir" / "qrels" / "train.tsv").read_text().split("\n")[1:]]
     pairs = [(claims[p[0]], p[1]) for p in pairs if len(p) == 3 and p[0] in claims and p[1] in corpus]
@@ -89,7 +106,7 @@ def matmul_peak(device, dtype) -> float:
     for _ in range(reps):
         a @ b
     _sync(device)
-    return reps * 2 * n ** 3 / (time.perf_counter() - start)
+    return reps * 2 * n**3 / (time.perf_counter() - start)
 
 
 def _sync(device):
@@ -140,31 +157,39 @@ def main() -> int:
     queries, documents = recipe_batch(queries_n, args.group)
     lengths = [len(ids) for ids in tokenizer(queries + documents, truncation=True, max_length=max_length)["input_ids"]]
     real = sum(lengths)
-    padded = len(queries) * max(lengths[:len(queries)]) + len(documents) * max(lengths[len(queries):])
+    padded = len(queries) * max(lengths[: len(queries)]) + len(documents) * max(lengths[len(queries) :])
     dtype = torch.bfloat16 if cuda else torch.float32
     peak = matmul_peak(device, dtype)
     base = build_model(shape, len(tokenizer), device)
     params = non_embedding_params(base)
     flops = 6 * params * real  # forward + backward of the dense layers on the real tokens
-    print(f"{shape}: {params / 1e6:.0f}M non-embedding parameters on {device}; {len(queries)} queries x {args.group} "
-          f"documents, {max_length} tokens: {real} real tokens, {padded} padded; "
-          f"{'bf16' if cuda else 'fp32'} matmul peak {peak / 1e12:.2f} TFLOP/s", flush=True)
+    print(
+        f"{shape}: {params / 1e6:.0f}M non-embedding parameters on {device}; {len(queries)} queries x {args.group} "
+        f"documents, {max_length} tokens: {real} real tokens, {padded} padded; "
+        f"{'bf16' if cuda else 'fp32'} matmul peak {peak / 1e12:.2f} TFLOP/s",
+        flush=True,
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
     group = args.group
 
     def bare_step(model, optimizer):
         def encode(texts):
-            batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt").to(device)
+            batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(
+                device
+            )
             hidden = model(**batch).last_hidden_state
-            last = batch["attention_mask"].sum(1) - 1 if tokenizer.padding_side == "right" else \
-                torch.full((len(texts),), hidden.size(1) - 1, device=device)
+            last = (
+                batch["attention_mask"].sum(1) - 1
+                if tokenizer.padding_side == "right"
+                else torch.full((len(texts),), hidden.size(1) - 1, device=device)
+            )
             return torch.nn.functional.normalize(hidden[torch.arange(len(texts), device=device), last], dim=-1)
 
         with autocast:
             q, d = encode(queries), encode(documents)
-            loss = torch.nn.functional.cross_entropy((q @ d.T).float() / 0.02,
-                                                     torch.arange(len(queries), device=device) * group)
+            loss = torch.nn.functional.cross_entropy(
+                (q @ d.T).float() / 0.02, torch.arange(len(queries), device=device) * group
+            )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -173,8 +198,10 @@ def main() -> int:
         st, mnrl = model
         columns = [queries] + [documents[i::group] for i in range(group)]  # anchor, positive, negatives
         with autocast:
-            features = [{k: v.to(device) if hasattr(v, "to") else v for k, v in st.tokenize(column).items()}
-                        for column in columns]
+            features = [
+                {k: v.to(device) if hasattr(v, "to") else v for k, v in st.tokenize(column).items()}
+                for column in columns
+            ]
             loss = mnrl(features, None)
         loss.backward()
         optimizer.step()
@@ -182,9 +209,11 @@ def main() -> int:
 
     def plain_row(step, build):
         """A row from a step function of (model, optimizer) and a builder of both."""
+
         def steps(state, n):
             for _ in range(n):
                 step(*state)
+
         return build, steps
 
     def plain_model():
@@ -200,8 +229,9 @@ def main() -> int:
         st.max_seq_length = max_length
         if cuda:
             st[0].auto_model.gradient_checkpointing_enable()
-        return (st, losses.MultipleNegativesRankingLoss(st, scale=1 / 0.02)), \
-            torch.optim.AdamW(st.parameters(), lr=1e-6, fused=True)
+        return (st, losses.MultipleNegativesRankingLoss(st, scale=1 / 0.02)), torch.optim.AdamW(
+            st.parameters(), lr=1e-6, fused=True
+        )
 
     def lrat_row(**options):
         """lrat's step as ``lrat train`` builds it: the model prepared by the worker's own helpers
@@ -212,8 +242,16 @@ def main() -> int:
         from lrat_ray.stages.train.prefetch import prefetched
         from lrat_ray.stages.train.regional_compile import compile_layers
 
-        config = TrainConfig(pairs=["-"], output="-", group_size=group, temperature=0.02, bf16=cuda,
-                             learning_rate=1e-6, warmup_ratio=0.0, **{"prefetch_batches": 0, **options})
+        config = TrainConfig(
+            pairs=["-"],
+            output="-",
+            group_size=group,
+            temperature=0.02,
+            bf16=cuda,
+            learning_rate=1e-6,
+            warmup_ratio=0.0,
+            **{"prefetch_batches": 0, **options},
+        )
 
         def build():
             model = copy.deepcopy(base).train()
@@ -224,16 +262,16 @@ def main() -> int:
                 compile_layers(model)
             if config.bf16_weights:
                 to_bf16_weights(model)
-            params, optimizer, scheduler = build_optimizer(model, config, 10 ** 6, config.bf16_weights)
+            params, optimizer, scheduler = build_optimizer(model, config, 10**6, config.bf16_weights)
             return step_runner(model, tokenizer, spec, config, device), params, optimizer, scheduler
 
         def steps(state, n):
             runner, params, optimizer, scheduler = state
-            work = (runner.prepare(queries, documents, [True] * len(documents), [1.0] * len(queries))
-                    for _ in range(n))
+            work = (runner.prepare(queries, documents, [True] * len(documents), [1.0] * len(queries)) for _ in range(n))
             for prepared in prefetched(work, config.prefetch_batches):
                 float(runner.run_prepared(prepared, lambda v: v.backward()))  # the step's one sync
                 optimizer_step(params, optimizer, scheduler)
+
         return build, steps
 
     # Each lrat row adds one lever to the row before it. On CUDA the recipe needs checkpointing
@@ -242,18 +280,19 @@ def main() -> int:
     checkpoint = "full" if cuda else "off"
     levers = {"packing": False, "length_groups": 4, "gradient_checkpointing": checkpoint}
     lrat_rows = [("lrat padded, length groups (4)", {})]
-    for label, change in (("lrat padded, one group", {"length_groups": 1}),
-                          ("lrat packed", {"packing": True}),
-                          ("+ bf16 weights, fp32 masters", {"bf16_weights": True}),
-                          ("+ full checkpointing", {"gradient_checkpointing": "full"}),
-                          ("+ selective checkpointing", {"gradient_checkpointing": "selective"}),
-                          ("+ regional compile", {"compile_layers": True}),
-                          ("+ prefetched input", {"prefetch_batches": 2})):
+    for label, change in (
+        ("lrat padded, one group", {"length_groups": 1}),
+        ("lrat packed", {"packing": True}),
+        ("+ bf16 weights, fp32 masters", {"bf16_weights": True}),
+        ("+ full checkpointing", {"gradient_checkpointing": "full"}),
+        ("+ selective checkpointing", {"gradient_checkpointing": "selective"}),
+        ("+ regional compile", {"compile_layers": True}),
+        ("+ prefetched input", {"prefetch_batches": 2}),
+    ):
         if (label.startswith("+ bf16") and not cuda) or (label.startswith("+ full") and cuda):
             continue  # bf16 weights need bf16 compute; CUDA starts from full checkpointing
         lrat_rows.append((label, change))
-    rows = {"bare torch": plain_row(bare_step, plain_model),
-            "sentence-transformers MNRL": plain_row(st_step, st_model)}
+    rows = {"bare torch": plain_row(bare_step, plain_model), "sentence-transformers MNRL": plain_row(st_step, st_model)}
     for label, change in lrat_rows:
         levers = {**levers, **change}
         rows[label] = lrat_row(**levers)
@@ -276,9 +315,11 @@ def main() -> int:
         seconds = (time.perf_counter() - started) / args.steps
         memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
         results.append((label, seconds, memory))
-        print(f"{label:<34} {seconds:7.3f} s/step  {len(queries) / seconds:7.2f} queries/s  "
-              f"{real / seconds:9.0f} real tokens/s  {memory:>9}  {flops / seconds / peak:6.1%} of matmul peak",
-              flush=True)
+        print(
+            f"{label:<34} {seconds:7.3f} s/step  {len(queries) / seconds:7.2f} queries/s  "
+            f"{real / seconds:9.0f} real tokens/s  {memory:>9}  {flops / seconds / peak:6.1%} of matmul peak",
+            flush=True,
+        )
         del state
         if cuda:
             torch.cuda.empty_cache()
@@ -286,8 +327,10 @@ def main() -> int:
     print("\n| step | s/step | queries/s | real tokens/s | peak memory | share of matmul peak | vs bare torch |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, seconds, memory in results:
-        print(f"| {label} | {seconds:.3f} | {len(queries) / seconds:.2f} | {real / seconds:.0f} | {memory} | "
-              f"{flops / seconds / peak:.1%} | {baseline / seconds:.2f}x |")
+        print(
+            f"| {label} | {seconds:.3f} | {len(queries) / seconds:.2f} | {real / seconds:.0f} | {memory} | "
+            f"{flops / seconds / peak:.1%} | {baseline / seconds:.2f}x |"
+        )
     encoding(base.eval(), tokenizer, spec, documents, device, cuda, saved.name)
     saved.cleanup()
     return 0
@@ -305,16 +348,27 @@ def encoding(model, tokenizer, spec, documents, device, cuda, tmp) -> None:
     def bare():
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             for i in range(0, len(texts), batch):
-                inputs = tokenizer(texts[i:i + batch], padding=True, truncation=True,
-                                   max_length=spec.document_max_length, return_tensors="pt").to(device)
+                inputs = tokenizer(
+                    texts[i : i + batch],
+                    padding=True,
+                    truncation=True,
+                    max_length=spec.document_max_length,
+                    return_tensors="pt",
+                ).to(device)
                 model(**inputs).last_hidden_state[:, -1].float().cpu()
 
     timings = {}
-    for label, run in (("bare transformers loop", bare),
-                       ("Encoder padded", Encoder(dataclasses.replace(spec, model=tmp), str(device),
-                                                  batch, bf16=cuda, packed=False).encode_documents),
-                       ("Encoder packed", Encoder(dataclasses.replace(spec, model=tmp), str(device),
-                                                  batch, bf16=cuda, packed=True).encode_documents)):
+    for label, run in (
+        ("bare transformers loop", bare),
+        (
+            "Encoder padded",
+            Encoder(dataclasses.replace(spec, model=tmp), str(device), batch, bf16=cuda, packed=False).encode_documents,
+        ),
+        (
+            "Encoder packed",
+            Encoder(dataclasses.replace(spec, model=tmp), str(device), batch, bf16=cuda, packed=True).encode_documents,
+        ),
+    ):
         call = run if label == "bare transformers loop" else (lambda run=run: run(texts))
         call()  # warm-up
         _sync(device)
@@ -322,9 +376,13 @@ def encoding(model, tokenizer, spec, documents, device, cuda, tmp) -> None:
         call()
         _sync(device)
         timings[label] = len(texts) / (time.perf_counter() - started)
-    print(f"\ncorpus encoding ({len(texts)} documents, {spec.document_max_length} tokens): " + ", ".join(
-        f"{label} {rate:.1f} docs/s ({rate / timings['bare transformers loop']:.2f}x)"
-        for label, rate in timings.items()))
+    print(
+        f"\ncorpus encoding ({len(texts)} documents, {spec.document_max_length} tokens): "
+        + ", ".join(
+            f"{label} {rate:.1f} docs/s ({rate / timings['bare transformers loop']:.2f}x)"
+            for label, rate in timings.items()
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ def bare_transformers(texts: list[str], batch_size: int = 64, max_length: int = 
     out = []
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for i in range(0, len(texts), batch_size):
-            batch = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
+            batch = tok(
+                texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).float()
             out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).float().numpy())
@@ -83,7 +84,7 @@ def main() -> int:
     from lrat_ray.infra.runtime import init_ray
     from lrat_ray.stages.index import IndexConfig, RetrievalIndex, run_index
 
-    lines = (DATA / "scifact-beir" / "corpus.jsonl").read_text().split("\n")[:args.docs]
+    lines = (DATA / "scifact-beir" / "corpus.jsonl").read_text().split("\n")[: args.docs]
     texts = [document_text(json.loads(l)) for l in lines if l.strip()]
     work = Path(tempfile.mkdtemp(prefix="bench-index-"))
     (work / "corpus.jsonl").write_text("\n".join(lines) + "\n")
@@ -95,13 +96,19 @@ def main() -> int:
     for precision, bf16 in (("fp32", False), ("bf16 autocast", True)):
         start = time.perf_counter()
         reference = bare_transformers(texts, bf16=bf16)
-        base = rate_line(f"bare transformers loop, 1 process, {precision}", len(texts), time.perf_counter() - start,
-                         "docs")
+        base = rate_line(
+            f"bare transformers loop, 1 process, {precision}", len(texts), time.perf_counter() - start, "docs"
+        )
         start = time.perf_counter()
         output = work / f"index-{'bf16' if bf16 else 'fp32'}"
         run_index(IndexConfig(corpus=[str(work / "corpus.jsonl")], output=str(output), workers=args.workers, bf16=bf16))
-        rate_line(f"lrat index, {args.workers} actor(s), incl. FAISS, {precision}", len(texts),
-                  time.perf_counter() - start, "docs", base)
+        rate_line(
+            f"lrat index, {args.workers} actor(s), incl. FAISS, {precision}",
+            len(texts),
+            time.perf_counter() - start,
+            "docs",
+            base,
+        )
         ours = stored_vectors(output, ids)
         print(f"max |ours - bare| over all vectors, {precision}: {np.abs(ours - reference).max():.2e}")
 
@@ -119,8 +126,13 @@ def main() -> int:
     print(f"\nsearch, {len(vectors)} x {vectors.shape[1]} vectors, flat inner product, k=10")
     for label, n in (("batch of 1000 queries", 1000), ("one query at a time (200)", 200)):
         base = rate_line(f"raw FAISS, {label}", n, time_search(lambda x: raw.search(x, 10), queries, n), "queries")
-        rate_line(f"RetrievalIndex.search, {label}", n,
-                  time_search(lambda x: ours_index.search(x, 10), queries, n), "queries", base)
+        rate_line(
+            f"RetrievalIndex.search, {label}",
+            n,
+            time_search(lambda x: ours_index.search(x, 10), queries, n),
+            "queries",
+            base,
+        )
     return 0
 
 
@@ -162,9 +174,12 @@ def compare_bf16() -> None:
         results[name] = (score_run(run, qrels, [10, 100])["metrics"], [list(row[:10]) for row in rows])
     (fp32, top32), (bf16, top16) = results["fp32"], results["bf16"]
     overlap = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top32, top16)]))
-    print(f"nDCG@10 fp32 {fp32['ndcg@10']:.4f}, bf16 {bf16['ndcg@10']:.4f} (difference "
-          f"{bf16['ndcg@10'] - fp32['ndcg@10']:+.4f}); Recall@100 {fp32['recall@100']:.4f} vs "
-          f"{bf16['recall@100']:.4f}; mean top-10 overlap {overlap:.3f}\n", flush=True)
+    print(
+        f"nDCG@10 fp32 {fp32['ndcg@10']:.4f}, bf16 {bf16['ndcg@10']:.4f} (difference "
+        f"{bf16['ndcg@10'] - fp32['ndcg@10']:+.4f}); Recall@100 {fp32['recall@100']:.4f} vs "
+        f"{bf16['recall@100']:.4f}; mean top-10 overlap {overlap:.3f}\n",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

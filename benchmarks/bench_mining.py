@@ -65,8 +65,10 @@ def timed(label: str, fn, n: int, base: float | None, rows: list) -> float:
     seconds = time.perf_counter() - start
     rate = n / seconds
     rows.append((label, seconds, rate, rate / base if base else 1.0))
-    print(f"{label:<52} {seconds:8.1f} s {rate:10.0f} traj/s  x{rate / base if base else 1.0:5.2f} vs baseline",
-          flush=True)
+    print(
+        f"{label:<52} {seconds:8.1f} s {rate:10.0f} traj/s  x{rate / base if base else 1.0:5.2f} vs baseline",
+        flush=True,
+    )
     return rate
 
 
@@ -89,23 +91,32 @@ def main() -> int:
     start = time.perf_counter()
     n = generate(args.trajectories, args.shards, data)
     size = sum(p.stat().st_size for p in data.iterdir())
-    print(f"generated {n} trajectories in {args.shards} JSONL shards, {size / 1e9:.2f} GB, "
-          f"in {time.perf_counter() - start:.0f} s", flush=True)
+    print(
+        f"generated {n} trajectories in {args.shards} JSONL shards, {size / 1e9:.2f} GB, "
+        f"in {time.perf_counter() - start:.0f} s",
+        flush=True,
+    )
     files = sorted(data.iterdir())
     rows: list = []
     try:
         base = timed("baseline: json.loads + loop, 1 process", lambda: baseline(files), n, None, rows)
-        timed("pure miner, 1 process, length in characters",
-              lambda: pure_miner(files, character_lengths), n, base, rows)
+        timed(
+            "pure miner, 1 process, length in characters", lambda: pure_miner(files, character_lengths), n, base, rows
+        )
         measure = length_measure("embedded")
         timed("pure miner, 1 process, length in tokens (embedded)", lambda: pure_miner(files, measure), n, base, rows)
         init_ray(num_cpus=2)
         for workers in (1, 2):
             out = work / f"out-{workers}"
-            timed(f"lrat mine, Ray Data, {workers} worker(s), tokens",
-                  lambda out=out, workers=workers: run_mine(MineConfig(input=[str(data)], output=str(out),
-                                                                       workers=workers)),
-                  n, base, rows)
+            timed(
+                f"lrat mine, Ray Data, {workers} worker(s), tokens",
+                lambda out=out, workers=workers: run_mine(
+                    MineConfig(input=[str(data)], output=str(out), workers=workers)
+                ),
+                n,
+                base,
+                rows,
+            )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -113,8 +124,10 @@ def main() -> int:
     for label, seconds, rate, ratio in rows:
         print(f"| {label} | {seconds:.1f} | {rate:.0f} | {ratio:.2f} |")
     if len(rows) == 5:
-        print(f"\npure miner / json loop: {rows[1][3]:.2f}x in characters, {rows[2][3]:.2f}x in tokens (goal 0.5x); "
-              f"lrat mine 2 workers / 1 worker: {rows[4][2] / rows[3][2]:.2f}x (goal 1.8x)")
+        print(
+            f"\npure miner / json loop: {rows[1][3]:.2f}x in characters, {rows[2][3]:.2f}x in tokens (goal 0.5x); "
+            f"lrat mine 2 workers / 1 worker: {rows[4][2] / rows[3][2]:.2f}x (goal 1.8x)"
+        )
     return 0
 
 

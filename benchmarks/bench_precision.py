@@ -47,12 +47,13 @@ if __name__ == "__main__":
 
 
 def vllm_rate(dtype: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, dtype], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, dtype], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
         raise SystemExit(f"vLLM in {dtype} failed:\n{done.stderr[-2000:]}")
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def encoding_rate(bf16: bool, texts: list[str]) -> float:
@@ -72,17 +73,24 @@ def main() -> int:
     args = parser.parse_args()
     print(summary_line(), flush=True)
     isa = os.environ.get("ATEN_CPU_CAPABILITY")
-    print(f"torch kernels: {isa or 'default (best the CPU has)'}; vLLM CPU engines here get dtype "
-          f"{engine_dtype()} under auto\n")
+    print(
+        f"torch kernels: {isa or 'default (best the CPU has)'}; vLLM CPU engines here get dtype "
+        f"{engine_dtype()} under auto\n"
+    )
     rows = []
     if not args.skip_vllm:
         for dtype in ("bfloat16", "float32"):
             result = vllm_rate(dtype)
             rows.append((f"vLLM generation, {dtype}", result["tokens_per_s"], "tokens/s"))
-            print(f"vLLM {dtype}: engine ready in {result['start_s']:.1f} s, {result['tokens_per_s']:.1f} tokens/s",
-                  flush=True)
-    texts = [json.loads(line)["text"] for line in (DATA / "scifact-beir" / "corpus.jsonl").read_text().split("\n")
-             if line.strip()][:args.documents]
+            print(
+                f"vLLM {dtype}: engine ready in {result['start_s']:.1f} s, {result['tokens_per_s']:.1f} tokens/s",
+                flush=True,
+            )
+    texts = [
+        json.loads(line)["text"]
+        for line in (DATA / "scifact-beir" / "corpus.jsonl").read_text().split("\n")
+        if line.strip()
+    ][: args.documents]
     for bf16 in (True, False):
         rows.append((f"MiniLM encoding, {'bf16 autocast' if bf16 else 'fp32'}", encoding_rate(bf16, texts), "docs/s"))
         print(f"{rows[-1][0]}: {rows[-1][1]:.1f} docs/s", flush=True)

@@ -85,8 +85,9 @@ def bench_rollout(index: Path, claims: list[str], out: Path, workers: int) -> fl
     from lrat_ray.serving.retriever import deploy
 
     url = deploy(ServeConfig(index=str(index), port=18731, replica_cpus=0))
-    tasks = load_tasks(load_queries(str(SCIFACT / "queries.jsonl")), load_qrels(str(SCIFACT / "qrels" / "train.tsv")),
-                       claims)
+    tasks = load_tasks(
+        load_queries(str(SCIFACT / "queries.jsonl")), load_qrels(str(SCIFACT / "qrels" / "train.tsv")), claims
+    )
     started = time.perf_counter()
     summary = run_rollouts(url, tasks, AgentConfig(max_turns=4), str(out), workers=workers)
     assert summary["completed"] == len(tasks), summary
@@ -96,8 +97,18 @@ def bench_rollout(index: Path, claims: list[str], out: Path, workers: int) -> fl
 def bench_train(pairs: Path, out: Path, workers: int) -> float:
     from lrat_ray.stages.train import TrainConfig, run_train
 
-    summary = run_train(TrainConfig(pairs=[str(pairs)], output=str(out), workers=workers, per_device_batch=8,
-                                    group_size=2, max_steps=6, document_max_length=128, checkpoint_every=1000))
+    summary = run_train(
+        TrainConfig(
+            pairs=[str(pairs)],
+            output=str(out),
+            workers=workers,
+            per_device_batch=8,
+            group_size=2,
+            max_steps=6,
+            document_max_length=128,
+            checkpoint_every=1000,
+        )
+    )
     return summary["final_metrics"]["examples_per_s"]
 
 
@@ -125,23 +136,29 @@ def main() -> None:
         corpus, claims = scifact_subset(tmp, args.documents, args.tasks)
         measured: dict[str, dict[int, float]] = {}
         for workers in (1, 2):
-            measured.setdefault("mine (trajectories/s)", {})[workers] = bench_mine(runs, tmp / f"mine-{workers}",
-                                                                                   workers, args.trajectories)
-            measured.setdefault("index (documents/s)", {})[workers] = bench_index(corpus, tmp / f"index-{workers}",
-                                                                                  workers)
+            measured.setdefault("mine (trajectories/s)", {})[workers] = bench_mine(
+                runs, tmp / f"mine-{workers}", workers, args.trajectories
+            )
+            measured.setdefault("index (documents/s)", {})[workers] = bench_index(
+                corpus, tmp / f"index-{workers}", workers
+            )
         for workers in (1, 2):
             measured.setdefault("rollout (tasks/s)", {})[workers] = bench_rollout(
-                tmp / "index-2", claims, tmp / f"rollout-{workers}", workers)
+                tmp / "index-2", claims, tmp / f"rollout-{workers}", workers
+            )
         serve.shutdown()
         for workers in (1, 2):
-            measured.setdefault("train (examples/s)", {})[workers] = bench_train(tmp / "mine-1" / "pairs",
-                                                                                 tmp / f"train-{workers}", workers)
+            measured.setdefault("train (examples/s)", {})[workers] = bench_train(
+                tmp / "mine-1" / "pairs", tmp / f"train-{workers}", workers
+            )
     ray.shutdown()
     for stage, by_workers in measured.items():
         rows.append(f"| {stage} | {by_workers[1]:.1f} | {by_workers[2]:.1f} | {by_workers[2] / by_workers[1]:.2f}x |")
     table = "\n".join(["| stage | 1 worker | 2 workers | 2 vs 1 |", "|---|---:|---:|---:|", *rows]) + "\n"
-    header = (f"# bench_scale ({time.strftime('%Y-%m-%d')}; {os.cpu_count()} cores; {args.trajectories} trajectories, "
-              f"{args.documents} documents, {args.tasks} tasks)\n\n{summary_line()}\n\n")
+    header = (
+        f"# bench_scale ({time.strftime('%Y-%m-%d')}; {os.cpu_count()} cores; {args.trajectories} trajectories, "
+        f"{args.documents} documents, {args.tasks} tasks)\n\n{summary_line()}\n\n"
+    )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(header + table)
     print(header + table)

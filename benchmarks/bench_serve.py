@@ -59,8 +59,9 @@ class Tally:
         self.poisoned_rejected = 0
 
 
-async def _call(http, url: str, tally: Tally, deadline: float, kind: str, method: str, path: str,
-                expect: int = 200, **kwargs):
+async def _call(
+    http, url: str, tally: Tally, deadline: float, kind: str, method: str, path: str, expect: int = 200, **kwargs
+):
     """One tool call as the agent client makes it: retried after each 503/429 until answered
     (``expect``: the status a right answer has; 422 for a poisoned search)."""
     import aiohttp
@@ -95,8 +96,7 @@ async def _call(http, url: str, tally: Tally, deadline: float, kind: str, method
     return None
 
 
-async def fleet(url: str, queries: list[str], sessions: int, seconds: float, swap=None,
-                poisoned: float = 0.0) -> Tally:
+async def fleet(url: str, queries: list[str], sessions: int, seconds: float, swap=None, poisoned: float = 0.0) -> Tally:
     """``sessions`` agent loops for ``seconds``; ``swap`` (a blocking callable) runs half-way. The
     clients use aiohttp: on these 2 CPUs an httpx client of 256 sessions took a whole core itself,
     starving the server it measured."""
@@ -110,16 +110,34 @@ async def fleet(url: str, queries: list[str], sessions: int, seconds: float, swa
             if rng.random() < poisoned:  # raw JSON: a client library would refuse to encode it
                 text = rng.choice(queries).replace('"', "")
                 body = ('{"query": "' + text + ' \\ud800", "k": 10}').encode()
-                await _call(http, url, tally, deadline, "poisoned search", "POST", "/search", expect=422, data=body,
-                            headers={"content-type": "application/json"})
+                await _call(
+                    http,
+                    url,
+                    tally,
+                    deadline,
+                    "poisoned search",
+                    "POST",
+                    "/search",
+                    expect=422,
+                    data=body,
+                    headers={"content-type": "application/json"},
+                )
                 continue
-            found = await _call(http, url, tally, deadline, "search", "POST", "/search",
-                                json={"query": rng.choice(queries), "k": 10})
+            found = await _call(
+                http, url, tally, deadline, "search", "POST", "/search", json={"query": rng.choice(queries), "k": 10}
+            )
             if found:
                 tally.indexes.append(found["index"])
                 if found["results"] and rng.random() < BROWSE_PROBABILITY:
-                    await _call(http, url, tally, deadline, "document", "GET",
-                                f"/documents/{rng.choice(found['results'])['docid']}")
+                    await _call(
+                        http,
+                        url,
+                        tally,
+                        deadline,
+                        "document",
+                        "GET",
+                        f"/documents/{rng.choice(found['results'])['docid']}",
+                    )
 
     async def swap_half_way():
         await asyncio.sleep(seconds / 2)
@@ -153,10 +171,18 @@ def main() -> int:
     parser.add_argument("--max-in-flight", type=int, default=1024, help="the replica's queue depth (admission)")
     parser.add_argument("--swap-at", type=int, default=1024, help="sessions of the level with the hot swap")
     parser.add_argument("--composed", action="store_true", help="serve as ingress + encoder + index-shard deployments")
-    parser.add_argument("--poisoned", type=float, default=0.01,
-                        help="share of searches sent with a lone surrogate in the query (each must get 422)")
-    parser.add_argument("--autoscale-seconds", type=float, default=75.0,
-                        help="length of the autoscaling step (Serve scales up after 30 s of load; 0 skips it)")
+    parser.add_argument(
+        "--poisoned",
+        type=float,
+        default=0.01,
+        help="share of searches sent with a lone surrogate in the query (each must get 422)",
+    )
+    parser.add_argument(
+        "--autoscale-seconds",
+        type=float,
+        default=75.0,
+        help="length of the autoscaling step (Serve scales up after 30 s of load; 0 skips it)",
+    )
     args = parser.parse_args()
     print(summary_line(), flush=True)  # figures depend on it: bf16 native or emulated
 
@@ -174,18 +200,21 @@ def main() -> int:
     swapped = os.path.abspath(args.index.rstrip("/") + "-swap")
     shutil.rmtree(swapped, ignore_errors=True)
     shutil.copytree(args.index, swapped)
-    queries = [json.loads(line)["text"] for line in (DATA / "msmarco-5k" / "queries.jsonl").read_text().splitlines()
-               if line]
+    queries = [
+        json.loads(line)["text"] for line in (DATA / "msmarco-5k" / "queries.jsonl").read_text().splitlines() if line
+    ]
     bare = in_process_rate(args.index, queries)
     print(f"index {args.index}; in-process search (encode + FAISS, one query at a time): {bare:.1f} queries/s")
 
     # Composed on 2 CPUs: ingress 0.25 + encoder 0.5 (+0.5 when autoscaled) + shards 0.25 each.
     parts = {"composed": True, "replica_cpus": 0.5, "shard_cpus": 0.25} if args.composed else {}
-    settings = ServeConfig(index=os.path.abspath(args.index), port=free_port(), max_in_flight=args.max_in_flight,
-                           **parts)
+    settings = ServeConfig(
+        index=os.path.abspath(args.index), port=free_port(), max_in_flight=args.max_in_flight, **parts
+    )
     shards = len(read_manifest(args.index)["shards"])
-    layout = (f"composed (ingress, encoder, {shards} shard deployments)" if args.composed
-              else "whole retriever per replica")
+    layout = (
+        f"composed (ingress, encoder, {shards} shard deployments)" if args.composed else "whole retriever per replica"
+    )
     print(f"layout: {layout}")
     url = deploy(settings)
     asyncio.run(fleet(url, queries, 4, 3))  # warm up the replica and the connections
@@ -196,20 +225,35 @@ def main() -> int:
         answered = sum(tally.answered.values())
         rate = tally.in_window / args.seconds
         p50, p99 = np.percentile(tally.latencies, [50, 99]) * 1000 if tally.latencies else (float("nan"),) * 2
-        rows.append({"sessions": sessions, "answered": answered, "rate": rate, "p50": p50, "p99": p99,
-                     "searches": rate * tally.answered["search"] / max(answered, 1), "turned_away": tally.turned_away,
-                     "failed": len(tally.failed), "swapped": swap is not None,
-                     "new_index_answers": tally.indexes.count(swapped), "poisoned": tally.poisoned_rejected})
+        rows.append(
+            {
+                "sessions": sessions,
+                "answered": answered,
+                "rate": rate,
+                "p50": p50,
+                "p99": p99,
+                "searches": rate * tally.answered["search"] / max(answered, 1),
+                "turned_away": tally.turned_away,
+                "failed": len(tally.failed),
+                "swapped": swap is not None,
+                "new_index_answers": tally.indexes.count(swapped),
+                "poisoned": tally.poisoned_rejected,
+            }
+        )
         if tally.failed:
             print(f"  {sessions} sessions: failures, e.g. {tally.failed[:3]}")
     best = max(r["rate"] for r in rows)
-    print("\n| sessions | answered | requests/s | vs best | searches/s | vs in-process | p50 ms | p99 ms "
-          "| turned away (503) | poisoned, answered 422 | failed |\n" + "|---:" * 11 + "|")
+    print(
+        "\n| sessions | answered | requests/s | vs best | searches/s | vs in-process | p50 ms | p99 ms "
+        "| turned away (503) | poisoned, answered 422 | failed |\n" + "|---:" * 11 + "|"
+    )
     for r in rows:
         note = f" (hot swap; {r['new_index_answers']} answers from the new index)" if r["swapped"] else ""
-        print(f"| {r['sessions']} | {r['answered']} | {r['rate']:.1f} | {r['rate'] / best:.2f}x | {r['searches']:.1f} "
-              f"| {r['searches'] / bare:.2f}x | {r['p50']:.0f} | {r['p99']:.0f} | {r['turned_away']} "
-              f"| {r['poisoned']} | {r['failed']}{note} |")
+        print(
+            f"| {r['sessions']} | {r['answered']} | {r['rate']:.1f} | {r['rate'] / best:.2f}x | {r['searches']:.1f} "
+            f"| {r['searches'] / bare:.2f}x | {r['p50']:.0f} | {r['p99']:.0f} | {r['turned_away']} "
+            f"| {r['poisoned']} | {r['failed']}{note} |"
+        )
     print_replica_memory()
     if args.autoscale_seconds > 0:
         autoscaling_step(settings, queries, args.autoscale_seconds)
@@ -263,10 +307,12 @@ def autoscaling_step(settings, queries: list[str], seconds: float) -> None:
     done.set()
     watcher.join()
     answered = sum(tally.answered.values())
-    print(f"\nautoscaling step (1 -> 2 replicas allowed, 256 sessions, {seconds:.0f} s): running replicas sampled "
-          f"every 2 s {counts}; {answered} answered, {tally.in_window / seconds:.1f} requests/s, "
-          f"{tally.turned_away} turned away, {len(tally.failed)} failed"
-          + (f", e.g. {tally.failed[:3]}" if tally.failed else ""))
+    print(
+        f"\nautoscaling step (1 -> 2 replicas allowed, 256 sessions, {seconds:.0f} s): running replicas sampled "
+        f"every 2 s {counts}; {answered} answered, {tally.in_window / seconds:.1f} requests/s, "
+        f"{tally.turned_away} turned away, {len(tally.failed)} failed"
+        + (f", e.g. {tally.failed[:3]}" if tally.failed else "")
+    )
 
 
 def settings_url(settings) -> str:

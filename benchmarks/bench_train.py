@@ -67,8 +67,10 @@ def scifact_batches(batch: int, steps: int) -> list[tuple[list[str], list[str]]]
         if len(parts) == 3 and parts[0] in claims and parts[1] in corpus:
             pairs.append((claims[parts[0]], corpus[parts[1]]))
     random.Random(0).shuffle(pairs)
-    return [([q for q, _ in pairs[i * batch:(i + 1) * batch]], [d for _, d in pairs[i * batch:(i + 1) * batch]])
-            for i in range(steps + 1)]
+    return [
+        ([q for q, _ in pairs[i * batch : (i + 1) * batch]], [d for _, d in pairs[i * batch : (i + 1) * batch]])
+        for i in range(steps + 1)
+    ]
 
 
 def matmul_flops() -> float:
@@ -77,7 +79,7 @@ def matmul_flops() -> float:
     start = time.perf_counter()
     for _ in range(10):
         a @ b
-    return 10 * 2 * 2048 ** 3 / (time.perf_counter() - start)
+    return 10 * 2 * 2048**3 / (time.perf_counter() - start)
 
 
 def step_flops(config, q_tokens: int, d_tokens: int, batch: int) -> float:
@@ -155,12 +157,16 @@ def training_quality(path: str, batch: int) -> None:
     def score(model):
         encoder = Encoder.wrap(spec_for("embedded"), model, tok)
         _, rows = build_faiss(encoder.encode_documents(texts)).search(
-            encoder.encode_queries([queries[q] for q in qids]), 10)
+            encoder.encode_queries([queries[q] for q in qids]), 10
+        )
         run = {q: {ids[r]: 10.0 - rank for rank, r in enumerate(row)} for q, row in zip(qids, rows)}
         return score_run(run, qrels, [10])["metrics"]["ndcg@10"], [set(row) for row in rows]
 
-    print(f"\ntraining quality: {len(batches)} steps of {batch} SciFact training pairs, then {len(qids)} test "
-          f"claims against {len(texts)} abstracts", flush=True)
+    print(
+        f"\ntraining quality: {len(batches)} steps of {batch} SciFact training pairs, then {len(qids)} test "
+        f"claims against {len(texts)} abstracts",
+        flush=True,
+    )
     base, _ = score(load_transformer(path))
     results = {}
     for name, bf16 in (("fp32", False), ("bf16 autocast", True)):
@@ -172,8 +178,13 @@ def training_quality(path: str, batch: int) -> None:
         runner = step_runner(model, tok, spec, config, torch.device("cpu"))
         start = time.perf_counter()
         for queries_batch, docs_batch in batches:
-            runner.run(queries_batch, docs_batch, [True] * len(docs_batch), [1.0] * len(queries_batch),
-                       backward=lambda v: v.backward())
+            runner.run(
+                queries_batch,
+                docs_batch,
+                [True] * len(docs_batch),
+                [1.0] * len(queries_batch),
+                backward=lambda v: v.backward(),
+            )
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
@@ -207,8 +218,10 @@ def main() -> int:
     path = embedded_model_path()
     batches = scifact_batches(args.batch, args.steps)
     peak = matmul_flops()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul {peak / 1e9:.0f} GFLOP/s; "
-          f"batch {args.batch}, {args.steps} timed steps, queries 32 / documents 128 tokens")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul {peak / 1e9:.0f} GFLOP/s; "
+        f"batch {args.batch}, {args.steps} timed steps, queries 32 / documents 128 tokens"
+    )
     tok = AutoTokenizer.from_pretrained(path)
 
     torch.manual_seed(0)
@@ -236,20 +249,30 @@ def main() -> int:
 
     spec = spec_for("embedded", query_max_length=32, document_max_length=128)
     for label, bf16, groups, fast_dropout, packed in (
-            ("lrat StepRunner (weighted, gathered)", False, TrainConfig.length_groups, True, False),
-            ("lrat, input prefetched in a thread", False, TrainConfig.length_groups, True, False),
-            ("lrat, one length group per side", False, 1, True, False),
-            ("lrat, torch dropout", False, TrainConfig.length_groups, False, False),
-            ("lrat, packed (padding-free)", False, 1, True, True),
-            ("lrat StepRunner bf16 autocast", True, TrainConfig.length_groups, True, False)):
+        ("lrat StepRunner (weighted, gathered)", False, TrainConfig.length_groups, True, False),
+        ("lrat, input prefetched in a thread", False, TrainConfig.length_groups, True, False),
+        ("lrat, one length group per side", False, 1, True, False),
+        ("lrat, torch dropout", False, TrainConfig.length_groups, False, False),
+        ("lrat, packed (padding-free)", False, 1, True, True),
+        ("lrat StepRunner bf16 autocast", True, TrainConfig.length_groups, True, False),
+    ):
         torch.manual_seed(0)
         ours_model = load_transformer(path).train()
         if fast_dropout:
             dropout.install(ours_model)
         if packed:
             packing.install(ours_model)
-        config = TrainConfig(pairs=["-"], output="-", group_size=1, temperature=0.05, bf16=bf16,
-                             learning_rate=1e-5, warmup_ratio=0.0, length_groups=groups, packing=packed)
+        config = TrainConfig(
+            pairs=["-"],
+            output="-",
+            group_size=1,
+            temperature=0.05,
+            bf16=bf16,
+            learning_rate=1e-5,
+            warmup_ratio=0.0,
+            length_groups=groups,
+            packing=packed,
+        )
         _, ours_opt, _ = build_optimizer(ours_model, config, args.steps)
         runner = step_runner(ours_model, tok, spec, config, torch.device("cpu"))
 
@@ -278,13 +301,15 @@ def main() -> int:
         rates[label] = report(label, seconds[label], batches, args.rounds, base, flops, peak)
         base = base or rates[label]
     ours, ours_bf16 = rates["lrat StepRunner (weighted, gathered)"], rates["lrat StepRunner bf16 autocast"]
-    print("\nlrat / sentence-transformers (fp32, both with dropout): "
-          f"{ours / rates['sentence-transformers MNRL']:.3f}x; "
-          f"length groups / one group: {ours / rates['lrat, one length group per side']:.3f}x; "
-          f"cheaper dropout / torch's: {ours / rates['lrat, torch dropout']:.3f}x; "
-          f"packed / padded: {rates['lrat, packed (padding-free)'] / ours:.3f}x; "
-          f"prefetched / inline input: {rates['lrat, input prefetched in a thread'] / ours:.3f}x; "
-          f"lrat bf16 / fp32: {ours_bf16 / ours:.2f}x")
+    print(
+        "\nlrat / sentence-transformers (fp32, both with dropout): "
+        f"{ours / rates['sentence-transformers MNRL']:.3f}x; "
+        f"length groups / one group: {ours / rates['lrat, one length group per side']:.3f}x; "
+        f"cheaper dropout / torch's: {ours / rates['lrat, torch dropout']:.3f}x; "
+        f"packed / padded: {rates['lrat, packed (padding-free)'] / ours:.3f}x; "
+        f"prefetched / inline input: {rates['lrat, input prefetched in a thread'] / ours:.3f}x; "
+        f"lrat bf16 / fp32: {ours_bf16 / ours:.2f}x"
+    )
     if args.quality:
         training_quality(path, args.batch)
     return 0

@@ -54,11 +54,26 @@ def write_pairs(directory: Path, count: int) -> None:
     directory.mkdir(parents=True)
     per_file = 5000
     for start in range(0, count, per_file):
-        rows = [{"trajectory_id": f"t{i}", "turn": 1, "browse_turn": 2, "query": text(60), "positive_id": f"d{i}",
-                 "negative_ids": [f"n{i}-{j}" for j in range(10)], "reasoning": text(200), "reasoning_length": 200,
-                 "rank": 1, "correct": None, "relevant": i % 4 != 0, "weight": rng.uniform(0.2, 1.8),
-                 "positive_text": text(1500), "negative_texts": [text(300) for _ in range(10)], "source": "synthetic"}
-                for i in range(start, min(start + per_file, count))]
+        rows = [
+            {
+                "trajectory_id": f"t{i}",
+                "turn": 1,
+                "browse_turn": 2,
+                "query": text(60),
+                "positive_id": f"d{i}",
+                "negative_ids": [f"n{i}-{j}" for j in range(10)],
+                "reasoning": text(200),
+                "reasoning_length": 200,
+                "rank": 1,
+                "correct": None,
+                "relevant": i % 4 != 0,
+                "weight": rng.uniform(0.2, 1.8),
+                "positive_text": text(1500),
+                "negative_texts": [text(300) for _ in range(10)],
+                "source": "synthetic",
+            }
+            for i in range(start, min(start + per_file, count))
+        ]
         pq.write_table(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA), directory / f"part-{start:08d}.parquet")
 
 
@@ -82,8 +97,10 @@ def main() -> int:
             for mode in ("streamed", "in driver"):
                 result = measure(mode, tmp / f"pairs-{count}", tmp / f"model-{mode.replace(' ', '-')}-{count}")
                 rows.append((count, mode, result))
-                print(f"{count} pairs, {mode}: {result['examples']} examples, driver peak {result['peak_mb']:.0f} MB",
-                      flush=True)
+                print(
+                    f"{count} pairs, {mode}: {result['examples']} examples, driver peak {result['peak_mb']:.0f} MB",
+                    flush=True,
+                )
     print("\n| pairs | streamed: driver peak MB | in driver: peak MB |\n|---:|---:|---:|")
     for count in (args.pairs, 10 * args.pairs):
         peaks = {mode: r["peak_mb"] for c, mode, r in rows if c == count}

@@ -12,8 +12,11 @@ import json
 import os
 from pathlib import Path
 
-REAL = Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) \
-    / "lrat" / "trajectory_bm25"
+REAL = (
+    Path(os.environ.get("LRAT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    / "lrat"
+    / "trajectory_bm25"
+)
 
 
 def shorten(template: dict) -> dict:
@@ -24,7 +27,7 @@ def shorten(template: dict) -> dict:
             continue
         if item["tool_name"] == "search":
             blocks = item["output"].split("\n\nDocID:")
-            item["output"] = "\n\nDocID:".join([blocks[0]] + [b[:80 + b.find("\n[")] for b in blocks[1:]])
+            item["output"] = "\n\nDocID:".join([blocks[0]] + [b[: 80 + b.find("\n[")] for b in blocks[1:]])
         else:
             item["output"] = item["output"][:300]
     run.pop("retrieved_docids", None)

@@ -46,13 +46,21 @@ def _shared_data() -> Path:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrat", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"lrat-ray {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log debug messages and show Ray's own logs (else in /tmp/ray/session_latest/logs)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log debug messages and show Ray's own logs (else in /tmp/ray/session_latest/logs)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for name, cls, module, handler, summary in commands():
-        command = sub.add_parser(name, help=summary, description=_first_paragraph(module),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        command = sub.add_parser(
+            name,
+            help=summary,
+            description=_first_paragraph(module),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         command.add_argument("--config", help=f"YAML file with these options (a '{name}:' section or top level)")
         add_arguments(command, cls)
         command.set_defaults(handler=handler, config_class=cls)
@@ -60,13 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the LRAT flywheel on SciFact with the embedded default (see README)")
     demo.add_argument("--output", default="runs/demo", help="where the demo writes (default: runs/demo)")
     demo.add_argument("--data", default=None, help="shared data directory (default: $LRAT_DATA or ../shared/data)")
-    demo.add_argument("--llm", action="store_true",
-                      help="one iteration with real LLM agents (Ray Serve LLM) and the vLLM judge, on the tiny "
-                           "embedded chat model (configs/demo_flywheel_llm.yaml)")
+    demo.add_argument(
+        "--llm",
+        action="store_true",
+        help="one iteration with real LLM agents (Ray Serve LLM) and the vLLM judge, on the tiny "
+        "embedded chat model (configs/demo_flywheel_llm.yaml)",
+    )
     demo.set_defaults(handler=_cmd_demo)
 
-    prepare = sub.add_parser("prepare-llm", help="build the embedded chat model (SmolLM2-135M-Instruct) for vLLM",
-                             description=_first_paragraph("lrat_ray.models.tiny_llm"))
+    prepare = sub.add_parser(
+        "prepare-llm",
+        help="build the embedded chat model (SmolLM2-135M-Instruct) for vLLM",
+        description=_first_paragraph("lrat_ray.models.tiny_llm"),
+    )
     prepare.set_defaults(handler=_cmd_prepare_llm)
     return parser
 
@@ -82,8 +96,13 @@ def commands():
     return staged + [
         ("serve", ServeConfig, "lrat_ray.serving.retriever", _cmd_serve, "serve search + browse over HTTP (Ray Serve)"),
         ("mcp", McpConfig, "lrat_ray.serving.mcp", _cmd_mcp, "offer a running retriever's tools over MCP"),
-        ("ablation", AblationConfig, "lrat_ray.experiments.ablation", _cmd_ablation,
-         "oracle / naive / LRAT arms on common random numbers, informative and control agents, seed-level tests"),
+        (
+            "ablation",
+            AblationConfig,
+            "lrat_ray.experiments.ablation",
+            _cmd_ablation,
+            "oracle / naive / LRAT arms on common random numbers, informative and control agents, seed-level tests",
+        ),
     ]
 
 
@@ -125,11 +144,15 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         staged = run_stage(stage.name, config, stage.run(), local_only=stage.local_only)
         result, config = staged.result, dataclasses.replace(config, output=staged.output)
         if staged.skipped:
-            print(f"lrat {stage.name}: {staged.output} already holds this result (version {staged.key}): "
-                  f"{stage.summary(result)}; nothing was run")
+            print(
+                f"lrat {stage.name}: {staged.output} already holds this result (version {staged.key}): "
+                f"{stage.summary(result)}; nothing was run"
+            )
         else:
-            print(f"lrat {stage.name}: {stage.summary(result)}; {time.time() - started:.0f}s -> {staged.output} "
-                  f"(version {staged.key})")
+            print(
+                f"lrat {stage.name}: {stage.summary(result)}; {time.time() - started:.0f}s -> {staged.output} "
+                f"(version {staged.key})"
+            )
     details = DETAILS.get(stage.name)
     if details:
         details(result, config)
@@ -144,16 +167,27 @@ def _eval_details(result: dict, config) -> None:
         for name in names:
             print(f"  {name:<22} {result['metrics'][name]:>8.4f} {other.get(name, float('nan')):>8.4f}")
         for metric, test in result["compare"]["tests"].items():
-            print(f"  {metric}: B wins {test['wins_b']}, loses {test['losses_b']}, ties {test['ties']}; "
-                  f"paired t-test p={test['t_test_p']:.4g}, permutation p={test['permutation_p']:.4g}")
+            print(
+                f"  {metric}: B wins {test['wins_b']}, loses {test['losses_b']}, ties {test['ties']}; "
+                f"paired t-test p={test['t_test_p']:.4g}, permutation p={test['permutation_p']:.4g}"
+            )
     else:
         for name in names:
             print(f"  {name:<22} {result['metrics'][name]:.4f}")
 
 
 def _eval_runs_details(result: dict, config) -> None:
-    for key in ("tasks", "tasks_with_evidence", "evidence_recall", "gold_recall", "avg_steps",
-                "avg_searches", "avg_browses", "success_rate", "records_skipped"):
+    for key in (
+        "tasks",
+        "tasks_with_evidence",
+        "evidence_recall",
+        "gold_recall",
+        "avg_steps",
+        "avg_searches",
+        "avg_browses",
+        "success_rate",
+        "records_skipped",
+    ):
         print(f"  {key:<20} {result[key]}")
 
 
@@ -178,16 +212,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def _cmd_prepare_llm(args: argparse.Namespace) -> int:
     from lrat_ray.models.tiny_llm import tiny_model_path
 
     print(tiny_model_path())
     return 0
-
-
-
 
 
 def _cmd_ablation(args: argparse.Namespace) -> int:
@@ -232,10 +261,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     values["corpus"] = [str(data / c) for c in values["corpus"]]
     values["output"] = args.output
     config = FlywheelConfig(**values)
-    print(f"lrat demo: {config.iterations}-iteration LRAT flywheel on SciFact ({data / 'scifact-beir'}) "
-          f"-> {args.output}\n  retriever: embedded all-MiniLM-L6-v2; "
-          + ("agents: SmolLM2-135M-Instruct on Ray Serve LLM; judge: the same model on ray.data.llm vLLM; "
-             if args.llm else "agent: simulated; judge: keyword rule; ") + "local Ray on CPU")
+    print(
+        f"lrat demo: {config.iterations}-iteration LRAT flywheel on SciFact ({data / 'scifact-beir'}) "
+        f"-> {args.output}\n  retriever: embedded all-MiniLM-L6-v2; "
+        + (
+            "agents: SmolLM2-135M-Instruct on Ray Serve LLM; judge: the same model on ray.data.llm vLLM; "
+            if args.llm
+            else "agent: simulated; judge: keyword rule; "
+        )
+        + "local Ray on CPU"
+    )
     if not args.llm:
         print(SIMULATION_ASSUMPTIONS)
     started = time.time()
@@ -243,17 +278,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print("\nheld-out results per iteration (iteration 0 = before any training):\n")
     print(results_table(rows))
     first, last = rows[0], rows[-1]
-    print(f"evidence recall {first['evidence_recall']:.4f} -> {last['evidence_recall']:.4f}, "
-          f"nDCG@10 {first['ndcg@10']:.4f} -> {last['ndcg@10']:.4f}, "
-          f"success rate {first['success_rate']:.4f} -> {last['success_rate']:.4f}, "
-          f"steps/task {first['avg_steps']:.2f} -> {last['avg_steps']:.2f}")
+    print(
+        f"evidence recall {first['evidence_recall']:.4f} -> {last['evidence_recall']:.4f}, "
+        f"nDCG@10 {first['ndcg@10']:.4f} -> {last['ndcg@10']:.4f}, "
+        f"success rate {first['success_rate']:.4f} -> {last['success_rate']:.4f}, "
+        f"steps/task {first['avg_steps']:.2f} -> {last['avg_steps']:.2f}"
+    )
     print(f"wall time {time.time() - started:.0f}s; table, CSV and plot in {args.output}/results.*")
     return 0
 
 
 def _mine_details(report: dict, config) -> None:
-    print(f"  skipped records by reason: {report['records_skipped'] or 'none'}; duplicate browses "
-          f"{report['duplicate_browses']}")
+    print(
+        f"  skipped records by reason: {report['records_skipped'] or 'none'}; duplicate browses "
+        f"{report['duplicate_browses']}"
+    )
     print(f"weights: beta (median reasoning length) = {report['beta']:.1f}, mu_raw = {report['mu_raw']:.4f}")
     print("\nagent behaviour (LRAT Table 1):")
     print(f"  {'group':<10} {'traj':>5} {'search/t':>9} {'browse/t':>9} {'steps/t':>8} {'B/S':>6}")
@@ -261,8 +300,10 @@ def _mine_details(report: dict, config) -> None:
         row = report["stats"][group]
         if not row["trajectories"]:
             continue
-        print(f"  {group:<10} {row['trajectories']:>5} {row['avg_searches']:>9.2f} {row['avg_browses']:>9.2f} "
-              f"{row['avg_steps']:>8.2f} {row['browse_search_ratio'] or 0:>6.3f}")
+        print(
+            f"  {group:<10} {row['trajectories']:>5} {row['avg_searches']:>9.2f} {row['avg_browses']:>9.2f} "
+            f"{row['avg_steps']:>8.2f} {row['browse_search_ratio'] or 0:>6.3f}"
+        )
     ranks = report["stats"]["browsed_rank_distribution"]
     print("  browsed ranks: " + ", ".join(f"{r}:{v['count']}" for r, v in ranks.items()))
     for example in report.get("skipped_examples", [])[:5]:
@@ -276,8 +317,9 @@ DETAILS = {"mine": _mine_details, "eval": _eval_details, "eval-runs": _eval_runs
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it reports every CPU-specific build it lacks
     for chatty in ("httpx", "httpcore"):  # one INFO line per HTTP request
         logging.getLogger(chatty).setLevel(logging.WARNING)
@@ -296,8 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         where = _save_traceback(args.command)
-        print(f"lrat {args.command}: error: {root_cause(exc)} (full traceback: {where}; -v prints it)",
-              file=sys.stderr)
+        print(f"lrat {args.command}: error: {root_cause(exc)} (full traceback: {where}; -v prints it)", file=sys.stderr)
         return 1
 
 

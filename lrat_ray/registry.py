@@ -46,6 +46,7 @@ class Stage:
 # Each loader imports its stage only when called: `lrat --help` imports no torch, and the registry
 # imports no stage at import time (the flywheel, itself a stage, reads the registry).
 
+
 def _load_mine() -> Loaded:
     from lrat_ray.stages import mine
 
@@ -106,22 +107,28 @@ def _rate(count, seconds) -> str:
 
 def _mine(r: dict) -> str:
     skipped = sum((r.get("records_skipped") or {}).values())
-    return (f"{r.get('records_used')} of {r.get('records_read')} records -> {r.get('pairs')} pairs "
-            f"({skipped} records skipped, {r.get('unattributed_browses', 0)} unattributed and "
-            f"{r.get('failed_browses', 0)} failed browses)")
+    return (
+        f"{r.get('records_used')} of {r.get('records_read')} records -> {r.get('pairs')} pairs "
+        f"({skipped} records skipped, {r.get('unattributed_browses', 0)} unattributed and "
+        f"{r.get('failed_browses', 0)} failed browses)"
+    )
 
 
 def _judge(r: dict) -> str:
     table = "labels" if "labels" in r else "pairs"
-    return (f"{r.get(table)} {table} judged by {r.get('backend')}: {r.get('relevant')} relevant, "
-            f"{r.get('irrelevant')} not ({r.get('cached', 0)} from cache, {r.get('unparseable', 0)} unparseable, "
-            f"{r.get('failed', 0)} failed)")
+    return (
+        f"{r.get(table)} {table} judged by {r.get('backend')}: {r.get('relevant')} relevant, "
+        f"{r.get('irrelevant')} not ({r.get('cached', 0)} from cache, {r.get('unparseable', 0)} unparseable, "
+        f"{r.get('failed', 0)} failed)"
+    )
 
 
 def _train(r: dict) -> str:
     metrics = r.get("final_metrics") or {}
-    return (f"{r.get('steps')} steps on {r.get('examples')} examples, final loss "
-            f"{metrics.get('loss', float('nan')):.4f}, {metrics.get('examples_per_s', 0):.1f} examples/s")
+    return (
+        f"{r.get('steps')} steps on {r.get('examples')} examples, final loss "
+        f"{metrics.get('loss', float('nan')):.4f}, {metrics.get('examples_per_s', 0):.1f} examples/s"
+    )
 
 
 def _index(r: dict) -> str:
@@ -129,14 +136,18 @@ def _index(r: dict) -> str:
     seconds = (r.get("seconds") or {}).get("total")
     shards = r.get("shards") or []
     reused = f", vectors of {r['embeddings_reused']} reused" if r.get("embeddings_reused") else ""
-    return (f"{r.get('count')} documents in {len(shards)} shard(s){reused}, {r.get('dimension')}-d {kind}, "
-            f"indexed at {_rate(r.get('count'), seconds)}; "
-            f"skipped {(r.get('corpus') or {}).get('records_skipped') or 'none'}")
+    return (
+        f"{r.get('count')} documents in {len(shards)} shard(s){reused}, {r.get('dimension')}-d {kind}, "
+        f"indexed at {_rate(r.get('count'), seconds)}; "
+        f"skipped {(r.get('corpus') or {}).get('records_skipped') or 'none'}"
+    )
 
 
 def _rollout(r: dict) -> str:
-    return (f"{r.get('completed')} of {r.get('tasks')} tasks rolled out ({r.get('failed')} failed); success rate "
-            f"{r.get('success_rate')}, {r.get('avg_steps')} steps/task")
+    return (
+        f"{r.get('completed')} of {r.get('tasks')} tasks rolled out ({r.get('failed')} failed); success rate "
+        f"{r.get('success_rate')}, {r.get('avg_steps')} steps/task"
+    )
 
 
 def _eval(r: dict) -> str:
@@ -146,8 +157,10 @@ def _eval(r: dict) -> str:
 
 
 def _eval_runs(r: dict) -> str:
-    return (f"{r.get('tasks')} tasks: evidence recall {r.get('evidence_recall')}, success rate "
-            f"{r.get('success_rate')}, {r.get('avg_steps')} steps/task")
+    return (
+        f"{r.get('tasks')} tasks: evidence recall {r.get('evidence_recall')}, success rate "
+        f"{r.get('success_rate')}, {r.get('avg_steps')} steps/task"
+    )
 
 
 def _pairs_from_qrels(r: dict) -> str:
@@ -156,23 +169,41 @@ def _pairs_from_qrels(r: dict) -> str:
 
 def _flywheel(rows: list) -> str:
     first, last = rows[0], rows[-1]
-    return (f"{len(rows) - 1} iterations: held-out nDCG@10 {first.get('ndcg@10', 0):.4f} -> "
-            f"{last.get('ndcg@10', 0):.4f}, evidence recall {first.get('evidence_recall') or 0:.4f} -> "
-            f"{last.get('evidence_recall') or 0:.4f}")
+    return (
+        f"{len(rows) - 1} iterations: held-out nDCG@10 {first.get('ndcg@10', 0):.4f} -> "
+        f"{last.get('ndcg@10', 0):.4f}, evidence recall {first.get('evidence_recall') or 0:.4f} -> "
+        f"{last.get('evidence_recall') or 0:.4f}"
+    )
 
 
-STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("mine", _load_mine, "mine weighted training pairs from agent trajectories", _mine),
-    Stage("judge", _load_judge, "label mined pairs (or browse events) from the post-browse reasoning", _judge),
-    Stage("pairs-from-qrels", _load_pairs_from_qrels,
-          "training pairs from relevance judgments (mined-pairs schema)", _pairs_from_qrels),
-    Stage("train", _load_train, "weighted-contrastive training on Ray Train", _train, local_only=True),
-    Stage("index", _load_index, "encode a corpus and build a FAISS index", _index, local_only=True),
-    Stage("eval", _load_eval, "IR metrics of an index on judged queries", _eval, output_optional=True),
-    Stage("eval-runs", _load_eval_runs, "evidence recall, steps and success of agent trajectories", _eval_runs,
-          output_optional=True),
-    Stage("rollout", _load_rollout, "run agents against a served retriever", _rollout),
-    Stage("flywheel", _load_flywheel,
-          "the closed loop: serve, roll out, mine, judge, train, re-index, redeploy, evaluate", _flywheel,
-          local_only=True),
-)}
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("mine", _load_mine, "mine weighted training pairs from agent trajectories", _mine),
+        Stage("judge", _load_judge, "label mined pairs (or browse events) from the post-browse reasoning", _judge),
+        Stage(
+            "pairs-from-qrels",
+            _load_pairs_from_qrels,
+            "training pairs from relevance judgments (mined-pairs schema)",
+            _pairs_from_qrels,
+        ),
+        Stage("train", _load_train, "weighted-contrastive training on Ray Train", _train, local_only=True),
+        Stage("index", _load_index, "encode a corpus and build a FAISS index", _index, local_only=True),
+        Stage("eval", _load_eval, "IR metrics of an index on judged queries", _eval, output_optional=True),
+        Stage(
+            "eval-runs",
+            _load_eval_runs,
+            "evidence recall, steps and success of agent trajectories",
+            _eval_runs,
+            output_optional=True,
+        ),
+        Stage("rollout", _load_rollout, "run agents against a served retriever", _rollout),
+        Stage(
+            "flywheel",
+            _load_flywheel,
+            "the closed loop: serve, roll out, mine, judge, train, re-index, redeploy, evaluate",
+            _flywheel,
+            local_only=True,
+        ),
+    )
+}

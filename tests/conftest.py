@@ -46,31 +46,49 @@ def think(text):
 
 
 # Two windows, a browse judged useless, a browse of a doc from an older search, a final positive.
-HAND = Trajectory(id="hand", correct=False, steps=(
-    search("q1", "a", "b", "c"),
-    browse("a"), think("useless page"),
-    search("q2", "d", "a", "e"),
-    browse("d"), think("great, key facts here"),
-    browse("b"), think("useless"),
-    search("q3", "f", "g"),
-    browse("f"), think("good"),
-    Step("answer", text="done"),
-))
+HAND = Trajectory(
+    id="hand",
+    correct=False,
+    steps=(
+        search("q1", "a", "b", "c"),
+        browse("a"),
+        think("useless page"),
+        search("q2", "d", "a", "e"),
+        browse("d"),
+        think("great, key facts here"),
+        browse("b"),
+        think("useless"),
+        search("q3", "f", "g"),
+        browse("f"),
+        think("good"),
+        Step("answer", text="done"),
+    ),
+)
 
 
-
-SLOW_MODULES = {"test_multinode", "test_object_storage", "test_llm_real", "test_decoder_embedder", "test_ablation",
-                "test_judged_mining"}
-SLOW_TESTS = {"test_deepspeed_zero2_trains_on_cpu_workers", "test_lora_trains_only_adapters_and_merges_on_save",
-              "test_two_worker_gathered_loss_and_gradient_equal_one_process",
-              "test_metrics_equal_an_independent_library",
-              "test_run_judge_openai_uses_the_cache_on_a_rerun",
-              "test_one_large_jsonl_file_mined_in_byte_ranges_by_several_actors_equals_one_process",
-              "test_swap_index_under_load_drops_no_request", "test_sharded_job_equals_single_process",
-              "test_index_in_one_precision_searched_in_the_other", "test_index_vectors_with_packing_equal_without",
-              "test_lrat_serve_takes_its_token_from_the_environment_and_listens_on_loopback_only",
-              "test_corrupt_files_are_counted_and_named_strict_stops_and_the_corrected_run_proceeds",
-              "test_eval_warns_about_judgments_it_cannot_use"}
+SLOW_MODULES = {
+    "test_multinode",
+    "test_object_storage",
+    "test_llm_real",
+    "test_decoder_embedder",
+    "test_ablation",
+    "test_judged_mining",
+}
+SLOW_TESTS = {
+    "test_deepspeed_zero2_trains_on_cpu_workers",
+    "test_lora_trains_only_adapters_and_merges_on_save",
+    "test_two_worker_gathered_loss_and_gradient_equal_one_process",
+    "test_metrics_equal_an_independent_library",
+    "test_run_judge_openai_uses_the_cache_on_a_rerun",
+    "test_one_large_jsonl_file_mined_in_byte_ranges_by_several_actors_equals_one_process",
+    "test_swap_index_under_load_drops_no_request",
+    "test_sharded_job_equals_single_process",
+    "test_index_in_one_precision_searched_in_the_other",
+    "test_index_vectors_with_packing_equal_without",
+    "test_lrat_serve_takes_its_token_from_the_environment_and_listens_on_loopback_only",
+    "test_corrupt_files_are_counted_and_named_strict_stops_and_the_corrected_run_proceeds",
+    "test_eval_warns_about_judgments_it_cannot_use",
+}
 
 
 # The real-LLM tests' one timeout policy: every test has the suite's timeout (pyproject, 600 s)
@@ -83,8 +101,9 @@ LLM_MEASURED: list[str] = []
 def record_llm_rate(what: str, tokens: int | None = None, seconds: float | None = None, rows: int | None = None):
     """Note a measured LLM rate (a test calls this after each LLM phase) for failure reports."""
     parts = [f"{tokens} tokens" if tokens is not None else None, f"{rows} rows" if rows is not None else None]
-    rate = (f", {tokens / seconds:.1f} tokens/s" if tokens and seconds else "") + \
-        (f", {rows / seconds:.2f} rows/s" if rows and seconds else "")
+    rate = (f", {tokens / seconds:.1f} tokens/s" if tokens and seconds else "") + (
+        f", {rows / seconds:.2f} rows/s" if rows and seconds else ""
+    )
     LLM_MEASURED.append(f"{what}: {', '.join(p for p in parts if p)} in {seconds:.1f} s{rate}")
 
 
@@ -95,8 +114,11 @@ def pytest_runtest_makereport(item, call):
     if report.failed and item.get_closest_marker("llm") is not None:
         from lrat_ray.infra.hardware import summary_line
 
-        lines = [summary_line(), f"LRAT_PRECISION={os.environ.get('LRAT_PRECISION')} in this session",
-                 "LLM work measured in this session (a rate far below the README's figures means a slow machine):"]
+        lines = [
+            summary_line(),
+            f"LRAT_PRECISION={os.environ.get('LRAT_PRECISION')} in this session",
+            "LLM work measured in this session (a rate far below the README's figures means a slow machine):",
+        ]
         lines += [f"  {m}" for m in LLM_MEASURED] or ["  nothing measured yet"]
         report.sections.append(("LLM speed on this machine", "\n".join(lines)))
 
@@ -153,8 +175,9 @@ def msmarco_slice(tmp_path_factory):
             extra += 1
     root = tmp_path_factory.mktemp("msmarco")
     (root / "corpus.jsonl").write_text("\n".join(corpus) + "\n")
-    queries = [l for l in (MSMARCO / "queries.jsonl").read_text().split("\n")
-               if l.strip() and json.loads(l)["_id"] in qids]
+    queries = [
+        l for l in (MSMARCO / "queries.jsonl").read_text().split("\n") if l.strip() and json.loads(l)["_id"] in qids
+    ]
     (root / "queries.jsonl").write_text("\n".join(queries) + "\n")
     lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{g}" for q in qids for d, g in qrels[q].items()]
     (root / "qrels.tsv").write_text("\n".join(lines) + "\n")
@@ -193,8 +216,9 @@ def scifact_slice(tmp_path_factory):
             kept.append(line)
     (root / "corpus.jsonl").write_text("\n".join(kept) + "\n")
     wanted = set(train_ids) | set(test_ids)
-    (root / "queries.jsonl").write_text("\n".join(l for l in jsonl_lines(SCIFACT / "queries.jsonl")
-                                                  if json.loads(l)["_id"] in wanted) + "\n")
+    (root / "queries.jsonl").write_text(
+        "\n".join(l for l in jsonl_lines(SCIFACT / "queries.jsonl") if json.loads(l)["_id"] in wanted) + "\n"
+    )
     for name, ids, qrels in (("train.tsv", train_ids, train), ("test.tsv", test_ids, test)):
         rows = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{g}" for q in ids for d, g in qrels[q].items()]
         (root / name).write_text("\n".join(rows) + "\n")

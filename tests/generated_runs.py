@@ -12,10 +12,16 @@ from __future__ import annotations
 import json
 import random
 
-WORDS = ("protein binding cells growth signal pathway tumour immune response gene expression trial dose "
-         "patients risk effect mouse model receptor levels study cohort analysis evidence outcome").split()
-DISMISSALS = ("This page is not relevant to the question.", "It is unrelated to what I need.",
-              "The article doesn't help here; it is about a different topic.", "No useful information on the claim.")
+WORDS = (
+    "protein binding cells growth signal pathway tumour immune response gene expression trial dose "
+    "patients risk effect mouse model receptor levels study cohort analysis evidence outcome"
+).split()
+DISMISSALS = (
+    "This page is not relevant to the question.",
+    "It is unrelated to what I need.",
+    "The article doesn't help here; it is about a different topic.",
+    "No useful information on the claim.",
+)
 
 
 def _text(rng: random.Random, n: int) -> str:
@@ -54,8 +60,14 @@ def generate_run(index: int, seed: int = 0) -> dict:
         for _ in range(rng.choice((1, 1, 1, 2, 2, 3))):  # a run of consecutive browses
             doc = rng.choice(seen[-10:]) if seen and rng.random() < 0.9 else str(rng.randint(60, 70))
             tool = rng.choice(("get_document", "visit"))
-            steps.append({"type": "tool_call", "tool_name": tool, "arguments": json.dumps({"docid": doc}),
-                          "output": json.dumps({"docid": doc, "text": _text(rng, 30)})})
+            steps.append(
+                {
+                    "type": "tool_call",
+                    "tool_name": tool,
+                    "arguments": json.dumps({"docid": doc}),
+                    "output": json.dumps({"docid": doc, "text": _text(rng, 30)}),
+                }
+            )
             if rng.random() < 0.9:
                 steps.append({"type": "reasoning", "tool_name": None, "arguments": None, "output": _reasoning(rng)})
     steps.append({"type": "output_text", "tool_name": None, "arguments": None, "output": "Final answer."})

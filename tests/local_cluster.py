@@ -38,10 +38,16 @@ class LocalCluster:
         self.nodes: dict[str, subprocess.Popen] = {}
         bin_dir = str(Path(sys.executable).parent)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        self.env.update(PATH=f"{bin_dir}:{os.environ['PATH']}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
-                        HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0",
-                        # notice a dead node in ~3 s instead of ~15 s
-                        RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3")
+        self.env.update(
+            PATH=f"{bin_dir}:{os.environ['PATH']}",
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN=self.token,
+            HF_HUB_OFFLINE="1",
+            RAY_USAGE_STATS_ENABLED="0",
+            # notice a dead node in ~3 s instead of ~15 s
+            RAY_health_check_period_ms="1000",
+            RAY_health_check_failure_threshold="3",
+        )
 
     @property
     def dashboard(self) -> str:
@@ -55,23 +61,65 @@ class LocalCluster:
         log = open(self.root / f"{name}.log", "w")
         # Every node on this host needs its own agent ports: the defaults (e.g. the dashboard agent's
         # 52365) are taken by the first Ray here, which may be another test's local Ray.
-        ports = [arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                                  "--metrics-export-port", "--runtime-env-agent-port")
-                 for arg in (flag, str(free_port()))]
+        ports = [
+            arg
+            for flag in (
+                "--dashboard-agent-listen-port",
+                "--dashboard-agent-grpc-port",
+                "--metrics-export-port",
+                "--runtime-env-agent-port",
+            )
+            for arg in (flag, str(free_port()))
+        ]
         self.nodes[name] = subprocess.Popen(
-            [str(Path(sys.executable).parent / "ray"), "start", "--block", "--disable-usage-stats",
-             "--object-store-memory", str(self.object_store_bytes), "--temp-dir", str(self.temp_root / name),
-             *ports, *args],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(Path(sys.executable).parent / "ray"),
+                "start",
+                "--block",
+                "--disable-usage-stats",
+                "--object-store-memory",
+                str(self.object_store_bytes),
+                "--temp-dir",
+                str(self.temp_root / name),
+                *ports,
+                *args,
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def start_head(self) -> None:
-        self._start("head", ["--head", "--port", str(self.port), "--num-cpus", str(self.head_cpus),
-                             "--ray-client-server-port", str(free_port()),
-                             "--include-dashboard", "true", "--dashboard-port", str(self.dashboard_port)])
+        self._start(
+            "head",
+            [
+                "--head",
+                "--port",
+                str(self.port),
+                "--num-cpus",
+                str(self.head_cpus),
+                "--ray-client-server-port",
+                str(free_port()),
+                "--include-dashboard",
+                "true",
+                "--dashboard-port",
+                str(self.dashboard_port),
+            ],
+        )
 
     def add_worker(self, name: str, cpus: int = 1, resources: dict | None = None) -> None:
-        self._start(name, ["--address", f"127.0.0.1:{self.port}", "--num-cpus", str(cpus),
-                           "--resources", json.dumps(resources or {})])
+        self._start(
+            name,
+            [
+                "--address",
+                f"127.0.0.1:{self.port}",
+                "--num-cpus",
+                str(cpus),
+                "--resources",
+                json.dumps(resources or {}),
+            ],
+        )
 
     def alive_nodes(self) -> int:
         try:

@@ -62,8 +62,12 @@ class ScriptedOpenAI:
             response = prompt.split("[response]: ", 1)[1].split("\n\n[correct_answer]: ", 1)
             gold = response[1].split("\n", 1)[0]
             verdict = "yes" if any(g in response[0] for g in gold.split(" or ")) else "no"
-            return self._message({"role": "assistant", "content": json.dumps({"extracted_final_answer": response[0],
-                                                                                "correct": verdict})})
+            return self._message(
+                {
+                    "role": "assistant",
+                    "content": json.dumps({"extracted_final_answer": response[0], "correct": verdict}),
+                }
+            )
         reasoning = prompt.split("AnalysisText:\n", 1)[1]
         for trigger, status in (("flaky", 500), ("busy", 503)):
             if trigger in reasoning and reasoning not in self.seen_flaky:
@@ -82,15 +86,26 @@ class ScriptedOpenAI:
             call = {"name": "search", "arguments": json.dumps({"thought": "I should search first.", "query": question})}
         elif len(tool_messages) == 1:
             self.last_docid = re.search(r'"docid": "([^"]+)"', tool_messages[0]["content"]).group(1)
-            call = {"name": "get_document", "arguments": json.dumps({"thought": "The first hit looks right; open it.",
-                                                                     "docid": self.last_docid})}
+            call = {
+                "name": "get_document",
+                "arguments": json.dumps({"thought": "The first hit looks right; open it.", "docid": self.last_docid}),
+            }
         else:
-            call = {"name": "answer", "arguments": json.dumps({"thought": "The document answers it.",
-                                                               "answer": f"docid {self.last_docid}"})}
-        return {"role": "assistant", "content": None,
-                "tool_calls": [{"id": f"call-{len(tool_messages)}", "type": "function", "function": call}]}
+            call = {
+                "name": "answer",
+                "arguments": json.dumps({"thought": "The document answers it.", "answer": f"docid {self.last_docid}"}),
+            }
+        return {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": f"call-{len(tool_messages)}", "type": "function", "function": call}],
+        }
 
     @staticmethod
     def _message(message):
-        return {"id": "x", "object": "chat.completion", "model": "scripted",
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "model": "scripted",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        }

@@ -28,8 +28,17 @@ def test_every_subcommand_names_a_missing_input_and_exits_2_before_ray(name, cls
     for f in dataclasses.fields(cls):
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         flag = "--" + f.name.replace("_", "-")
-        if f.metadata.get("path") and f.name not in ("model", "tokenizer", "labels", "events", "compare", "qrels",
-                                                     "heldout_qrels", "evidence", "gold"):
+        if f.metadata.get("path") and f.name not in (
+            "model",
+            "tokenizer",
+            "labels",
+            "events",
+            "compare",
+            "qrels",
+            "heldout_qrels",
+            "evidence",
+            "gold",
+        ):
             argv += [flag, str(missing)]
         elif required:
             argv += [flag, "http://127.0.0.1:9" if f.name == "url" else str(tmp_path / f.name)]

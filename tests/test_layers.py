@@ -10,8 +10,18 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "lrat_ray"
 # Floors, lowest first. The registry names every stage (the flywheel among them) and the CLI sits
 # on top of everything.
-FLOORS = {"infra": 0, "core": 1, "models": 2, "stages": 3, "agents": 4, "serving": 4, "experiments": 5,
-          "registry": 5, "cli": 6, "__init__": 0}
+FLOORS = {
+    "infra": 0,
+    "core": 1,
+    "models": 2,
+    "stages": 3,
+    "agents": 4,
+    "serving": 4,
+    "experiments": 5,
+    "registry": 5,
+    "cli": 6,
+    "__init__": 0,
+}
 
 
 def floor_of(module: str) -> int:
@@ -49,8 +59,11 @@ def test_every_module_has_a_floor():
 def test_no_import_runs_up_a_floor(path):
     name = module_name(path)
     own = floor_of(name)
-    upward = [f"line {line}: {target}" for line, target in imports(path)
-              if target.startswith("lrat_ray.") and floor_of(target) > own]
+    upward = [
+        f"line {line}: {target}"
+        for line, target in imports(path)
+        if target.startswith("lrat_ray.") and floor_of(target) > own
+    ]
     assert not upward, f"{name} (floor {own}) imports from above: {upward}"
 
 

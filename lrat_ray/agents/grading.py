@@ -36,10 +36,22 @@ GRADER_PROMPT = """Judge whether the response to the question is correct, using 
 [correct_answer]: {gold}
 
 First extract the final answer the response gives (or "None" if it gives none). Then decide: it is correct only if it means the same as the correct answer (small differences in wording or formatting are fine; a different or vaguer answer is not). Reply in JSON with the fields extracted_final_answer and correct ("yes" or "no")."""  # noqa: E501 (the prompt's lines as written)
-VERDICT_SCHEMA = {"type": "json_schema", "json_schema": {"name": "grade", "strict": True, "schema": {
-    "type": "object", "additionalProperties": False, "required": ["extracted_final_answer", "correct"],
-    "properties": {"extracted_final_answer": {"type": "string", "maxLength": 200},
-                   "correct": {"type": "string", "enum": ["yes", "no"]}}}}}
+VERDICT_SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "grade",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["extracted_final_answer", "correct"],
+            "properties": {
+                "extracted_final_answer": {"type": "string", "maxLength": 200},
+                "correct": {"type": "string", "enum": ["yes", "no"]},
+            },
+        },
+    },
+}
 
 
 @dataclass
@@ -95,8 +107,11 @@ class Grader:
         if config.kind == "llm":
             from lrat_ray.infra.chat_client import ChatClient, ChatEndpoint
 
-            self.client = ChatClient(ChatEndpoint(config.endpoint or endpoint or "", config.model or model or "",
-                                                  config.api_key_env, config.timeout_s))
+            self.client = ChatClient(
+                ChatEndpoint(
+                    config.endpoint or endpoint or "", config.model or model or "", config.api_key_env, config.timeout_s
+                )
+            )
 
     def grade(self, question: str, answer: str | None, gold: str | None) -> bool | None:
         if gold is None or self.config.kind == "none":
@@ -105,6 +120,7 @@ class Grader:
             return exact_match(answer, gold, self.config.contains)
         alternatives = " or ".join(part.strip() for part in gold.split(" | "))
         prompt = GRADER_PROMPT.format(question=question, response=answer or "(no answer)", gold=alternatives)
-        message = self.client.chat_sync([{"role": "user", "content": prompt}], temperature=0.0, max_tokens=256,
-                                        response_format=VERDICT_SCHEMA)
+        message = self.client.chat_sync(
+            [{"role": "user", "content": prompt}], temperature=0.0, max_tokens=256, response_format=VERDICT_SCHEMA
+        )
         return parse_verdict(message.get("content"))

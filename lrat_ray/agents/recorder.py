@@ -30,24 +30,48 @@ class RunRecorder:
         self.last_hits = [h["docid"] for h in hits]
         self.counts["search"] += 1
         self.retrieved.update(h["docid"] for h in hits)
-        output = json.dumps([{"docid": h["docid"], "score": h["score"], "snippet": h["snippet"]} for h in hits],
-                            ensure_ascii=False)
-        self.items.append({"type": "tool_call", "tool_name": "search",
-                           "arguments": json.dumps({"query": query}, ensure_ascii=False), "output": output})
+        output = json.dumps(
+            [{"docid": h["docid"], "score": h["score"], "snippet": h["snippet"]} for h in hits], ensure_ascii=False
+        )
+        self.items.append(
+            {
+                "type": "tool_call",
+                "tool_name": "search",
+                "arguments": json.dumps({"query": query}, ensure_ascii=False),
+                "output": output,
+            }
+        )
 
     def browse(self, doc_id: str, document: dict | None) -> None:
         self.counts["get_document"] += 1
         self.retrieved.add(doc_id)
-        text = json.dumps({"docid": doc_id, "text": doc_text(document)}, ensure_ascii=False) if document \
+        text = (
+            json.dumps({"docid": doc_id, "text": doc_text(document)}, ensure_ascii=False)
+            if document
             else f"[Document not found] docid={doc_id}"
-        self.items.append({"type": "tool_call", "tool_name": "get_document",
-                           "arguments": json.dumps({"docid": doc_id}), "output": text})
+        )
+        self.items.append(
+            {
+                "type": "tool_call",
+                "tool_name": "get_document",
+                "arguments": json.dumps({"docid": doc_id}),
+                "output": text,
+            }
+        )
 
     def answer(self, text: str, correct: bool | None) -> dict:
         self.items.append({"type": "output_text", "tool_name": None, "arguments": None, "output": text})
-        return {"query_id": self.task.id, "query": self.task.question, "answer": self.task.answer,
-                "status": "completed", "correct": correct, "tool_call_counts": self.counts,
-                "retrieved_docids": sorted(self.retrieved), "metadata": self.metadata, "result": self.items}
+        return {
+            "query_id": self.task.id,
+            "query": self.task.question,
+            "answer": self.task.answer,
+            "status": "completed",
+            "correct": correct,
+            "tool_call_counts": self.counts,
+            "retrieved_docids": sorted(self.retrieved),
+            "metadata": self.metadata,
+            "result": self.items,
+        }
 
 
 def doc_text(document: dict | None) -> str:

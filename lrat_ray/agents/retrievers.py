@@ -71,11 +71,20 @@ class LocalRetriever:
         results = []
         for doc_id, score in hits:
             document = self.index.document(doc_id)
-            results.append({"docid": doc_id, "score": score, "title": document.get("title"),
-                            "snippet": (document.get("text") or "")[:self.snippet_chars]})
+            results.append(
+                {
+                    "docid": doc_id,
+                    "score": score,
+                    "title": document.get("title"),
+                    "snippet": (document.get("text") or "")[: self.snippet_chars],
+                }
+            )
         return results
 
     def document(self, doc_id: str) -> dict | None:
         document = self.index.document(doc_id)
-        return None if document is None else {"docid": doc_id, "title": document.get("title"),
-                                              "text": document.get("text")}
+        return (
+            None
+            if document is None
+            else {"docid": doc_id, "title": document.get("title"), "text": document.get("text")}
+        )

@@ -40,12 +40,14 @@ class RolloutConfig(ActorPool):
 
     url: str = option(help="base URL of the served retriever (lrat serve)", runtime=True)
     queries: str = option(help="task questions: BEIR queries.jsonl or TSV", path=True)
-    output: str = option(help="directory for the run files, one JSON per task (local or URI; '{version}' is "
-                              "replaced by the version key)")
+    output: str = option(
+        help="directory for the run files, one JSON per task (local or URI; '{version}' is replaced by the version key)"
+    )
     qrels: str | None = option(None, help="judgments (the simulated agent needs them)", path=True)
     limit: int | None = option(None, help="roll out only the first N tasks (by id)")
-    cpus_per_worker: float = option(ACTOR_CPUS, minimum=0, runtime=True,
-                                    help="CPUs each rollout actor reserves (agents mostly wait on HTTP)")
+    cpus_per_worker: float = option(
+        ACTOR_CPUS, minimum=0, runtime=True, help="CPUs each rollout actor reserves (agents mostly wait on HTTP)"
+    )
     token: str | None = option(None, help="bearer token of the retriever", runtime=True)
     agent_kind: str = option("simulated", choices=tuple(AGENT_KINDS), help="simulated or llm")
     agent_endpoint: str | None = option(None, help="llm: OpenAI-compatible base URL", runtime=True)
@@ -77,9 +79,16 @@ class RolloutWorker:
                 summaries.append({"task": task.id, "status": "failed", "error": repr(exc)})
                 continue
             storage.write_json_atomic(storage.join(output, f"{_safe(task.id)}.json"), run)
-            summaries.append({"task": task.id, "status": "completed", "seconds": round(time.time() - started, 3),
-                              "correct": run["correct"], "steps": sum(run["tool_call_counts"].values()),
-                              "llm_usage": run["metadata"].get("llm_usage")})
+            summaries.append(
+                {
+                    "task": task.id,
+                    "status": "completed",
+                    "seconds": round(time.time() - started, 3),
+                    "correct": run["correct"],
+                    "steps": sum(run["tool_call_counts"].values()),
+                    "llm_usage": run["metadata"].get("llm_usage"),
+                }
+            )
         return summaries
 
 
@@ -87,8 +96,15 @@ def _safe(task_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", task_id)
 
 
-def run_rollouts(url: str, tasks: list[Task], config: AgentConfig, output: str, workers: int | None = 2,
-                 token: str | None = None, per_worker: dict | None = None) -> dict:
+def run_rollouts(
+    url: str,
+    tasks: list[Task],
+    config: AgentConfig,
+    output: str,
+    workers: int | None = 2,
+    token: str | None = None,
+    per_worker: dict | None = None,
+) -> dict:
     """Roll out ``tasks`` against the retriever at ``url`` with ``workers`` Ray actors (default: as
     many as fit), each reserving ``per_worker`` (default ``ACTOR_CPUS``)."""
     import ray
@@ -101,15 +117,19 @@ def run_rollouts(url: str, tasks: list[Task], config: AgentConfig, output: str, 
     output = output if storage.is_remote(output) else os.path.abspath(output)  # actors have their own cwd
     actor = ray.remote(**remote_args(per_worker))(RolloutWorker)
     pool = [actor.remote(url, dataclasses.asdict(config), token) for _ in range(max(1, min(workers, len(tasks))))]
-    shares = [[dataclasses.asdict(t) for t in tasks[i::len(pool)]] for i in range(len(pool))]
+    shares = [[dataclasses.asdict(t) for t in tasks[i :: len(pool)]] for i in range(len(pool))]
     results = [s for batch in ray.get([w.run.remote(share, output) for w, share in zip(pool, shares)]) for s in batch]
     for worker in pool:
         ray.kill(worker)
     completed = [r for r in results if r["status"] == "completed"]
-    summary = {"tasks": len(tasks), "completed": len(completed), "failed": len(results) - len(completed),
-               "errors": [r for r in results if r["status"] != "completed"][:10],
-               "success_rate": sum(bool(r["correct"]) for r in completed) / len(completed) if completed else None,
-               "avg_steps": sum(r["steps"] for r in completed) / len(completed) if completed else None}
+    summary = {
+        "tasks": len(tasks),
+        "completed": len(completed),
+        "failed": len(results) - len(completed),
+        "errors": [r for r in results if r["status"] != "completed"][:10],
+        "success_rate": sum(bool(r["correct"]) for r in completed) / len(completed) if completed else None,
+        "avg_steps": sum(r["steps"] for r in completed) / len(completed) if completed else None,
+    }
     usages = [r["llm_usage"] for r in completed if r.get("llm_usage")]
     if usages:  # LLM agents: what their calls cost, and the rate the endpoint served them at
         total = {k: sum(u[k] for u in usages) for k in ("calls", "completion_tokens", "seconds")}
@@ -125,7 +145,7 @@ def run_rollout_config(config: RolloutConfig) -> dict:
     init_ray(config.address)
     queries = load_queries(config.queries)
     qrels = load_qrels(config.qrels) if config.qrels else {}
-    ids = sorted(q for q in queries if not qrels or q in qrels)[:config.limit]
+    ids = sorted(q for q in queries if not qrels or q in qrels)[: config.limit]
     per_worker = actor_resources(config.cpus_per_worker, 0, config.resources)
     agent = config.agent_config()
     tasks = load_tasks(queries, qrels, ids, load_answers(config.queries), agent.answer_with, agent.evidence_grade)

@@ -53,9 +53,11 @@ if TYPE_CHECKING:
     from lrat_ray.agents.tasks import Task
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9-]{3,}")
-_STOP = frozenset("this that with from have were been their which there these those than into also more most "
-                  "such only other some when what where while about after before between during over under "
-                  "does doesn shows show study studies patients".split())
+_STOP = frozenset(
+    "this that with from have were been their which there these those than into also more most "
+    "such only other some when what where while about after before between during over under "
+    "does doesn shows show study studies patients".split()
+)
 
 
 def task_rng(seed: int, task_id: str) -> random.Random:
@@ -98,9 +100,11 @@ DISMISSALS = (
     "The paper concerns another condition, so I will look further.",
 )
 NEUTRAL_OPENINGS = ("The abstract describes:", "Reading the full text:", "Notes on this document:")
-USEFUL_OPENINGS = ("This document addresses the claim directly. Key details:",
-                   "The abstract bears on the claim; the relevant findings:",
-                   "This is evidence for deciding the claim. It reports:")
+USEFUL_OPENINGS = (
+    "This document addresses the claim directly. Key details:",
+    "The abstract bears on the claim; the relevant findings:",
+    "This is evidence for deciding the claim. It reports:",
+)
 
 
 def _length(mean: int, rng: random.Random) -> int:
@@ -133,8 +137,8 @@ def _reasoning_judged(doc_text: str, relevant: bool, config: AgentConfig, rng: r
         opening = "Skimming this document for anything that bears on the claim:"
     words = opening.split()
     start = rng.randrange(max(1, len(doc_words) - target)) if doc_words else 0
-    words += doc_words[start:start + max(0, target - len(words))]
-    return " ".join(words[:max(target, len(opening.split()))])
+    words += doc_words[start : start + max(0, target - len(words))]
+    return " ".join(words[: max(target, len(opening.split()))])
 
 
 def _reasoning_read(question: str, doc_text: str, useful: bool, config: AgentConfig, rng: random.Random) -> str:
@@ -179,7 +183,7 @@ def run_simulated(task: Task, client: Retriever, config: AgentConfig, reads_snip
         best_snippet = hits[0]["snippet"] if hits else best_snippet
         recorder.think(f"The search returned {len(hits)} results; looking at the promising ones.")
         for rank, hit in enumerate(hits, start=1):
-            if hit["docid"] in browsed or rng.random() > rank ** -config.position_bias:
+            if hit["docid"] in browsed or rng.random() > rank**-config.position_bias:
                 continue
             is_useful = hit["docid"] in useful
             if rng.random() > _browse_probability(task.question, hit, is_useful, reads_snippets, config):
@@ -188,8 +192,11 @@ def run_simulated(task: Task, client: Retriever, config: AgentConfig, reads_snip
             recorder.browse(hit["docid"], document)
             browsed.add(hit["docid"])
             text = doc_text(document)
-            recorder.think(_reasoning_read(task.question, text, is_useful, config, rng) if reads_snippets
-                           else _reasoning_judged(text, is_useful, config, rng))
+            recorder.think(
+                _reasoning_read(task.question, text, is_useful, config, rng)
+                if reads_snippets
+                else _reasoning_judged(text, is_useful, config, rng)
+            )
             found += hit["docid"] in evidence
             if found >= config.evidence_needed:
                 correct = rng.random() < config.p_correct_with_evidence
@@ -198,8 +205,7 @@ def run_simulated(task: Task, client: Retriever, config: AgentConfig, reads_snip
     return recorder.answer("Best guess without supporting evidence.", correct)
 
 
-def _browse_probability(question: str, hit: dict, is_useful: bool, reads_snippets: bool,
-                        config: AgentConfig) -> float:
+def _browse_probability(question: str, hit: dict, is_useful: bool, reads_snippets: bool, config: AgentConfig) -> float:
     if not reads_snippets:  # simulated-judged: the judgments decide
         return config.p_browse_relevant if is_useful else config.p_browse_irrelevant
     overlap = claim_overlap(question, f"{hit.get('title') or ''} {hit.get('snippet') or ''}")

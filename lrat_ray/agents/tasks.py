@@ -16,10 +16,17 @@ class Task:
     judgments: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-def load_tasks(queries: dict[str, str], qrels: dict[str, dict[str, int]], ids: list[str],
-               answers: dict[str, str] | None = None, answer_with: str = "text", evidence_grade: int = 1) -> list[Task]:
+def load_tasks(
+    queries: dict[str, str],
+    qrels: dict[str, dict[str, int]],
+    ids: list[str],
+    answers: dict[str, str] | None = None,
+    answer_with: str = "text",
+    evidence_grade: int = 1,
+) -> list[Task]:
     """Tasks with their judgments and gold answers: ``answers`` by id, or with ``answer_with='docid'``
     the ids of the task's evidence documents as alternatives (``"id1 | id2"``)."""
+
     def gold(q: str) -> str | None:
         if answer_with == "docid":
             evidence = sorted(d for d, g in qrels.get(q, {}).items() if g >= evidence_grade)

@@ -68,9 +68,11 @@ def detect_format(obj: Any) -> str:
         if "messages" in obj:
             return "openai"
     keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-    raise RecordError("unknown_format",
-                      f"not a known trajectory format (keys: {keys}); expected 'steps' (native), "
-                      "'result' + 'query_id' (BrowseComp-Plus) or 'messages' (OpenAI)")
+    raise RecordError(
+        "unknown_format",
+        f"not a known trajectory format (keys: {keys}); expected 'steps' (native), "
+        "'result' + 'query_id' (BrowseComp-Plus) or 'messages' (OpenAI)",
+    )
 
 
 def parse_trajectory(obj: Any, fmt: str = "auto") -> Trajectory:
@@ -88,8 +90,9 @@ def parse_trajectory(obj: Any, fmt: str = "auto") -> Trajectory:
     raise ValueError(f"unknown trajectory format {fmt!r}; choose one of {FORMATS}")
 
 
-def read_trajectories(uri: str, fmt: str = "auto", line_range: storage.LineRange | None = None
-                      ) -> Iterator[tuple[str | None, Trajectory | RecordError]]:
+def read_trajectories(
+    uri: str, fmt: str = "auto", line_range: storage.LineRange | None = None
+) -> Iterator[tuple[str | None, Trajectory | RecordError]]:
     """Every record of one file (or of a line range of a JSONL file) as ``(position, trajectory)``;
     a record that cannot be used comes as ``(position, RecordError)`` naming the file, so callers
     count it (or stop) instead of losing it."""
@@ -113,6 +116,7 @@ def read_trajectories(uri: str, fmt: str = "auto", line_range: storage.LineRange
 # ---------------------------------------------------------------------------------------------
 # BrowseComp-Plus run files
 # ---------------------------------------------------------------------------------------------
+
 
 def from_browsecomp(obj: dict) -> Trajectory:
     if obj.get("query_id") is None:
@@ -146,13 +150,16 @@ def _browsecomp_step(item: Any, path: str) -> Step:
     if kind == "output_text":
         return Step(ANSWER, text=_flatten_text(item.get("output"), f"{path}.output"))
     if kind == "tool_call":
-        return _tool_step(item.get("tool_name"), item.get("arguments"), item.get("output"), path,
-                          args_field="arguments")
+        return _tool_step(
+            item.get("tool_name"), item.get("arguments"), item.get("output"), path, args_field="arguments"
+        )
     if kind is None:
         raise RecordError("missing_field", "is required", field=f"{path}.type")
-    raise RecordError("unknown_step_kind",
-                      f"unknown item type {kind!r} (expected reasoning, tool_call or output_text)",
-                      field=f"{path}.type")
+    raise RecordError(
+        "unknown_step_kind",
+        f"unknown item type {kind!r} (expected reasoning, tool_call or output_text)",
+        field=f"{path}.type",
+    )
 
 
 def _tool_step(name: Any, arguments: Any, output: Any, path: str, args_field: str) -> Step:
@@ -167,9 +174,11 @@ def _tool_step(name: Any, arguments: Any, output: Any, path: str, args_field: st
         return Step(BROWSE, doc_id=doc_id, text=parse_document_output(output))
     if name is None:
         raise RecordError("missing_field", "is required", field=f"{path}.tool_name")
-    raise RecordError("unknown_step_kind",
-                      f"unknown tool {name!r} (search tools: {sorted(SEARCH_TOOLS)}, "
-                      f"browse tools: {sorted(BROWSE_TOOLS)})", field=f"{path}.tool_name")
+    raise RecordError(
+        "unknown_step_kind",
+        f"unknown tool {name!r} (search tools: {sorted(SEARCH_TOOLS)}, browse tools: {sorted(BROWSE_TOOLS)})",
+        field=f"{path}.tool_name",
+    )
 
 
 def _decode_arguments(arguments: Any, path: str) -> dict:
@@ -184,8 +193,7 @@ def _decode_arguments(arguments: Any, path: str) -> dict:
             return decoded
     if arguments is None:
         raise RecordError("missing_field", "is required", field=path)
-    raise RecordError("wrong_type", f"expected an object or a JSON string of one, got {arguments!r:.80}",
-                      field=path)
+    raise RecordError("wrong_type", f"expected an object or a JSON string of one, got {arguments!r:.80}", field=path)
 
 
 def _search_queries(query: Any, path: str) -> list[str]:
@@ -195,8 +203,7 @@ def _search_queries(query: Any, path: str) -> list[str]:
         return query
     if query is None:
         raise RecordError("missing_field", "a search needs a query", field=path)
-    raise RecordError("wrong_type", f"expected a string or a non-empty list of strings, got {query!r:.80}",
-                      field=path)
+    raise RecordError("wrong_type", f"expected a string or a non-empty list of strings, got {query!r:.80}", field=path)
 
 
 def _browse_doc_id(args: dict, path: str) -> str:
@@ -244,23 +251,28 @@ def _json_hits(decoded: Any, path: str) -> list[SearchHit]:
         decoded = decoded.get("results") or decoded.get("hits") or []
     hits = []
     for j, entry in enumerate(decoded):
-        doc = next((entry[k] for k in ("docid", "doc_id", "id") if entry.get(k) is not None), None) \
-            if isinstance(entry, dict) else None
+        doc = (
+            next((entry[k] for k in ("docid", "doc_id", "id") if entry.get(k) is not None), None)
+            if isinstance(entry, dict)
+            else None
+        )
         if doc is None:
             raise RecordError("missing_field", "a search result needs a docid", field=f"{path}[{j}].docid")
         score = entry.get("score")
-        hits.append(SearchHit(
-            doc_id=normalize_doc_id(doc),
-            title=entry.get("title"),
-            snippet=entry.get("snippet", entry.get("text")),
-            score=float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None,
-        ))
+        hits.append(
+            SearchHit(
+                doc_id=normalize_doc_id(doc),
+                title=entry.get("title"),
+                snippet=entry.get("snippet", entry.get("text")),
+                score=float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None,
+            )
+        )
     return hits
 
 
 def _text_hits(text: str) -> tuple[str | None, LazyHits]:
     first = _DOCID_LINE.search(text)
-    header = text[:first.start()] if first else text
+    header = text[: first.start()] if first else text
     named = _SEARCH_HEADER.search(header) or _NO_RESULTS.search(header)
     hits = LazyHits(partial(_text_hit_ids, text), partial(_text_hit_blocks, text))
     return (named.group("query") if named else None), hits
@@ -293,7 +305,7 @@ def parse_document_output(output: Any) -> str | None:
         return _text_or_none(output.get("text"), "output.text")
     text = str(output)
     header = _DOCUMENT_HEADER.match(text)
-    body = text[header.end():] if header else text
+    body = text[header.end() :] if header else text
     stripped = body.strip()
     if stripped[:1] == "{" and stripped[-1:] == "}":  # a cut-off dict is text: no decoder can read it
         decoded = _decode_mapping(stripped)
@@ -359,6 +371,7 @@ def _last_answer(steps: tuple[Step, ...]) -> str | None:
 # OpenAI chat messages
 # ---------------------------------------------------------------------------------------------
 
+
 def from_openai_messages(obj: dict) -> Trajectory:
     messages = obj.get("messages")
     if messages is None:
@@ -396,8 +409,11 @@ def from_openai_messages(obj: dict) -> Trajectory:
 
 
 def _tool_outputs(messages: list) -> dict[str, Any]:
-    return {str(m["tool_call_id"]): m.get("content")
-            for m in messages if isinstance(m, dict) and m.get("role") == "tool" and "tool_call_id" in m}
+    return {
+        str(m["tool_call_id"]): m.get("content")
+        for m in messages
+        if isinstance(m, dict) and m.get("role") == "tool" and "tool_call_id" in m
+    }
 
 
 def _assistant_steps(message: dict, tool_outputs: dict[str, Any], path: str) -> list[Step]:
@@ -417,9 +433,15 @@ def _assistant_steps(message: dict, tool_outputs: dict[str, Any], path: str) -> 
             raise RecordError("wrong_type", "a tool call must be an object", field=call_path)
         function = call.get("function") if isinstance(call.get("function"), dict) else call
         output = tool_outputs.get(str(call.get("id")))
-        steps.append(_tool_step(function.get("name"), function.get("arguments"),
-                                _message_text(output, f"{call_path}.output"), call_path,
-                                args_field="function.arguments"))
+        steps.append(
+            _tool_step(
+                function.get("name"),
+                function.get("arguments"),
+                _message_text(output, f"{call_path}.output"),
+                call_path,
+                args_field="function.arguments",
+            )
+        )
     if not calls and content:
         steps.append(Step(ANSWER, text=content))
     return steps

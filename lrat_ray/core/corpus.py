@@ -19,8 +19,7 @@ def document_text(record: dict) -> str:
     return "\n".join(part for part in (title, text) if part)
 
 
-def iter_documents(files: list[str], strict: bool = False, skipped: dict | None = None
-                   ) -> Iterator[tuple[str, dict]]:
+def iter_documents(files: list[str], strict: bool = False, skipped: dict | None = None) -> Iterator[tuple[str, dict]]:
     """``(doc_id, record)`` for every usable line; bad lines raise (strict) or are counted in
     ``skipped`` under their reason."""
     skipped = skipped if skipped is not None else {}

@@ -51,8 +51,9 @@ def load_queries(path: str) -> dict[str, str]:
             qid, qtext = parts[0], parts[1] if len(parts) > 1 else None
             field = "text"
         if qid is None or not qtext:
-            raise RecordError("missing_field", "a query needs an id and text", source=path,
-                              record=f"line {lineno}", field=field)
+            raise RecordError(
+                "missing_field", "a query needs an id and text", source=path, record=f"line {lineno}", field=field
+            )
         queries[str(qid)] = qtext
     return queries
 
@@ -71,11 +72,13 @@ def load_qrels(path: str) -> Qrels:
         elif len(parts) == 3:
             qid, doc, grade = parts
         else:
-            raise RecordError("wrong_type", f"expected 3 or 4 columns, got {len(parts)}", source=path,
-                              record=f"line {lineno}")
+            raise RecordError(
+                "wrong_type", f"expected 3 or 4 columns, got {len(parts)}", source=path, record=f"line {lineno}"
+            )
         try:
             qrels[qid][doc] = int(grade)
         except ValueError:
-            raise RecordError("wrong_type", f"grade {grade!r} is not an integer", source=path,
-                              record=f"line {lineno}", field="score") from None
+            raise RecordError(
+                "wrong_type", f"grade {grade!r} is not an integer", source=path, record=f"line {lineno}", field="score"
+            ) from None
     return dict(qrels)

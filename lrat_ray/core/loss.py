@@ -32,9 +32,15 @@ NORMALIZATIONS = ("mean", "weight_sum")
 ABLATIONS = ("naive", "filter", "reweight-unfiltered", "reweight")
 
 
-def weighted_info_nce(queries: torch.Tensor, documents: torch.Tensor, weights: torch.Tensor,
-                      temperature: float, group_size: int, doc_mask: torch.Tensor | None = None,
-                      normalization: str = "mean") -> torch.Tensor:
+def weighted_info_nce(
+    queries: torch.Tensor,
+    documents: torch.Tensor,
+    weights: torch.Tensor,
+    temperature: float,
+    group_size: int,
+    doc_mask: torch.Tensor | None = None,
+    normalization: str = "mean",
+) -> torch.Tensor:
     """The loss over one (already gathered) batch.
 
     Args:
@@ -86,9 +92,15 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def distributed_loss(queries: torch.Tensor, documents: torch.Tensor, weights: torch.Tensor,
-                     doc_mask: torch.Tensor, temperature: float, group_size: int,
-                     normalization: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+def distributed_loss(
+    queries: torch.Tensor,
+    documents: torch.Tensor,
+    weights: torch.Tensor,
+    doc_mask: torch.Tensor,
+    temperature: float,
+    group_size: int,
+    normalization: str = "mean",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather across workers, compute the global loss; returns (value for backward, global loss).
 
     The value for backward is ``world_size * L`` (see the module docstring); report the second.
@@ -101,8 +113,9 @@ def distributed_loss(queries: torch.Tensor, documents: torch.Tensor, weights: to
     return loss * world_size(), loss.detach()
 
 
-def sample_negatives(negatives: Sequence[str], n: int, rng: random.Random, with_replacement: bool = True
-                     ) -> list[str | None]:
+def sample_negatives(
+    negatives: Sequence[str], n: int, rng: random.Random, with_replacement: bool = True
+) -> list[str | None]:
     """``n`` negatives for one pair: a random subset when there are more than ``n``; when fewer,
     repeated at random to fill the group (the official recipe) or, without replacement, padded
     with None (masked out of the loss)."""
@@ -114,8 +127,9 @@ def sample_negatives(negatives: Sequence[str], n: int, rng: random.Random, with_
     return pool + [None] * (n - len(pool))
 
 
-def ablation_weights(weights: Sequence[float], relevant: Sequence[bool | None], ablation: str,
-                     mean: float | None = None) -> tuple[list[float], list[bool]]:
+def ablation_weights(
+    weights: Sequence[float], relevant: Sequence[bool | None], ablation: str, mean: float | None = None
+) -> tuple[list[float], list[bool]]:
     """Weights and a keep-mask for LRAT's ablations (paper Fig. 7).
 
     ``naive``: every browsed pair, weight 1 (no judge filter). ``filter``: drop pairs the judge

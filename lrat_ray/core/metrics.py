@@ -23,8 +23,7 @@ Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
 
 
-def score_run(run: Run, qrels: Qrels, ks: Iterable[int], rel_threshold: int = 1,
-              evidence: Qrels | None = None) -> dict:
+def score_run(run: Run, qrels: Qrels, ks: Iterable[int], rel_threshold: int = 1, evidence: Qrels | None = None) -> dict:
     """Aggregate and per-query metrics of ``run`` (qid -> {doc: score}) with pytrec_eval.
 
     Only queries that have judgments are scored (a query with no relevant document has no
@@ -42,8 +41,7 @@ def score_run(run: Run, qrels: Qrels, ks: Iterable[int], rel_threshold: int = 1,
     graded = pytrec_eval.RelevanceEvaluator(judged, {"ndcg_cut.10"})
     for q, values in graded.evaluate(full).items():
         per_query[q]["ndcg@10"] = values["ndcg_cut_10"]
-    binary = pytrec_eval.RelevanceEvaluator(judged, {"recall." + ",".join(map(str, ks))},
-                                            relevance_level=rel_threshold)
+    binary = pytrec_eval.RelevanceEvaluator(judged, {"recall." + ",".join(map(str, ks))}, relevance_level=rel_threshold)
     for q, values in binary.evaluate(full).items():
         for k in ks:
             per_query[q][f"recall@{k}"] = values[f"recall_{k}"]
@@ -74,8 +72,9 @@ def write_trec_run(path: str, run: Run, tag: str) -> None:
     storage.write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
-def paired_comparison(a: Mapping[str, dict], b: Mapping[str, dict], metric: str,
-                      permutations: int = 10000, seed: int = 0) -> dict:
+def paired_comparison(
+    a: Mapping[str, dict], b: Mapping[str, dict], metric: str, permutations: int = 10000, seed: int = 0
+) -> dict:
     """Per-query wins/losses/ties of ``b`` over ``a`` on ``metric`` plus paired tests."""
     from scipy import stats
 
@@ -86,16 +85,30 @@ def paired_comparison(a: Mapping[str, dict], b: Mapping[str, dict], metric: str,
     t_p = float(stats.ttest_rel(y, x).pvalue) if np.any(diff != 0) else 1.0
     rng = random.Random(seed)
     observed = abs(diff.mean())
-    extreme = sum(abs(np.mean([d if rng.random() < 0.5 else -d for d in diff])) >= observed - 1e-12
-                  for _ in range(permutations)) if np.any(diff != 0) else permutations
-    return {"metric": metric, "queries": len(qids), "mean_a": float(x.mean()), "mean_b": float(y.mean()),
-            "wins_b": int((diff > 0).sum()), "losses_b": int((diff < 0).sum()), "ties": int((diff == 0).sum()),
-            "t_test_p": t_p if not math.isnan(t_p) else 1.0,
-            "permutation_p": (extreme + 1) / (permutations + 1)}
+    extreme = (
+        sum(
+            abs(np.mean([d if rng.random() < 0.5 else -d for d in diff])) >= observed - 1e-12
+            for _ in range(permutations)
+        )
+        if np.any(diff != 0)
+        else permutations
+    )
+    return {
+        "metric": metric,
+        "queries": len(qids),
+        "mean_a": float(x.mean()),
+        "mean_b": float(y.mean()),
+        "wins_b": int((diff > 0).sum()),
+        "losses_b": int((diff < 0).sum()),
+        "ties": int((diff == 0).sum()),
+        "t_test_p": t_p if not math.isnan(t_p) else 1.0,
+        "permutation_p": (extreme + 1) / (permutations + 1),
+    }
 
 
-def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
-                       ) -> tuple[float, float] | None:
+def bootstrap_interval(
+    values, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float] | None:
     """Percentile bootstrap interval of the mean over tasks (scipy.stats.bootstrap); None for fewer
     than two values. Over tasks, not seeds: it says how much the task sample alone could move the
     mean, not how much another run of the whole experiment would."""
@@ -106,8 +119,14 @@ def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 2000, 
         return None
     if np.all(values == values[0]):
         return float(values[0]), float(values[0])
-    result = stats.bootstrap((values,), np.mean, confidence_level=confidence, n_resamples=resamples,
-                             method="percentile", rng=np.random.default_rng(seed))
+    result = stats.bootstrap(
+        (values,),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
@@ -115,10 +134,15 @@ def score_trajectories(trajectories, evidence: Qrels, gold: Qrels | None = None)
     """Agent-run metrics; ``trajectories`` is an iterable of Trajectory."""
     per_task = {}
     for traj in trajectories:
-        retrieved = {h.doc_id for s in traj.steps for h in s.results} | \
-            {s.doc_id for s in traj.steps if s.kind == "browse"}
-        row = {"searches": traj.count("search"), "browses": traj.count("browse"),
-               "steps": traj.tool_calls, "correct": traj.correct}
+        retrieved = {h.doc_id for s in traj.steps for h in s.results} | {
+            s.doc_id for s in traj.steps if s.kind == "browse"
+        }
+        row = {
+            "searches": traj.count("search"),
+            "browses": traj.count("browse"),
+            "steps": traj.tool_calls,
+            "correct": traj.correct,
+        }
         ev = {d for d, g in evidence.get(traj.id, {}).items() if g > 0}
         if ev:
             row["evidence_recall"] = len(retrieved & ev) / len(ev)
@@ -133,9 +157,15 @@ def score_trajectories(trajectories, evidence: Qrels, gold: Qrels | None = None)
         return float(np.mean(values)) if values else None
 
     judged = [r["correct"] for r in per_task.values() if r["correct"] is not None]
-    return {"tasks": len(per_task),
-            "tasks_with_evidence": sum("evidence_recall" in r for r in per_task.values()),
-            "evidence_recall": mean("evidence_recall"), "gold_recall": mean("gold_recall") if gold else None,
-            "avg_steps": mean("steps"), "avg_searches": mean("searches"), "avg_browses": mean("browses"),
-            "success_rate": float(np.mean(judged)) if judged else None, "tasks_judged": len(judged),
-            "per_task": per_task}
+    return {
+        "tasks": len(per_task),
+        "tasks_with_evidence": sum("evidence_recall" in r for r in per_task.values()),
+        "evidence_recall": mean("evidence_recall"),
+        "gold_recall": mean("gold_recall") if gold else None,
+        "avg_steps": mean("steps"),
+        "avg_searches": mean("searches"),
+        "avg_browses": mean("browses"),
+        "success_rate": float(np.mean(judged)) if judged else None,
+        "tasks_judged": len(judged),
+        "per_task": per_task,
+    }

@@ -109,14 +109,22 @@ def character_lengths(texts: Sequence[str]) -> list[int]:
     return [len(t) for t in texts]
 
 
-def mine_trajectory(traj: Trajectory, options: MiningOptions = MiningOptions(),
-                    measure: LengthMeasure = character_lengths, judge: Judge | None = None) -> MiningResult:
+def mine_trajectory(
+    traj: Trajectory,
+    options: MiningOptions = MiningOptions(),
+    measure: LengthMeasure = character_lengths,
+    judge: Judge | None = None,
+) -> MiningResult:
     """Mine one trajectory; ``measure`` gives reasoning lengths (tokens or characters)."""
     return mine_trajectories([traj], options, measure, judge)
 
 
-def mine_trajectories(trajectories: Iterable[Trajectory], options: MiningOptions = MiningOptions(),
-                      measure: LengthMeasure = character_lengths, judge: Judge | None = None) -> MiningResult:
+def mine_trajectories(
+    trajectories: Iterable[Trajectory],
+    options: MiningOptions = MiningOptions(),
+    measure: LengthMeasure = character_lengths,
+    judge: Judge | None = None,
+) -> MiningResult:
     """Mine many trajectories, measuring all reasoning lengths in one call (tokenizers batch well)."""
     result = MiningResult()
     miner = _mine_since_last_positive if options.negative_mode == "since-last-positive" else _mine_attributed
@@ -128,8 +136,9 @@ def mine_trajectories(trajectories: Iterable[Trajectory], options: MiningOptions
     return result
 
 
-_FAILED_BROWSE = re.compile(r"\s*\[?\s*(document not found|not found|error\b|failed to (fetch|load|retrieve))",
-                            re.IGNORECASE)
+_FAILED_BROWSE = re.compile(
+    r"\s*\[?\s*(document not found|not found|error\b|failed to (fetch|load|retrieve))", re.IGNORECASE
+)
 
 
 def failed_browse(step: Step) -> bool:
@@ -155,8 +164,9 @@ def browse_events(traj: Trajectory) -> list[BrowseEvent]:
         if step.kind == SEARCH:
             query = step.query
         elif step.kind == BROWSE:
-            events.append(BrowseEvent(traj.id, turn, step.doc_id, post_browse_reasoning(traj.steps, turn),
-                                      step.text, query))
+            events.append(
+                BrowseEvent(traj.id, turn, step.doc_id, post_browse_reasoning(traj.steps, turn), step.text, query)
+            )
     return events
 
 
@@ -198,8 +208,7 @@ def _snippets(searches: Iterable[Step]) -> dict[str, str | None]:
     return texts
 
 
-def _mine_attributed(traj: Trajectory, options: MiningOptions, judge: Judge | None,
-                     result: MiningResult) -> None:
+def _mine_attributed(traj: Trajectory, options: MiningOptions, judge: Judge | None, result: MiningResult) -> None:
     steps = traj.steps
     browsed_anywhere = {s.doc_id for s in steps if s.kind == BROWSE} if options.exclude_browsed else set()
     searches: list[tuple[int, Step]] = []
@@ -226,19 +235,30 @@ def _mine_attributed(traj: Trajectory, options: MiningOptions, judge: Judge | No
         negatives = _unique(d for d in search.result_ids if d not in excluded)
         snippets = _snippets([search])
         reasoning = post_browse_reasoning(steps, turn)
-        result.pairs.append(MinedPair(
-            trajectory_id=traj.id, turn=search_turn, browse_turn=turn, query=search.query or "",
-            positive_id=step.doc_id, negative_ids=negatives, reasoning=reasoning, rank=rank,
-            correct=traj.correct, relevant=_label(judge, traj, turn, step, reasoning),
-            positive_text=step.text, negative_texts=[snippets.get(d) for d in negatives],
-        ))
+        result.pairs.append(
+            MinedPair(
+                trajectory_id=traj.id,
+                turn=search_turn,
+                browse_turn=turn,
+                query=search.query or "",
+                positive_id=step.doc_id,
+                negative_ids=negatives,
+                reasoning=reasoning,
+                rank=rank,
+                correct=traj.correct,
+                relevant=_label(judge, traj, turn, step, reasoning),
+                positive_text=step.text,
+                negative_texts=[snippets.get(d) for d in negatives],
+            )
+        )
 
 
-def _mine_since_last_positive(traj: Trajectory, options: MiningOptions, judge: Judge | None,
-                              result: MiningResult) -> None:
+def _mine_since_last_positive(
+    traj: Trajectory, options: MiningOptions, judge: Judge | None, result: MiningResult
+) -> None:
     steps = traj.steps
-    window: list[tuple[int, Step]] = []      # searches since the last run that kept a positive
-    irrelevant_before: list[str] = []        # docs browsed and judged irrelevant in the window
+    window: list[tuple[int, Step]] = []  # searches since the last run that kept a positive
+    irrelevant_before: list[str] = []  # docs browsed and judged irrelevant in the window
     turn = 0
     while turn < len(steps):
         step = steps[turn]
@@ -265,15 +285,25 @@ def _mine_since_last_positive(traj: Trajectory, options: MiningOptions, judge: J
                 result.unattributed_browses += 1
                 continue
             nearest_irrelevant = [d for d in reversed(irrelevant) if d != doc]
-            negatives = [d for d in _unique(nearest_irrelevant + earlier_irrelevant + unbrowsed)
-                         if d not in kept and d != doc]
-            result.pairs.append(MinedPair(
-                trajectory_id=traj.id, turn=query_turn, browse_turn=browse["turn"],
-                query=query_step.query or "", positive_id=doc, negative_ids=negatives,
-                reasoning=browse["reasoning"], rank=attribute(window, doc)[2], correct=traj.correct,
-                relevant=browse["relevant"], positive_text=browse["text"],
-                negative_texts=[snippets.get(d) for d in negatives],
-            ))
+            negatives = [
+                d for d in _unique(nearest_irrelevant + earlier_irrelevant + unbrowsed) if d not in kept and d != doc
+            ]
+            result.pairs.append(
+                MinedPair(
+                    trajectory_id=traj.id,
+                    turn=query_turn,
+                    browse_turn=browse["turn"],
+                    query=query_step.query or "",
+                    positive_id=doc,
+                    negative_ids=negatives,
+                    reasoning=browse["reasoning"],
+                    rank=attribute(window, doc)[2],
+                    correct=traj.correct,
+                    relevant=browse["relevant"],
+                    positive_text=browse["text"],
+                    negative_texts=[snippets.get(d) for d in negatives],
+                )
+            )
         irrelevant_before.extend(irrelevant)
         if kept:
             window, irrelevant_before = [], []
@@ -289,8 +319,16 @@ def _collect_run(traj: Trajectory, start: int, judge: Judge | None) -> tuple[lis
         step = steps[turn]
         reasoning = post_browse_reasoning(steps, turn)
         failed = failed_browse(step)
-        run.append({"turn": turn, "doc_id": step.doc_id, "reasoning": reasoning, "text": step.text, "failed": failed,
-                    "relevant": None if failed else _label(judge, traj, turn, step, reasoning)})
+        run.append(
+            {
+                "turn": turn,
+                "doc_id": step.doc_id,
+                "reasoning": reasoning,
+                "text": step.text,
+                "failed": failed,
+                "relevant": None if failed else _label(judge, traj, turn, step, reasoning),
+            }
+        )
         turn += 2 if turn + 1 < len(steps) and steps[turn + 1].kind == THINK else 1
     return run, turn
 

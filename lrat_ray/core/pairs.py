@@ -33,23 +33,25 @@ import pyarrow as pa
 from lrat_ray.core.mining import MinedPair
 from lrat_ray.core.weighting import WeightParams
 
-PAIR_SCHEMA = pa.schema([
-    ("trajectory_id", pa.string()),
-    ("turn", pa.int32()),
-    ("browse_turn", pa.int32()),
-    ("query", pa.string()),
-    ("positive_id", pa.string()),
-    ("negative_ids", pa.list_(pa.string())),
-    ("reasoning", pa.string()),
-    ("reasoning_length", pa.int32()),
-    ("rank", pa.int32()),
-    ("correct", pa.bool_()),
-    ("relevant", pa.bool_()),
-    ("weight", pa.float64()),
-    ("positive_text", pa.string()),
-    ("negative_texts", pa.list_(pa.string())),
-    ("source", pa.string()),
-])
+PAIR_SCHEMA = pa.schema(
+    [
+        ("trajectory_id", pa.string()),
+        ("turn", pa.int32()),
+        ("browse_turn", pa.int32()),
+        ("query", pa.string()),
+        ("positive_id", pa.string()),
+        ("negative_ids", pa.list_(pa.string())),
+        ("reasoning", pa.string()),
+        ("reasoning_length", pa.int32()),
+        ("rank", pa.int32()),
+        ("correct", pa.bool_()),
+        ("relevant", pa.bool_()),
+        ("weight", pa.float64()),
+        ("positive_text", pa.string()),
+        ("negative_texts", pa.list_(pa.string())),
+        ("source", pa.string()),
+    ]
+)
 UNWEIGHTED_SCHEMA = PAIR_SCHEMA.remove(PAIR_SCHEMA.get_field_index("weight"))
 
 
@@ -58,26 +60,38 @@ def pairs_source(path: str) -> str:
     directory (``lrat mine`` or ``lrat judge`` output), its ``pairs/`` folder or Parquet files."""
     from lrat_ray.infra import storage
 
-    return storage.parquet_source(path, "pairs", "a lrat mine or judge output directory, its pairs/ folder "
-                                                 "or Parquet files")
+    return storage.parquet_source(
+        path, "pairs", "a lrat mine or judge output directory, its pairs/ folder or Parquet files"
+    )
 
 
 def pairs_to_table(pairs: Iterable[MinedPair], source: str) -> pa.Table:
     """Mined pairs as an Arrow table without the ``weight`` column (weights need global stats)."""
-    rows = [{
-        "trajectory_id": p.trajectory_id, "turn": p.turn, "browse_turn": p.browse_turn,
-        "query": p.query, "positive_id": p.positive_id, "negative_ids": p.negative_ids,
-        "reasoning": p.reasoning, "reasoning_length": p.reasoning_length, "rank": p.rank,
-        "correct": p.correct, "relevant": p.relevant, "positive_text": p.positive_text,
-        "negative_texts": p.negative_texts, "source": source,
-    } for p in pairs]
+    rows = [
+        {
+            "trajectory_id": p.trajectory_id,
+            "turn": p.turn,
+            "browse_turn": p.browse_turn,
+            "query": p.query,
+            "positive_id": p.positive_id,
+            "negative_ids": p.negative_ids,
+            "reasoning": p.reasoning,
+            "reasoning_length": p.reasoning_length,
+            "rank": p.rank,
+            "correct": p.correct,
+            "relevant": p.relevant,
+            "positive_text": p.positive_text,
+            "negative_texts": p.negative_texts,
+            "source": source,
+        }
+        for p in pairs
+    ]
     return pa.Table.from_pylist(rows, schema=UNWEIGHTED_SCHEMA)
 
 
 def add_weights(table: pa.Table, params: WeightParams) -> pa.Table:
     """The table with a ``weight`` column computed from ``reasoning_length``, in schema order."""
-    weights = pa.array([params.weight(l) for l in table.column("reasoning_length").to_pylist()],
-                       type=pa.float64())
+    weights = pa.array([params.weight(l) for l in table.column("reasoning_length").to_pylist()], type=pa.float64())
     table = table.append_column("weight", weights)
     return table.select(PAIR_SCHEMA.names).cast(PAIR_SCHEMA)
 
@@ -112,8 +126,9 @@ def to_lrat_record(pair: Mapping, texts: Mapping[str, str] | None = None) -> dic
     }
 
 
-def iter_lrat_jsonl(rows: Iterable[Mapping], texts: Mapping[str, str] | None = None,
-                    counts: dict | None = None) -> Iterator[str]:
+def iter_lrat_jsonl(
+    rows: Iterable[Mapping], texts: Mapping[str, str] | None = None, counts: dict | None = None
+) -> Iterator[str]:
     """JSONL lines for :func:`to_lrat_record`; ``counts`` tallies exported and skipped pairs."""
     counts = counts if counts is not None else {}
     for row in rows:
@@ -122,6 +137,7 @@ def iter_lrat_jsonl(rows: Iterable[Mapping], texts: Mapping[str, str] | None = N
             counts["skipped_no_positive_text"] = counts.get("skipped_no_positive_text", 0) + 1
             continue
         counts["exported"] = counts.get("exported", 0) + 1
-        counts["negatives_without_text"] = counts.get("negatives_without_text", 0) + \
-            len(row["negative_ids"]) - len(record["neg_id"])
+        counts["negatives_without_text"] = (
+            counts.get("negatives_without_text", 0) + len(row["negative_ids"]) - len(record["neg_id"])
+        )
         yield json.dumps(record, ensure_ascii=False)

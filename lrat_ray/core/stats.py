@@ -30,21 +30,21 @@ class StatsAccumulator:
         searches, browses = traj.count(SEARCH), traj.count(BROWSE)
         group = {True: "correct", False: "incorrect", None: "unjudged"}[traj.correct]
         for name in ("all", group):
-            self.sums[name].update(trajectories=1, searches=searches, browses=browses,
-                                   steps=searches + browses)
+            self.sums[name].update(trajectories=1, searches=searches, browses=browses, steps=searches + browses)
         self.ranks.update(browsed_ranks(traj))
 
     def merge(self, other: StatsAccumulator) -> StatsAccumulator:
         return StatsAccumulator({g: self.sums[g] + other.sums[g] for g in GROUPS}, self.ranks + other.ranks)
 
     def to_json(self) -> dict:
-        return {"sums": {g: {k: self.sums[g][k] for k in _SUMS} for g in GROUPS},
-                "ranks": {str(k): v for k, v in sorted(self.ranks.items())}}
+        return {
+            "sums": {g: {k: self.sums[g][k] for k in _SUMS} for g in GROUPS},
+            "ranks": {str(k): v for k, v in sorted(self.ranks.items())},
+        }
 
     @classmethod
     def from_json(cls, obj: dict) -> StatsAccumulator:
-        return cls({g: Counter(obj["sums"][g]) for g in GROUPS},
-                   Counter({int(k): v for k, v in obj["ranks"].items()}))
+        return cls({g: Counter(obj["sums"][g]) for g in GROUPS}, Counter({int(k): v for k, v in obj["ranks"].items()}))
 
     def summary(self) -> dict:
         """The report's ``stats``: Table-1 figures per group plus the browsed-rank distribution."""
@@ -63,7 +63,6 @@ class StatsAccumulator:
             }
         total_ranked = sum(self.ranks.values())
         table["browsed_rank_distribution"] = {
-            str(rank): {"count": count, "share": count / total_ranked}
-            for rank, count in sorted(self.ranks.items())
+            str(rank): {"count": count, "share": count / total_ranked} for rank, count in sorted(self.ranks.items())
         }
         return table

@@ -140,33 +140,40 @@ class Trajectory:
         return self.count(SEARCH) + self.count(BROWSE)
 
 
-HIT_TYPE = pa.struct([
-    ("doc_id", pa.string()),
-    ("title", pa.string()),
-    ("snippet", pa.string()),
-    ("score", pa.float64()),
-])
-STEP_TYPE = pa.struct([
-    ("kind", pa.string()),
-    ("text", pa.string()),
-    ("query", pa.string()),
-    ("doc_id", pa.string()),
-    ("results", pa.list_(HIT_TYPE)),
-])
-TRAJECTORY_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("question", pa.string()),
-    ("gold_answer", pa.string()),
-    ("final_answer", pa.string()),
-    ("correct", pa.bool_()),
-    ("metadata", pa.string()),
-    ("steps", pa.list_(STEP_TYPE)),
-])
+HIT_TYPE = pa.struct(
+    [
+        ("doc_id", pa.string()),
+        ("title", pa.string()),
+        ("snippet", pa.string()),
+        ("score", pa.float64()),
+    ]
+)
+STEP_TYPE = pa.struct(
+    [
+        ("kind", pa.string()),
+        ("text", pa.string()),
+        ("query", pa.string()),
+        ("doc_id", pa.string()),
+        ("results", pa.list_(HIT_TYPE)),
+    ]
+)
+TRAJECTORY_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("question", pa.string()),
+        ("gold_answer", pa.string()),
+        ("final_answer", pa.string()),
+        ("correct", pa.bool_()),
+        ("metadata", pa.string()),
+        ("steps", pa.list_(STEP_TYPE)),
+    ]
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # dict <-> Trajectory (the native JSON form)
 # ---------------------------------------------------------------------------------------------
+
 
 def trajectory_to_dict(traj: Trajectory) -> dict[str, Any]:
     """The native JSON form; ``metadata`` stays a dict here (it is a JSON string only in Arrow)."""
@@ -191,8 +198,7 @@ def _step_to_dict(step: Step) -> dict[str, Any]:
         out["doc_id"] = step.doc_id
     if step.kind == SEARCH:
         out["results"] = [
-            {"doc_id": h.doc_id, "title": h.title, "snippet": h.snippet, "score": h.score}
-            for h in step.results
+            {"doc_id": h.doc_id, "title": h.title, "snippet": h.snippet, "score": h.score} for h in step.results
         ]
     return out
 
@@ -232,8 +238,9 @@ def _step_from_dict(obj: Any, path: str) -> Step:
         raise RecordError("wrong_type", f"a step must be an object, got {type(obj).__name__}", field=path)
     kind = _require(obj, "kind", str, f"{path}.kind")
     if kind not in STEP_KINDS:
-        raise RecordError("unknown_step_kind", f"unknown step kind {kind!r} (expected one of {STEP_KINDS})",
-                          field=f"{path}.kind")
+        raise RecordError(
+            "unknown_step_kind", f"unknown step kind {kind!r} (expected one of {STEP_KINDS})", field=f"{path}.kind"
+        )
     if kind == SEARCH:
         query = _require(obj, "query", str, f"{path}.query")
         hits_raw = _optional(obj, "results", list, f"{path}.results") or []
@@ -286,13 +293,22 @@ def _names(types: tuple) -> str:
 # Arrow
 # ---------------------------------------------------------------------------------------------
 
+
 def to_arrow_row(traj: Trajectory) -> dict[str, Any]:
     row = trajectory_to_dict(traj)
     row["metadata"] = json.dumps(traj.metadata, ensure_ascii=False, sort_keys=True)
     row["steps"] = [
-        {"kind": s.kind, "text": s.text, "query": s.query, "doc_id": s.doc_id,
-         "results": [{"doc_id": h.doc_id, "title": h.title, "snippet": h.snippet, "score": h.score}
-                     for h in s.results] if s.kind == SEARCH else None}
+        {
+            "kind": s.kind,
+            "text": s.text,
+            "query": s.query,
+            "doc_id": s.doc_id,
+            "results": [
+                {"doc_id": h.doc_id, "title": h.title, "snippet": h.snippet, "score": h.score} for h in s.results
+            ]
+            if s.kind == SEARCH
+            else None,
+        }
         for s in traj.steps
     ]
     return row
@@ -307,6 +323,5 @@ def iter_arrow_table(table: pa.Table) -> Iterator[dict[str, Any]]:
     for row in table.to_pylist():
         steps = row.get("steps")
         if isinstance(steps, list):
-            row["steps"] = [{k: v for k, v in s.items() if v is not None} if isinstance(s, dict) else s
-                            for s in steps]
+            row["steps"] = [{k: v for k, v in s.items() if v is not None} if isinstance(s, dict) else s for s in steps]
         yield row

@@ -92,8 +92,7 @@ def raw_weight(length: float, beta: float) -> float:
     return 1.0 - math.exp(-math.log(2.0) * length / beta)
 
 
-def fit_weights(histogram: LengthHistogram, beta: float | None = None,
-                zero_length: str = "formula") -> WeightParams:
+def fit_weights(histogram: LengthHistogram, beta: float | None = None, zero_length: str = "formula") -> WeightParams:
     """``beta`` (median length, unless given) and ``mu_raw`` from the global length histogram.
 
     Degenerate data still gets defined weights: with no pairs (or no positive lengths) ``beta``

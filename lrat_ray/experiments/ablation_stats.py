@@ -38,8 +38,7 @@ def paired_seed_test(a: Sequence[float], b: Sequence[float], confidence: float =
     return {"mean": mean, "n": n, "sd": sd, "low": mean - half, "high": mean + half, "t": float(t), "p": p}
 
 
-def bootstrap_interval(diffs, reps: int = 2000, confidence: float = 0.95, seed: int = 0,
-                       denominator=None) -> dict:
+def bootstrap_interval(diffs, reps: int = 2000, confidence: float = 0.95, seed: int = 0, denominator=None) -> dict:
     """Percentile interval of the mean of ``diffs`` (``[seeds, claims]``), resampling seeds and
     claims independently (a two-way bootstrap: both are samples). With ``denominator`` (same
     shape), the interval of ``mean(diffs) / mean(denominator)`` under the same resamples (the
@@ -59,8 +58,12 @@ def bootstrap_interval(diffs, reps: int = 2000, confidence: float = 0.95, seed: 
     if den is not None and (den.mean() == 0 or np.mean(np.sign(dens) != np.sign(den.mean())) > tail):
         return {"mean": point, "low": None, "high": None, "reps": reps}
     values = nums / dens
-    return {"mean": point, "low": float(np.quantile(values, tail)), "high": float(np.quantile(values, 1 - tail)),
-            "reps": reps}
+    return {
+        "mean": point,
+        "low": float(np.quantile(values, tail)),
+        "high": float(np.quantile(values, 1 - tail)),
+        "reps": reps,
+    }
 
 
 def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:

@@ -44,18 +44,26 @@ log = logging.getLogger(__name__)
 RESOURCE_STAGES = ("index", "rollout", "mine", "train", "serve")
 SECTIONS = ("index", "mine", "judge", "train", "agent", "agent_llm")
 INTERVAL_METRICS = ("success_rate", "evidence_recall", "avg_steps", "ndcg@10", "recall@100")
-RESULT_COLUMNS = ("iteration", "model", *INTERVAL_METRICS,
-                  *(f"{m}_{end}" for m in INTERVAL_METRICS for end in ("lo", "hi")), "ndcg@10_p_vs_0", "train_pairs",
-                  "judged_relevant")
+RESULT_COLUMNS = (
+    "iteration",
+    "model",
+    *INTERVAL_METRICS,
+    *(f"{m}_{end}" for m in INTERVAL_METRICS for end in ("lo", "hi")),
+    "ndcg@10_p_vs_0",
+    "train_pairs",
+    "judged_relevant",
+)
 
 
 def _agent_config():
     from lrat_ray.agents.config import AgentConfig
+
     return AgentConfig
 
 
 def _llm_serve_config():
     from lrat_ray.serving.llm import LLMServeConfig
+
     return LLMServeConfig
 
 
@@ -73,43 +81,68 @@ class FlywheelConfig:
     train_qrels: str = option(help="judgments of the training tasks", path=True)
     heldout_qrels: str | None = option(None, help="judgments of held-out tasks (else split train_qrels)", path=True)
     heldout_fraction: float = option(0.2, minimum=0, help="share of train_qrels held out when heldout_qrels is unset")
-    output: str = option("runs/flywheel", help="flywheel directory (local, or a URI: then the flywheel runs in a "
-                                                "local scratch directory and uploads the finished one)")
+    output: str = option(
+        "runs/flywheel",
+        help="flywheel directory (local, or a URI: then the flywheel runs in a "
+        "local scratch directory and uploads the finished one)",
+    )
     iterations: int = option(2, minimum=0, help="training iterations after the baseline")
-    train_tasks: int | None = option(None, minimum=1, help="training tasks rolled out per iteration (sampled; "
-                                                           "default all)")
+    train_tasks: int | None = option(
+        None, minimum=1, help="training tasks rolled out per iteration (sampled; default all)"
+    )
     heldout_tasks: int | None = option(None, minimum=1, help="held-out tasks evaluated (sampled once; default all)")
     model: str = option("embedded", help="starting retriever", path=True)
     document_max_length: int = option(256, minimum=1, help="document tokens for indexing and training")
     rollout_workers: int = option(2, minimum=1, help="rollout actors", runtime=True)
     port: int = option(8000, help="port of the served retriever (0: pick a free one)", runtime=True)
-    serve_proxy_location: str = option("EveryNode", choices=("EveryNode", "HeadOnly"),
-                                       help="Ray Serve HTTP proxies: EveryNode lets rollout actors on any node "
-                                            "reach the retriever at 127.0.0.1:PORT; HeadOnly when all nodes share "
-                                            "one host (a simulated cluster), whose proxies would fight for the port",
-                                       runtime=True)
+    serve_proxy_location: str = option(
+        "EveryNode",
+        choices=("EveryNode", "HeadOnly"),
+        help="Ray Serve HTTP proxies: EveryNode lets rollout actors on any node "
+        "reach the retriever at 127.0.0.1:PORT; HeadOnly when all nodes share "
+        "one host (a simulated cluster), whose proxies would fight for the port",
+        runtime=True,
+    )
     seed: int = option(0, help="seed of the task split and sampling")
-    index: dict = section(STAGES["index"].config_class, set_by=("corpus", "output", "model", "document_max_length"),
-                          help="IndexConfig options of every index built (workers: 2 unless set; index_type, "
-                               "batch_size, bf16, ...)")
-    mine: dict = section(STAGES["mine"].config_class, set_by=("input", "output", "labels"),
-                         help="MineConfig options (negative_mode, tokenizer, zero_length, workers: 1 unless set, "
-                              "...); with negative_mode since-last-positive the browse events are judged first "
-                              "and mined with the labels")
-    judge: dict = section(STAGES["judge"].config_class, set_by=("pairs", "events", "output"),
-                          help="JudgeConfig options (backend: keyword unless set, model, prompt, guided, "
-                               "on_failure, concurrency, endpoint, ...)")
-    train: dict = section(STAGES["train"].config_class, set_by=("pairs", "output", "model", "corpus"),
-                          help="TrainConfig options (workers, per_device_batch, learning_rate, backend, ...)")
+    index: dict = section(
+        STAGES["index"].config_class,
+        set_by=("corpus", "output", "model", "document_max_length"),
+        help="IndexConfig options of every index built (workers: 2 unless set; index_type, batch_size, bf16, ...)",
+    )
+    mine: dict = section(
+        STAGES["mine"].config_class,
+        set_by=("input", "output", "labels"),
+        help="MineConfig options (negative_mode, tokenizer, zero_length, workers: 1 unless set, "
+        "...); with negative_mode since-last-positive the browse events are judged first "
+        "and mined with the labels",
+    )
+    judge: dict = section(
+        STAGES["judge"].config_class,
+        set_by=("pairs", "events", "output"),
+        help="JudgeConfig options (backend: keyword unless set, model, prompt, guided, "
+        "on_failure, concurrency, endpoint, ...)",
+    )
+    train: dict = section(
+        STAGES["train"].config_class,
+        set_by=("pairs", "output", "model", "corpus"),
+        help="TrainConfig options (workers, per_device_batch, learning_rate, backend, ...)",
+    )
     agent: dict = section(_agent_config, help="AgentConfig options of the agents (kind, max_turns, k, ...)")
-    agent_llm: dict = section(_llm_serve_config,
-                              help="LLMServeConfig options of the agents' LLM, served on Ray Serve beside the "
-                                   "retriever while agents run (agent kind llm without an agent endpoint)")
-    resources: dict = option({}, help="custom resources per worker of each stage: a mapping from index, rollout, "
-                                      "mine, train or serve to e.g. {\"cpu_stage\": 1} (a section's own "
-                                      "resources option wins)", runtime=True)
-    stop_after: str | None = option(None, help="testing: stop the process after this stage, e.g. iter-1/judge",
-                                    runtime=True)
+    agent_llm: dict = section(
+        _llm_serve_config,
+        help="LLMServeConfig options of the agents' LLM, served on Ray Serve beside the "
+        "retriever while agents run (agent kind llm without an agent endpoint)",
+    )
+    resources: dict = option(
+        {},
+        help="custom resources per worker of each stage: a mapping from index, rollout, "
+        "mine, train or serve to e.g. {\"cpu_stage\": 1} (a section's own "
+        "resources option wins)",
+        runtime=True,
+    )
+    stop_after: str | None = option(
+        None, help="testing: stop the process after this stage, e.g. iter-1/judge", runtime=True
+    )
 
     def __post_init__(self):
         unknown = sorted(set(self.resources) - set(RESOURCE_STAGES))
@@ -127,13 +160,28 @@ class FlywheelConfig:
     def _section_defaults(self, name: str) -> dict:
         """What the flywheel sets in a section's config (inputs, outputs) or defaults there."""
         return {
-            "index": {"corpus": self.corpus, "output": self.output, "model": self.model, "workers": 2,
-                      "document_max_length": self.document_max_length, "resources": self.resources_of("index")},
-            "mine": {"input": [self.output], "output": self.output, "workers": 1,
-                     "resources": self.resources_of("mine")},
+            "index": {
+                "corpus": self.corpus,
+                "output": self.output,
+                "model": self.model,
+                "workers": 2,
+                "document_max_length": self.document_max_length,
+                "resources": self.resources_of("index"),
+            },
+            "mine": {
+                "input": [self.output],
+                "output": self.output,
+                "workers": 1,
+                "resources": self.resources_of("mine"),
+            },
             "judge": {"pairs": self.output, "output": self.output, "cache": os.path.join(self.output, "judge-cache")},
-            "train": {"pairs": [self.output], "output": self.output, "corpus": self.corpus,
-                      "document_max_length": self.document_max_length, "resources": self.resources_of("train")},
+            "train": {
+                "pairs": [self.output],
+                "output": self.output,
+                "corpus": self.corpus,
+                "document_max_length": self.document_max_length,
+                "resources": self.resources_of("train"),
+            },
             "agent": {"seed": self.seed},
             "agent_llm": {},
         }[name]
@@ -149,8 +197,9 @@ class FlywheelConfig:
     @property
     def judges_events(self) -> bool:
         """The official builder's mode judges browses while mining: judge events, then mine with labels."""
-        return (self._sections["mine"].negative_mode == "since-last-positive"
-                and self._sections["judge"].backend != "none")
+        return (
+            self._sections["mine"].negative_mode == "since-last-positive" and self._sections["judge"].backend != "none"
+        )
 
     @property
     def serves_agent_llm(self) -> bool:
@@ -198,8 +247,10 @@ def _run(state: FlywheelState, iteration: int, name: str, config, run) -> dict:
 
 
 def _heldout_summary(r: dict) -> str:
-    return (f"held-out nDCG@10 {r.get('ndcg@10', 0):.4f}, evidence recall {r.get('evidence_recall') or 0:.4f}, "
-            f"success {r.get('success_rate') or 0:.3f}")
+    return (
+        f"held-out nDCG@10 {r.get('ndcg@10', 0):.4f}, evidence recall {r.get('evidence_recall') or 0:.4f}, "
+        f"success {r.get('success_rate') or 0:.3f}"
+    )
 
 
 def _split(config: FlywheelConfig, queries: dict[str, str]) -> tuple[list[str], list[str], dict]:
@@ -244,8 +295,13 @@ def _index_dir(state: FlywheelState, iteration: int) -> str:
 def _build_index(state: FlywheelState, iteration: int) -> None:
     from lrat_ray.stages.index import run_index
 
-    _run(state, iteration, "index", state.config.stage_config(
-        "index", output=_index_dir(state, iteration), model=_model_of(state, iteration)), run_index)
+    _run(
+        state,
+        iteration,
+        "index",
+        state.config.stage_config("index", output=_index_dir(state, iteration), model=_model_of(state, iteration)),
+        run_index,
+    )
 
 
 def _deploy(state: FlywheelState, iteration: int) -> str:
@@ -258,9 +314,13 @@ def _deploy(state: FlywheelState, iteration: int) -> str:
         port = state.config.port or free_port()
         # The replica reserves no CPU: it shares the machine with the stages (rollouts use it; training
         # and indexing run while it is idle), and a reservation would starve a 2-CPU machine.
-        state.serve_settings = ServeConfig(index=index, port=port, replica_cpus=0,
-                                           resources=state.config.resources_of("serve"),
-                                           proxy_location=state.config.serve_proxy_location)
+        state.serve_settings = ServeConfig(
+            index=index,
+            port=port,
+            replica_cpus=0,
+            resources=state.config.resources_of("serve"),
+            proxy_location=state.config.serve_proxy_location,
+        )
         url = deploy(state.serve_settings)
     else:
         state.serve_settings = swap_index(state.serve_settings, index)
@@ -269,8 +329,12 @@ def _deploy(state: FlywheelState, iteration: int) -> str:
 
 
 def _agent_stage(state: FlywheelState, iteration: int, name: str, ids: list[str]) -> AgentStage:
-    return AgentStage(output=_stage(state, iteration, name), index=_index_dir(state, iteration - (name == "rollout")),
-                      tasks=ids, agent={"seed": state.config.seed, **state.config.agent, "llm": state.config.agent_llm})
+    return AgentStage(
+        output=_stage(state, iteration, name),
+        index=_index_dir(state, iteration - (name == "rollout")),
+        tasks=ids,
+        agent={"seed": state.config.seed, **state.config.agent, "llm": state.config.agent_llm},
+    )
 
 
 def _rollout(state: FlywheelState, url: str, ids: list[str], path: str) -> dict:
@@ -282,8 +346,9 @@ def _rollout(state: FlywheelState, url: str, ids: list[str], path: str) -> dict:
     tasks = load_tasks(state.queries, state.qrels, ids, state.answers, agent.answer_with, agent.evidence_grade)
     per_worker = actor_resources(ACTOR_CPUS, 0, state.config.resources_of("rollout"))
     agent, served = _agent_llm(state, agent)
-    summary = run_rollouts(url, tasks, agent, os.path.join(path, "runs"), state.config.rollout_workers,
-                           per_worker=per_worker)
+    summary = run_rollouts(
+        url, tasks, agent, os.path.join(path, "runs"), state.config.rollout_workers, per_worker=per_worker
+    )
     if served:
         summary["agent_llm"] = served
     if summary["failed"]:
@@ -306,8 +371,14 @@ def _agent_llm(state: FlywheelState, agent):
         from lrat_ray.serving.llm import deploy_llm
 
         endpoint = deploy_llm(llm, state.serve_settings.host, state.serve_settings.port)
-        state.agent_llm = (endpoint, {"model": llm.model, "dtype": engine_dtype(llm.dtype, gpus_or_cpu(
-            llm.gpus_per_replica)), "hardware": describe()})
+        state.agent_llm = (
+            endpoint,
+            {
+                "model": llm.model,
+                "dtype": engine_dtype(llm.dtype, gpus_or_cpu(llm.gpus_per_replica)),
+                "hardware": describe(),
+            },
+        )
     endpoint, served = state.agent_llm
     return dataclasses.replace(agent, endpoint=endpoint, model=llm.name), served
 
@@ -322,8 +393,13 @@ def _release_agent_llm(state: FlywheelState) -> None:
 
 def _evaluate(state: FlywheelState, iteration: int, url: str) -> dict:
 
-    return _run(state, iteration, "eval", _agent_stage(state, iteration, "eval", state.heldout_ids),
-                lambda stage: _score_heldout(state, iteration, url, stage.output))
+    return _run(
+        state,
+        iteration,
+        "eval",
+        _agent_stage(state, iteration, "eval", state.heldout_ids),
+        lambda stage: _score_heldout(state, iteration, url, stage.output),
+    )
 
 
 def _score_heldout(state: FlywheelState, iteration: int, url: str, path: str) -> dict:
@@ -332,8 +408,7 @@ def _score_heldout(state: FlywheelState, iteration: int, url: str, path: str) ->
     from lrat_ray.stages.eval import retrieve
 
     summary = _rollout(state, url, state.heldout_ids, path)
-    runs = [traj for uri in storage.expand_inputs([os.path.join(path, "runs")])
-            for _, traj in read_trajectories(uri)]
+    runs = [traj for uri in storage.expand_inputs([os.path.join(path, "runs")]) for _, traj in read_trajectories(uri)]
     bad = [t for t in runs if isinstance(t, Exception)]
     if bad:  # these files are our own rollouts: a bad one is a bug, never data to skip
         raise bad[0]
@@ -343,11 +418,18 @@ def _score_heldout(state: FlywheelState, iteration: int, url: str, path: str) ->
     run = retrieve(_index_dir(state, iteration), {q: state.queries[q] for q in state.heldout_ids}, 100)
     scored = score_run(run, {q: state.qrels[q] for q in state.heldout_ids}, [10, 100])
     ir = scored["metrics"]
-    metrics = {"iteration": iteration, "model": _model_of(state, iteration),
-               "success_rate": agent_metrics["success_rate"], "evidence_recall": agent_metrics["evidence_recall"],
-               "avg_steps": agent_metrics["avg_steps"], "ndcg@10": ir["ndcg@10"], "recall@100": ir["recall@100"],
-               **_intervals(agent_metrics["per_task"], scored["per_query"]),
-               "heldout_tasks": len(state.heldout_ids), "rollout": summary}
+    metrics = {
+        "iteration": iteration,
+        "model": _model_of(state, iteration),
+        "success_rate": agent_metrics["success_rate"],
+        "evidence_recall": agent_metrics["evidence_recall"],
+        "avg_steps": agent_metrics["avg_steps"],
+        "ndcg@10": ir["ndcg@10"],
+        "recall@100": ir["recall@100"],
+        **_intervals(agent_metrics["per_task"], scored["per_query"]),
+        "heldout_tasks": len(state.heldout_ids),
+        "rollout": summary,
+    }
     storage.write_json_atomic(os.path.join(path, "per_query.json"), scored["per_query"])
     base_path = os.path.join(_stage(state, 0, "eval"), "per_query.json")
     if iteration > 0 and os.path.isfile(base_path):
@@ -363,11 +445,13 @@ def _intervals(per_task: dict, per_query: dict) -> dict:
     """95% bootstrap intervals over the held-out tasks of every reported metric."""
     from lrat_ray.core.metrics import bootstrap_interval
 
-    values = {"success_rate": [None if r["correct"] is None else float(r["correct"]) for r in per_task.values()],
-              "evidence_recall": [r.get("evidence_recall") for r in per_task.values()],
-              "avg_steps": [r["steps"] for r in per_task.values()],
-              "ndcg@10": [m["ndcg@10"] for m in per_query.values()],
-              "recall@100": [m["recall@100"] for m in per_query.values()]}
+    values = {
+        "success_rate": [None if r["correct"] is None else float(r["correct"]) for r in per_task.values()],
+        "evidence_recall": [r.get("evidence_recall") for r in per_task.values()],
+        "avg_steps": [r["steps"] for r in per_task.values()],
+        "ndcg@10": [m["ndcg@10"] for m in per_query.values()],
+        "recall@100": [m["recall@100"] for m in per_query.values()],
+    }
     out = {}
     for name, series in values.items():
         interval = bootstrap_interval(series)
@@ -390,8 +474,11 @@ def _train_iteration(state: FlywheelState, iteration: int, url: str) -> dict:
     _release_agent_llm(state)  # the judge, training and indexing need the machine it holds
     mine_dir, judge_dir = _stage(state, iteration, "mine"), _stage(state, iteration, "judge")
     runs = [os.path.join(rollout.output, "runs")]
-    judge = config.stage_config("judge", output=judge_dir, pairs=None, events=runs) if config.judges_events \
+    judge = (
+        config.stage_config("judge", output=judge_dir, pairs=None, events=runs)
+        if config.judges_events
         else config.stage_config("judge", output=judge_dir, pairs=mine_dir)
+    )
     mine = config.stage_config("mine", input=runs, output=mine_dir, labels=judge_dir if config.judges_events else None)
     order = [("judge", judge, run_judge), ("mine", mine, run_mine)]
     if not config.judges_events:  # mine first, then judge the mined pairs
@@ -401,9 +488,19 @@ def _train_iteration(state: FlywheelState, iteration: int, url: str) -> dict:
     judged = results["mine" if config.judges_events else "judge"]  # the stage that wrote the pairs trained on
     info.update(train_pairs=judged["pairs"], judged_relevant=_relevant_pairs(pairs_dir))
     seed = config.train.get("seed", config.seed + iteration)  # a fresh shuffle per iteration unless pinned
-    _run(state, iteration, "train", config.stage_config(
-        "train", pairs=[pairs_dir], output=_stage(state, iteration, "train"), model=_model_of(state, iteration - 1),
-        seed=seed), run_train)
+    _run(
+        state,
+        iteration,
+        "train",
+        config.stage_config(
+            "train",
+            pairs=[pairs_dir],
+            output=_stage(state, iteration, "train"),
+            model=_model_of(state, iteration - 1),
+            seed=seed,
+        ),
+        run_train,
+    )
     _build_index(state, iteration)
     return info
 
@@ -422,16 +519,20 @@ def run_flywheel(config: FlywheelConfig) -> list[dict]:
 
     started = time.time()
     # Rollout actors, Train workers and Serve replicas do not share the driver's directory.
-    config = dataclasses.replace(config, output=os.path.abspath(config.output),
-                                 corpus=[c if storage.is_remote(c) else os.path.abspath(c) for c in config.corpus])
+    config = dataclasses.replace(
+        config,
+        output=os.path.abspath(config.output),
+        corpus=[c if storage.is_remote(c) else os.path.abspath(c) for c in config.corpus],
+    )
     os.makedirs(config.output, exist_ok=True)
     queries = load_queries(config.queries)
     train_ids, heldout_ids, qrels = _split(config, queries)
     if not train_ids or not heldout_ids:
         raise LratError(f"need training and held-out tasks; got {len(train_ids)} and {len(heldout_ids)}")
     state = FlywheelState(config, train_ids, heldout_ids, queries, qrels, load_answers(config.queries))
-    storage.write_json_atomic(os.path.join(config.output, "tasks.json"),
-                              {"train": train_ids, "heldout": heldout_ids, "seed": config.seed})
+    storage.write_json_atomic(
+        os.path.join(config.output, "tasks.json"), {"train": train_ids, "heldout": heldout_ids, "seed": config.seed}
+    )
     init_ray()
     rows = []
     _build_index(state, 0)
@@ -476,8 +577,10 @@ def results_table(rows: list[dict]) -> str:
     header = ("iteration", *INTERVAL_METRICS, "ndcg@10_p_vs_0", "train_pairs", "judged_relevant")
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     lines += ["| " + " | ".join(cell(row, h) for h in header) + " |" for row in rows]
-    return ("\n".join(lines) + "\n\n[lo, hi]: 95% bootstrap interval over the held-out tasks (one run, one seed); "
-            "ndcg@10_p_vs_0: paired t-test of per-task nDCG@10 against iteration 0.\n")
+    return (
+        "\n".join(lines) + "\n\n[lo, hi]: 95% bootstrap interval over the held-out tasks (one run, one seed); "
+        "ndcg@10_p_vs_0: paired t-test of per-task nDCG@10 against iteration 0.\n"
+    )
 
 
 def _plot(output: str, rows: list[dict]) -> None:
@@ -488,17 +591,24 @@ def _plot(output: str, rows: list[dict]) -> None:
 
     iterations = [r["iteration"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, keys, title in ((axes[0], ("evidence_recall", "success_rate"), "held-out agent metrics"),
-                            (axes[1], ("avg_steps",), "steps per task"),
-                            (axes[2], ("ndcg@10", "recall@100"), "held-out IR metrics")):
+    for ax, keys, title in (
+        (axes[0], ("evidence_recall", "success_rate"), "held-out agent metrics"),
+        (axes[1], ("avg_steps",), "steps per task"),
+        (axes[2], ("ndcg@10", "recall@100"), "held-out IR metrics"),
+    ):
         for key in keys:
-            shown = [(i, r[key], r.get(f"{key}_lo"), r.get(f"{key}_hi")) for i, r in zip(iterations, rows)
-                     if r.get(key) is not None]
+            shown = [
+                (i, r[key], r.get(f"{key}_lo"), r.get(f"{key}_hi"))
+                for i, r in zip(iterations, rows)
+                if r.get(key) is not None
+            ]
             if not shown:
                 continue
             xs, values, lows, highs = zip(*shown)
-            errors = [[v - (lo if lo is not None else v) for v, lo in zip(values, lows)],
-                      [(hi if hi is not None else v) - v for v, hi in zip(values, highs)]]
+            errors = [
+                [v - (lo if lo is not None else v) for v, lo in zip(values, lows)],
+                [(hi if hi is not None else v) - v for v, hi in zip(values, highs)],
+            ]
             ax.errorbar(xs, values, yerr=errors, marker="o", capsize=4, label=key)
         ax.set_xlabel("iteration")
         ax.set_title(f"{title}\n(95% bootstrap CI over tasks)", fontsize=9)
@@ -509,4 +619,3 @@ def _plot(output: str, rows: list[dict]) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, os.path.join(output, "results.png"))
-

@@ -49,7 +49,7 @@ def retry_delay(attempt: int, retry_after: str | None, backoff_s: float = 0.5) -
             return min(float(retry_after), 60.0) * (1 + 0.5 * random.random())
         except ValueError:
             pass
-    return min(backoff_s * 2 ** attempt, 30.0) * (0.5 + random.random())
+    return min(backoff_s * 2**attempt, 30.0) * (0.5 + random.random())
 
 
 def _message(completion) -> dict:
@@ -77,8 +77,12 @@ class ChatClient:
 
     def _client_options(self) -> dict:
         # The openai clients need a key; a server without authentication ignores a placeholder.
-        return {"base_url": self.endpoint.base_url.rstrip("/"), "timeout": self.endpoint.timeout_s,
-                "api_key": os.environ.get(self.endpoint.api_key_env) or "no-key", "max_retries": self.endpoint.retries}
+        return {
+            "base_url": self.endpoint.base_url.rstrip("/"),
+            "timeout": self.endpoint.timeout_s,
+            "api_key": os.environ.get(self.endpoint.api_key_env) or "no-key",
+            "max_retries": self.endpoint.retries,
+        }
 
     def session(self):
         """A blocking ``openai.OpenAI`` client (a context manager) to share between calls."""

@@ -66,9 +66,16 @@ class Claim:
     def __init__(self, output: str, stage: str, key: str):
         self.output, self.stage, self.key = output, stage, key
         self.uri = storage.join(output, CLAIM)
-        self.record = {"stage": stage, "key": key, "host": socket.gethostname(), "pid": os.getpid(),
-                       "owner": uuid.uuid4().hex, "started": time.time(), "heartbeat": time.time(),
-                       "state": "running"}
+        self.record = {
+            "stage": stage,
+            "key": key,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "owner": uuid.uuid4().hex,
+            "started": time.time(),
+            "heartbeat": time.time(),
+            "state": "running",
+        }
         self._lock_fd: int | None = None
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
@@ -79,8 +86,13 @@ class Claim:
         found = read_claim(self.uri)
         if storage.is_remote(self.output):
             if found and found.get("state") == "running" and not _lease_expired(found):
-                raise LratError(self._refusal(found, f"its lease runs {LEASE_SECONDS:g}s from the last heartbeat, "
-                                                     f"{time.time() - _heartbeat(found):.0f}s ago"))
+                raise LratError(
+                    self._refusal(
+                        found,
+                        f"its lease runs {LEASE_SECONDS:g}s from the last heartbeat, "
+                        f"{time.time() - _heartbeat(found):.0f}s ago",
+                    )
+                )
         else:
             self._lock_local(found)
             found = read_claim(self.uri)  # re-read under the lock: the run before us may have just ended
@@ -109,8 +121,13 @@ class Claim:
                     os.close(fd)
                     raise LratError(self._refusal(holder, "it holds the directory's lock")) from None
                 if not told:
-                    log.info("%s: waiting up to %.0fs for pid %s on %s to release it", self.output,
-                             LOCK_WAIT_SECONDS, holder.get("pid", "?"), holder.get("host", "?"))
+                    log.info(
+                        "%s: waiting up to %.0fs for pid %s on %s to release it",
+                        self.output,
+                        LOCK_WAIT_SECONDS,
+                        holder.get("pid", "?"),
+                        holder.get("host", "?"),
+                    )
                     told = True
                 time.sleep(0.5)
         self._lock_fd = fd
@@ -118,9 +135,11 @@ class Claim:
     def _refusal(self, found: dict, how: str) -> str:
         started = found.get("started")
         ago = f", started {time.time() - started:.0f}s ago" if isinstance(started, (int, float)) else ""
-        return (f"{self.output} is being written by lrat {found.get('stage', '?')} version {found.get('key', '?')} "
-                f"(pid {found.get('pid', '?')} on {found.get('host', '?')}{ago}; {how}): wait for it to end or stop "
-                "it, or choose another --output")
+        return (
+            f"{self.output} is being written by lrat {found.get('stage', '?')} version {found.get('key', '?')} "
+            f"(pid {found.get('pid', '?')} on {found.get('host', '?')}{ago}; {how}): wait for it to end or stop "
+            "it, or choose another --output"
+        )
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(LEASE_SECONDS / 4):

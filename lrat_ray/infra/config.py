@@ -26,10 +26,19 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | None = None,
-           minimum: float | None = None, runtime: bool = False, path: bool = False,
-           convert: Callable[[Any], Any] | None = None, default_text: str | None = None,
-           old_names: tuple[str, ...] = (), **kwargs):
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    choices: tuple | None = None,
+    minimum: float | None = None,
+    runtime: bool = False,
+    path: bool = False,
+    convert: Callable[[Any], Any] | None = None,
+    default_text: str | None = None,
+    old_names: tuple[str, ...] = (),
+    **kwargs,
+):
     """A dataclass field with help text (and optional choices or minimum) for the command line.
 
     ``choices`` and ``minimum`` are enforced whenever a :func:`checked` config is built.
@@ -41,8 +50,16 @@ def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | No
     ``old_names``: earlier names of the option, still read from YAML (with a deprecation message)
     and the command line.
     """
-    metadata = {"help": help, "choices": choices, "minimum": minimum, "runtime": runtime, "path": path,
-                "convert": convert, "default_text": default_text, "old_names": tuple(old_names)}
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "minimum": minimum,
+        "runtime": runtime,
+        "path": path,
+        "convert": convert,
+        "default_text": default_text,
+        "old_names": tuple(old_names),
+    }
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
@@ -110,7 +127,8 @@ def checked(cls: type[T]) -> type[T]:
     def __setattr__(self, name, value):
         if self.__dict__.get("_validated"):
             raise dataclasses.FrozenInstanceError(
-                f"{type(self).__name__}.{name}: a validated config is frozen; use dataclasses.replace")
+                f"{type(self).__name__}.{name}: a validated config is frozen; use dataclasses.replace"
+            )
         object.__setattr__(self, name, value)
 
     cls.__post_init__ = __post_init__
@@ -131,33 +149,38 @@ def check_values(config: Any) -> None:
         if value is None:
             continue
         if choices and value not in choices:
-            raise ValueError(f"option {f.name} (--{f.name.replace('_', '-')}): {value!r} is not one of "
-                             f"{list(choices)}")
+            raise ValueError(f"option {f.name} (--{f.name.replace('_', '-')}): {value!r} is not one of {list(choices)}")
         if minimum is not None and value < minimum:
-            raise ValueError(f"option {f.name} (--{f.name.replace('_', '-')}): {value!r} is below the "
-                             f"minimum {minimum}")
+            raise ValueError(
+                f"option {f.name} (--{f.name.replace('_', '-')}): {value!r} is below the minimum {minimum}"
+            )
 
 
 # Option groups shared by the stage configs (dataclass bases, keyword-only so that a stage's own
 # required options keep their place): declared once here, flat on the command line and in YAML.
 
+
 @dataclasses.dataclass(kw_only=True)
 class RayCluster:
     """Where a stage runs."""
 
-    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray",
-                                 runtime=True)
+    address: str | None = option(None, help="Ray cluster address; default RAY_ADDRESS, else a local Ray", runtime=True)
 
 
 @dataclasses.dataclass(kw_only=True)
 class ActorPool(RayCluster):
     """How a stage fans out over Ray actors, and what each actor reserves."""
 
-    workers: int | None = option(None, minimum=1, runtime=True,
-                                 help="actors working in parallel; default: as many as the cluster's resources hold")
+    workers: int | None = option(
+        None,
+        minimum=1,
+        runtime=True,
+        help="actors working in parallel; default: as many as the cluster's resources hold",
+    )
     cpus_per_worker: float = option(1.0, minimum=0, help="CPUs each actor reserves", runtime=True)
-    resources: dict = option({}, help="custom resources per actor, e.g. {\"cpu_stage\": 1} to keep the stage on "
-                                      "one node group", runtime=True)
+    resources: dict = option(
+        {}, help="custom resources per actor, e.g. {\"cpu_stage\": 1} to keep the stage on one node group", runtime=True
+    )
 
 
 MODEL_FIELDS = ("model", "tokenizer")  # may name a Hugging Face model or 'embedded'/'tiny' instead of a path
@@ -221,8 +244,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
         tp = _unwrap_optional(hints[f.name])
         flags = ["--" + n.replace("_", "-") for n in (f.name, *f.metadata.get("old_names", ()))]
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                                  "help": _help_with_default(f)}
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": _help_with_default(f)}
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
         if tp is bool:
@@ -261,8 +283,12 @@ def load_yaml(path: str) -> dict:
     return data
 
 
-def resolve(cls: type[T], namespace: argparse.Namespace | dict | None = None,
-            config_path: str | None = None, section: str | None = None) -> T:
+def resolve(
+    cls: type[T],
+    namespace: argparse.Namespace | dict | None = None,
+    config_path: str | None = None,
+    section: str | None = None,
+) -> T:
     """Build ``cls`` from defaults, then the YAML file (optionally one ``section`` of it), then
     the command-line values in ``namespace``."""
     values: dict[str, Any] = {}
@@ -274,9 +300,11 @@ def resolve(cls: type[T], namespace: argparse.Namespace | dict | None = None,
         values.update(_checked_yaml(data, cls, config_path))
     given = vars(namespace) if isinstance(namespace, argparse.Namespace) else (namespace or {})
     values.update({k: v for k, v in given.items() if k in names})
-    missing = [f.name for f in dataclasses.fields(cls)
-               if f.name not in values and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]  # type: ignore[misc]
     if missing:
         raise LratError("missing required option(s): " + ", ".join("--" + m.replace("_", "-") for m in missing))
     try:

@@ -26,8 +26,15 @@ class RecordError(LratError):
         field: dotted path of the offending field, e.g. ``result[4].arguments``.
     """
 
-    def __init__(self, reason: str, message: str, *, source: str | None = None,
-                 record: str | None = None, field: str | None = None):
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        source: str | None = None,
+        record: str | None = None,
+        field: str | None = None,
+    ):
         self.reason = reason
         self.message = message
         self.source = source

@@ -156,8 +156,12 @@ def describe(device: str = "cpu") -> dict:
     """What produced a result: CPU model, recorded ISA flags, whether bf16 is native, the
     ``LRAT_PRECISION`` override and the GPU (when ``device`` is CUDA)."""
     cpu = cpu_info()
-    found = {"cpu": cpu.model, "cpu_flags": [f for f in RECORDED_FLAGS if f in cpu.flags],
-             "bf16_native": cpu.bf16_native, "precision_override": override()}
+    found = {
+        "cpu": cpu.model,
+        "cpu_flags": [f for f in RECORDED_FLAGS if f in cpu.flags],
+        "bf16_native": cpu.bf16_native,
+        "precision_override": override(),
+    }
     if str(device).startswith("cuda"):
         import torch
 
@@ -170,5 +174,6 @@ def summary_line() -> str:
     cpu = cpu_info()
     speed = "bf16 native" if cpu.bf16_native else "no native bf16: fp32 is faster"
     forced = override()
-    return f"CPU: {cpu.model} ({speed}; auto precision here: {'bf16' if fast_bf16() else 'fp32'}" + \
-        (f", forced by {ENV}={forced})" if forced != "auto" else ")")
+    return f"CPU: {cpu.model} ({speed}; auto precision here: {'bf16' if fast_bf16() else 'fp32'}" + (
+        f", forced by {ENV}={forced})" if forced != "auto" else ")"
+    )

@@ -58,8 +58,10 @@ class Progress:
         going = self.total and rate > 0 and 0 < self.done < self.total
         left = f", ~{(self.total - self.done) / rate:.0f}s left" if going else ""
         extra = "".join(f", {v:,} {k}" if isinstance(v, int) else f", {k} {v:.4g}" for k, v in self.extra.items())
-        return (f"{self.stage}: {self.done}{total} {self.unit}{share}{extra}, {rate:.2f} {self.unit}/s, "
-                f"elapsed {elapsed:.0f}s{left}")
+        return (
+            f"{self.stage}: {self.done}{total} {self.unit}{share}{extra}, {rate:.2f} {self.unit}/s, "
+            f"elapsed {elapsed:.0f}s{left}"
+        )
 
     def _emit(self) -> None:
         self._last, self._emitted = time.monotonic(), self.done

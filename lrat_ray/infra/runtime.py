@@ -57,8 +57,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     env_vars = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if k in os.environ}
     runtime_env = {"env_vars": env_vars} if env_vars else None
     if not address:
-        runtime_env = {**(runtime_env or {}),
-                       "worker_process_setup_hook": "lrat_ray.infra.runtime.serve_grpc_on_loopback"}
+        runtime_env = {
+            **(runtime_env or {}),
+            "worker_process_setup_hook": "lrat_ray.infra.runtime.serve_grpc_on_loopback",
+        }
     if address:
         log.info("connecting to Ray at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=_LOG_TO_DRIVER, logging_level=_ray_level())
@@ -66,8 +68,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         log.info("starting a local Ray (on 127.0.0.1)")
         # "local": a new Ray of our own, never one that `ray start` left on this machine.
         with _loopback_only():
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
-                     runtime_env=runtime_env, logging_level=_ray_level(), log_to_driver=_LOG_TO_DRIVER)
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                dashboard_host="127.0.0.1",
+                runtime_env=runtime_env,
+                logging_level=_ray_level(),
+                log_to_driver=_LOG_TO_DRIVER,
+            )
     import ray.data  # noqa: F401  (configures its loggers on import)
 
     quiet_ray_loggers()
@@ -176,12 +185,19 @@ def check_feasible(stage: str, per_worker: dict, workers: int) -> None:
     for name, amount in per_worker.items():
         needed = amount * workers
         if total.get(name, 0) < needed:
-            raise LratError(f"{stage} needs {needed:g} {name} ({workers} workers x {amount:g}) but the cluster has "
-                            f"{total.get(name, 0):g} (resources: {sorted(total)}); lower the workers or what each "
-                            "reserves")
+            raise LratError(
+                f"{stage} needs {needed:g} {name} ({workers} workers x {amount:g}) but the cluster has "
+                f"{total.get(name, 0):g} (resources: {sorted(total)}); lower the workers or what each "
+                "reserves"
+            )
         if free.get(name, 0) < needed:
-            log.warning("%s: only %g of the %g %s it needs are free now; waiting for them", stage,
-                        free.get(name, 0), needed, name)
+            log.warning(
+                "%s: only %g of the %g %s it needs are free now; waiting for them",
+                stage,
+                free.get(name, 0),
+                needed,
+                name,
+            )
 
 
 def remote_args(per_worker: dict) -> dict:

@@ -120,16 +120,19 @@ def run_stage(stage: str, config: C, run: Callable[[C], Any], local_only: bool =
         log.info("%s: %s already holds this result (version %s); nothing to do", stage, output, key)
         return StageResult(_recorded_result(finished, output), output, key, skipped=True)
     if read_json(storage.join(output, CLAIM)) is None and storage.exists(output) and _has_files(output):
-        raise LratError(f"{output} already has files that no lrat {stage} run wrote; outputs are never mixed "
-                        "or overwritten: choose an empty or new directory (e.g. put {version} in --output)")
+        raise LratError(
+            f"{output} already has files that no lrat {stage} run wrote; outputs are never mixed "
+            "or overwritten: choose an empty or new directory (e.g. put {version} in --output)"
+        )
     claim = Claim(output, stage, key)
     previous = claim.acquire()  # refuses a live writer, naming it
     if read_json(storage.join(output, storage.STAGE_MANIFEST)) is not None:  # it finished while we waited
         claim.finish()
         return run_stage(stage, config, run, local_only)
     if previous is not None and previous.same(stage, key):
-        log.info("%s: resuming the unfinished run in %s (version %s; the last one %s)", stage, output, key,
-                 previous.why)
+        log.info(
+            "%s: resuming the unfinished run in %s (version %s; the last one %s)", stage, output, key, previous.why
+        )
     elif previous is not None:
         log.warning("%s: clearing %s, left by %s", stage, output, previous.describe())
         clear_output(output)
@@ -142,9 +145,19 @@ def run_stage(stage: str, config: C, run: Callable[[C], Any], local_only: bool =
         else:
             result = run(config)
         storage.write_bytes_atomic(storage.join(output, REPORT), _json_bytes(result))
-        manifest = {"stage": stage, "key": key, "output": output, "config": dataclasses.asdict(config),
-                    "inputs": content, "versions": versions(), "hardware": describe(), "started": started,
-                    "finished": time.time(), "host": socket.gethostname(), "report": REPORT}
+        manifest = {
+            "stage": stage,
+            "key": key,
+            "output": output,
+            "config": dataclasses.asdict(config),
+            "inputs": content,
+            "versions": versions(),
+            "hardware": describe(),
+            "started": started,
+            "finished": time.time(),
+            "host": socket.gethostname(),
+            "report": REPORT,
+        }
         storage.write_bytes_atomic(storage.join(output, storage.STAGE_MANIFEST), _json_bytes(manifest))
     except BaseException as exc:
         # Bad input or option before anything was written: the directory goes as it came.
@@ -179,9 +192,11 @@ def default_storage_path(output: str) -> str:
 
 def _check_same(recorded: dict, stage: str, key: str, output: str, verb: str) -> None:
     if recorded.get("stage") != stage or recorded.get("key") != key:
-        raise LratError(f"{output} {verb} lrat {recorded.get('stage')} version {recorded.get('key')}, not this "
-                        f"{stage} run (version {key}: other options or inputs); outputs are immutable: choose "
-                        "another --output (e.g. one with {version} in it)")
+        raise LratError(
+            f"{output} {verb} lrat {recorded.get('stage')} version {recorded.get('key')}, not this "
+            f"{stage} run (version {key}: other options or inputs); outputs are immutable: choose "
+            "another --output (e.g. one with {version} in it)"
+        )
 
 
 def _has_files(uri: str) -> bool:

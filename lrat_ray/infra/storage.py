@@ -39,7 +39,7 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem and the path inside it for a local path or URI."""
     if is_remote(path):
         return pafs.FileSystem.from_uri(path)
-    local = path[len("file://"):] if path.startswith("file://") else path
+    local = path[len("file://") :] if path.startswith("file://") else path
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(local))
 
 
@@ -62,8 +62,11 @@ def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = RECORD_SUFFIXES
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.Directory:
                 selector = pafs.FileSelector(path, recursive=True)
-                matches = [_uri(fs, i.path, spec) for i in fs.get_file_info(selector)
-                           if i.type == pafs.FileType.File and _wanted(i.path, suffixes)]
+                matches = [
+                    _uri(fs, i.path, spec)
+                    for i in fs.get_file_info(selector)
+                    if i.type == pafs.FileType.File and _wanted(i.path, suffixes)
+                ]
             elif info.type == pafs.FileType.File:
                 matches = [_uri(fs, path, spec)]
             else:
@@ -79,8 +82,7 @@ def _glob(fs: pafs.FileSystem, pattern: str, spec: str) -> list[str]:
         return [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
     base = pattern.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
     infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
-    return [_uri(fs, i.path, spec) for i in infos
-            if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern)]
+    return [_uri(fs, i.path, spec) for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern)]
 
 
 def _wanted(path: str, suffixes: tuple[str, ...]) -> bool:
@@ -141,8 +143,9 @@ def count_newlines(uri: str, start: int, end: int, chunk: int = 8 << 20) -> int:
     return count
 
 
-def line_pieces(files: list[str], split_bytes: int,
-                count_many: Callable[[list[tuple[str, int, int]]], list[int]] | None = None) -> list:
+def line_pieces(
+    files: list[str], split_bytes: int, count_many: Callable[[list[tuple[str, int, int]]], list[int]] | None = None
+) -> list:
     """Units of reading work, in input order: a file as its URI, except a JSONL file larger than
     ``split_bytes``, which becomes its line-aligned byte ranges ``{"uri": ..., "range": [start, end,
     first_line]}`` (for :func:`iter_records`), so several tasks share one big file. First line
@@ -157,7 +160,7 @@ def line_pieces(files: list[str], split_bytes: int,
         if uri not in ranges:
             pieces.append(uri)
             continue
-        newlines = counts[used:used + len(ranges[uri]) - 1]
+        newlines = counts[used : used + len(ranges[uri]) - 1]
         used += len(newlines)
         # a range's first line follows the newlines counted up to the byte before it
         first_lines = [1] + [sum(newlines[:k]) + 2 for k in range(1, len(ranges[uri]))]
@@ -178,13 +181,13 @@ def read_line_range(uri: str, start: int, end: int) -> bytes:
             cut = data.find(b"\n")
             if cut < 0 or begin + cut + 1 >= end:
                 return b""
-            data = data[cut + 1:]
+            data = data[cut + 1 :]
         while data and not data.endswith(b"\n"):  # finish the last line, which runs past end
             more = fh.read(1 << 16)
             if not more:
                 break
             newline = more.find(b"\n")
-            data += more if newline < 0 else more[:newline + 1]
+            data += more if newline < 0 else more[: newline + 1]
     return data
 
 
@@ -196,8 +199,13 @@ READ_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException, UnicodeDecodeEr
 def unreadable(uri: str, exc: BaseException) -> RecordError:
     """The error of a file that cannot be read (a skipped input under ``unreadable_file``)."""
     name = uri[:-3] if uri.endswith(".gz") else uri
-    kind = ("a Parquet file" if name.endswith(".parquet") else "a readable gzip file" if uri.endswith(".gz")
-            else "a readable file")
+    kind = (
+        "a Parquet file"
+        if name.endswith(".parquet")
+        else "a readable gzip file"
+        if uri.endswith(".gz")
+        else "a readable file"
+    )
     detail = " ".join(str(exc).split())[:200] or type(exc).__name__
     return RecordError("unreadable_file", f"not {kind} ({detail})", source=uri)
 
@@ -346,8 +354,9 @@ def publish_dir(tmp_uri: str, final_uri: str) -> None:
 def parquet_source(path: str, table: str, what: str) -> str:
     """Where the Parquet files of a stage's ``table`` are: ``path`` is the stage directory, its
     ``table/`` folder or Parquet files; ``what`` names the expected input in the error."""
-    candidates = [path] if path.rstrip("/").endswith("/" + table) or path.endswith(".parquet") \
-        else [join(path, table), path]
+    candidates = (
+        [path] if path.rstrip("/").endswith("/" + table) or path.endswith(".parquet") else [join(path, table), path]
+    )
     for candidate in candidates:
         if exists(candidate):
             try:
@@ -387,7 +396,7 @@ def fingerprint(uri: str) -> str:
         return "stage:" + json.loads(read_bytes(manifest))["key"]
     digest = hashlib.sha256()
     for item in sorted(fs.get_file_info(pafs.FileSelector(path, recursive=True)), key=lambda i: i.path):
-        relative = item.path[len(path):]
+        relative = item.path[len(path) :]
         if item.type == pafs.FileType.File and not any(part.startswith(".") for part in relative.split("/")):
             mtime = item.mtime.timestamp() if item.mtime else 0
             digest.update(f"{relative}\t{item.size}\t{mtime:.6f}\n".encode())

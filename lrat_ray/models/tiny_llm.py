@@ -152,8 +152,11 @@ def _convert(gguf_dir: str, out: str) -> None:
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_NAME, dtype=torch.float32)
     os.makedirs(out)
     # save_pretrained refuses a GGUF-loaded model; tied embeddings are stored once (lm_head = embed).
-    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()
-             if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
+    state = {
+        k: v.detach().to(torch.bfloat16).contiguous()
+        for k, v in model.state_dict().items()
+        if not (model.config.tie_word_embeddings and k == "lm_head.weight")
+    }
     save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
     os.chmod(os.path.join(out, "model.safetensors"), 0o644)
     config = model.config.to_dict()
@@ -166,6 +169,12 @@ def _convert(gguf_dir: str, out: str) -> None:
     tokenizer.save_pretrained(out)
     model.generation_config.save_pretrained(out)
     with open(os.path.join(out, "lrat_prepared.json"), "w") as fh:
-        json.dump({"source": PACKAGE, "gguf": GGUF_NAME, "dtype": "bfloat16",
-                   "note": "storage dtype; engines load it in the machine's compute dtype "
-                           "(lrat_ray.infra.hardware)"}, fh)
+        json.dump(
+            {
+                "source": PACKAGE,
+                "gguf": GGUF_NAME,
+                "dtype": "bfloat16",
+                "note": "storage dtype; engines load it in the machine's compute dtype (lrat_ray.infra.hardware)",
+            },
+            fh,
+        )

@@ -119,19 +119,29 @@ def make_deployment():
     @serve.deployment(name="Retriever")
     @serve.ingress(app)
     class Retriever:
-        def __init__(self, config: dict, encoder=None, shards: list | None = None, shard_numbers: list | None = None,
-                     token_sha256: str | None = None):
+        def __init__(
+            self,
+            config: dict,
+            encoder=None,
+            shards: list | None = None,
+            shard_numbers: list | None = None,
+            token_sha256: str | None = None,
+        ):
             # The index is not an init argument but the user_config: changing it must not restart us.
             self.config = ServeConfig(index="", **config)
             self.token_sha256 = token_sha256
             self.replica = os.urandom(4).hex()  # in /healthz: shows that a swap reconfigured, not restarted
-            self.backend = (LocalSearch(self.config.snippet_chars) if encoder is None
-                            else ComposedSearch(encoder, dict(zip(shard_numbers, shards))))
+            self.backend = (
+                LocalSearch(self.config.snippet_chars)
+                if encoder is None
+                else ComposedSearch(encoder, dict(zip(shard_numbers, shards)))
+            )
             self.queries_total = metrics.Counter("lrat_search_queries", "queries answered by /search")
             self.shed_total = metrics.Counter("lrat_requests_shed", "requests answered 503 (replica full)")
             self.admission = Admission(self.config.max_in_flight, self.config.retry_after_s)
-            self.batch_size = metrics.Histogram("lrat_search_batch_requests", "requests per encoder batch",
-                                                boundaries=[1, 2, 4, 8, 16, 32, 64])
+            self.batch_size = metrics.Histogram(
+                "lrat_search_batch_requests", "requests per encoder batch", boundaries=[1, 2, 4, 8, 16, 32, 64]
+            )
             self.batched = self._search_batch if encoder is None else self._search_batch_pipelined
             self.batched.set_max_batch_size(self.config.max_batch_size)
             self.batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
@@ -149,8 +159,9 @@ def make_deployment():
             return self._retry_later("retriever busy, retry later")
 
         def _retry_later(self, message: str) -> JSONResponse:
-            return JSONResponse({"error": message}, status_code=503,
-                                headers={"Retry-After": str(self.admission.retry_after())})
+            return JSONResponse(
+                {"error": message}, status_code=503, headers={"Retry-After": str(self.admission.retry_after())}
+            )
 
         def _authorized(self, request: Request) -> bool:
             return authorized(request.headers.get("authorization"), self.token_sha256)
@@ -190,7 +201,7 @@ def make_deployment():
             hits = await self.backend.search(flat, max(k for _, k in requests))
             out, start = [], 0
             for queries, k in requests:
-                out.append([h[:k] for h in hits[start:start + len(queries)]])
+                out.append([h[:k] for h in hits[start : start + len(queries)]])
                 start += len(queries)
             self.queries_total.inc(len(flat))
             return out
@@ -202,8 +213,12 @@ def make_deployment():
             try:
                 body = await read_body(request, self.config.max_body_bytes)
                 queries, k, as_list = parse_search_request(
-                    request.headers.get("content-type"), body, self.config.max_k,
-                    self.config.max_query_chars, self.config.max_queries)
+                    request.headers.get("content-type"),
+                    body,
+                    self.config.max_k,
+                    self.config.max_query_chars,
+                    self.config.max_queries,
+                )
             except RequestError as exc:
                 return JSONResponse({"error": exc.message}, status_code=exc.status)
             busy = self._busy()
@@ -255,38 +270,68 @@ def build_app(args: dict):
     # Serve hands a replica more than it admits, so that the replica's own admission answers the
     # excess at once: a request the proxy must hold back waits in its slow retry loop (the
     # throughput collapse once seen at 1,024 sessions). Beyond that the proxy answers 503.
-    queue = {"max_ongoing_requests": settings.max_in_flight * 2, "max_queued_requests": settings.max_in_flight * 2,
-             "logging_config": {"enable_access_log": settings.access_log}}
-    worker = {"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus,
-              **({"resources": settings.resources} if settings.resources else {})}
+    queue = {
+        "max_ongoing_requests": settings.max_in_flight * 2,
+        "max_queued_requests": settings.max_in_flight * 2,
+        "logging_config": {"enable_access_log": settings.access_log},
+    }
+    worker = {
+        "num_cpus": settings.replica_cpus,
+        "num_gpus": settings.replica_gpus,
+        **({"resources": settings.resources} if settings.resources else {}),
+    }
     scaling: dict[str, Any] = {"num_replicas": settings.replicas}
     if settings.autoscale_min is not None or settings.autoscale_max is not None:
-        scaling = {"autoscaling_config": {
-            "min_replicas": settings.autoscale_min or 1,
-            "max_replicas": settings.autoscale_max or max(settings.autoscale_min or 1, 1),
-            # composed, the encoder sees batches, not requests
-            "target_ongoing_requests": settings.target_ongoing_batches if settings.composed
-            else settings.target_ongoing_requests}}
+        scaling = {
+            "autoscaling_config": {
+                "min_replicas": settings.autoscale_min or 1,
+                "max_replicas": settings.autoscale_max or max(settings.autoscale_min or 1, 1),
+                # composed, the encoder sees batches, not requests
+                "target_ongoing_requests": settings.target_ongoing_batches
+                if settings.composed
+                else settings.target_ongoing_requests,
+            }
+        }
     # The token stays in this process: replicas get its digest (the config is visible on the dashboard).
     digest = token_digest(resolve_token(settings))
     init = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("index", "swap", "token", "token_file")}
     if not settings.composed:
-        return _pinned(make_deployment().options(user_config=index, ray_actor_options=worker, **queue, **scaling),
-                       init, digest).bind(init, token_sha256=digest)
+        return _pinned(
+            make_deployment().options(user_config=index, ray_actor_options=worker, **queue, **scaling), init, digest
+        ).bind(init, token_sha256=digest)
 
     from lrat_ray.stages.index import read_manifest
 
     encoder_class, shard_class = make_part_deployments()
-    encoder = _pinned(encoder_class.options(user_config=index, ray_actor_options=worker, **queue, **scaling),
-                      init).bind()
+    encoder = _pinned(
+        encoder_class.options(user_config=index, ray_actor_options=worker, **queue, **scaling), init
+    ).bind()
     numbers = [entry["shard"] for entry in read_manifest(settings.index)["shards"]]
-    shards = [_pinned(shard_class.options(name=f"IndexShard{n}", user_config=index,
-                                          num_replicas=settings.shard_replicas,
-                                          ray_actor_options={"num_cpus": settings.shard_cpus}, **queue), init, n
-                      ).bind(n, settings.snippet_chars) for n in numbers]
-    return _pinned(make_deployment().options(user_config=index, num_replicas=settings.ingress_replicas,
-                                             ray_actor_options={"num_cpus": settings.ingress_cpus}, **queue),
-                   init, numbers, digest).bind(init, encoder, shards, numbers, token_sha256=digest)
+    shards = [
+        _pinned(
+            shard_class.options(
+                name=f"IndexShard{n}",
+                user_config=index,
+                num_replicas=settings.shard_replicas,
+                ray_actor_options={"num_cpus": settings.shard_cpus},
+                **queue,
+            ),
+            init,
+            n,
+        ).bind(n, settings.snippet_chars)
+        for n in numbers
+    ]
+    return _pinned(
+        make_deployment().options(
+            user_config=index,
+            num_replicas=settings.ingress_replicas,
+            ray_actor_options={"num_cpus": settings.ingress_cpus},
+            **queue,
+        ),
+        init,
+        numbers,
+        digest,
+    ).bind(init, encoder, shards, numbers, token_sha256=digest)
 
 
 def placement_demand(settings: ServeConfig) -> list[tuple[str, int, dict]]:
@@ -302,9 +347,11 @@ def placement_demand(settings: ServeConfig) -> list[tuple[str, int, dict]]:
     from lrat_ray.stages.index import read_manifest
 
     numbers = [entry["shard"] for entry in read_manifest(settings.index)["shards"]]
-    return [("Retriever (ingress)", settings.ingress_replicas, actor_resources(settings.ingress_cpus)),
-            ("QueryEncoder", replicas, worker),
-            *((f"IndexShard{n}", settings.shard_replicas, actor_resources(settings.shard_cpus)) for n in numbers)]
+    return [
+        ("Retriever (ingress)", settings.ingress_replicas, actor_resources(settings.ingress_cpus)),
+        ("QueryEncoder", replicas, worker),
+        *((f"IndexShard{n}", settings.shard_replicas, actor_resources(settings.shard_cpus)) for n in numbers),
+    ]
 
 
 def check_placement(settings: ServeConfig, cluster: dict) -> None:
@@ -319,12 +366,20 @@ def check_placement(settings: ServeConfig, cluster: dict) -> None:
             needed[name] = needed.get(name, 0.0) + replicas * amount
     short = {name: amount for name, amount in needed.items() if cluster.get(name, 0.0) + 1e-9 < amount}
     if short:
-        parts = ", ".join(f"{replicas} {name} x {per.get(resource, 0):g}" for name, replicas, per in demand
-                          for resource in short if per.get(resource))
-        lacking = "; ".join(f"{amount:g} {name} ({parts}) but the cluster has {cluster.get(name, 0):g}"
-                            for name, amount in short.items())
-        raise LratError(f"the retriever cannot be placed: it needs {lacking}; lower --replica-cpus, --shard-cpus, "
-                        "--ingress-cpus or the replicas, serve an index with fewer shards, or add nodes")
+        parts = ", ".join(
+            f"{replicas} {name} x {per.get(resource, 0):g}"
+            for name, replicas, per in demand
+            for resource in short
+            if per.get(resource)
+        )
+        lacking = "; ".join(
+            f"{amount:g} {name} ({parts}) but the cluster has {cluster.get(name, 0):g}"
+            for name, amount in short.items()
+        )
+        raise LratError(
+            f"the retriever cannot be placed: it needs {lacking}; lower --replica-cpus, --shard-cpus, "
+            "--ingress-cpus or the replicas, serve an index with fewer shards, or add nodes"
+        )
 
 
 def _pinned(deployment, *identity):
@@ -335,8 +390,9 @@ def _pinned(deployment, *identity):
     Serve's in-place reconfigure. No public option sets it (``Deployment.options(version=)`` is
     kept for Serve's own use), hence ``_internal``."""
     code = b"".join(Path(module).read_bytes() for module in _code_files())
-    version = hashlib.sha256(json.dumps([deployment.name, identity, hashlib.sha256(code).hexdigest()],
-                                        sort_keys=True, default=str).encode()).hexdigest()[:16]
+    version = hashlib.sha256(
+        json.dumps([deployment.name, identity, hashlib.sha256(code).hexdigest()], sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
     return deployment.options(version=version, _internal=True)
 
 

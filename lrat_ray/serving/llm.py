@@ -34,16 +34,19 @@ class LLMServeConfig:
     model: str = option("tiny", help="Hugging Face name or path; 'tiny' = the prepared SmolLM2-135M-Instruct")
     name: str = option("tiny", help="model id clients ask for")
     max_model_len: int = option(4096, help="context length of the engine")
-    gpus_per_replica: int | None = option(None, help="GPUs per engine replica; 0: a CPU engine; default: 1 if "
-                                                  "the cluster has GPUs, else 0", runtime=True)
+    gpus_per_replica: int | None = option(
+        None, help="GPUs per engine replica; 0: a CPU engine; default: 1 if the cluster has GPUs, else 0", runtime=True
+    )
     replicas: int = option(1, help="engine replicas", runtime=True)
     kv_cache_bytes: int = option(512 << 20, help="CPU engines: KV cache size in bytes", runtime=True)
-    dtype: str = option("auto", choices=DTYPES,
-                        help="the model's compute dtype; auto: bfloat16 on GPUs and on CPUs with AVX512-BF16/AMX, "
-                             "float32 on other CPUs, where bf16 is emulated and ~3x slower (lrat_ray.infra.hardware)")
+    dtype: str = option(
+        "auto",
+        choices=DTYPES,
+        help="the model's compute dtype; auto: bfloat16 on GPUs and on CPUs with AVX512-BF16/AMX, "
+        "float32 on other CPUs, where bf16 is emulated and ~3x slower (lrat_ray.infra.hardware)",
+    )
     tool_call_parser: str = option("hermes", help="vLLM tool-call parser matching the model's chat template")
-    ready_timeout_s: float = option(600.0, help="fail if the engine is not answering after this long",
-                                    runtime=True)
+    ready_timeout_s: float = option(600.0, help="fail if the engine is not answering after this long", runtime=True)
 
 
 def llm_config(config: LLMServeConfig):
@@ -54,8 +57,11 @@ def llm_config(config: LLMServeConfig):
     from lrat_ray.models.tiny_llm import resolve_llm
 
     gpus = gpus_or_cpu(config.gpus_per_replica)
-    engine_kwargs = {"max_model_len": config.max_model_len, "enable_auto_tool_choice": True,
-                     "tool_call_parser": config.tool_call_parser}
+    engine_kwargs = {
+        "max_model_len": config.max_model_len,
+        "enable_auto_tool_choice": True,
+        "tool_call_parser": config.tool_call_parser,
+    }
     if gpus:
         engine_kwargs["tensor_parallel_size"] = gpus
         bundles = [{"GPU": 1, "CPU": 1}] * gpus
@@ -79,8 +85,11 @@ def deploy_llm(config: LLMServeConfig, host: str = "127.0.0.1", port: int = 8000
     from ray.serve.llm import LLMServingArgs, build_openai_app
 
     serve.start(http_options={"host": host, "port": port})
-    app = build_openai_app(LLMServingArgs(llm_configs=[llm_config(config)],
-                                          ingress_deployment_config={"ray_actor_options": {"num_cpus": 0.1}}))
+    app = build_openai_app(
+        LLMServingArgs(
+            llm_configs=[llm_config(config)], ingress_deployment_config={"ray_actor_options": {"num_cpus": 0.1}}
+        )
+    )
     serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, blocking=False)
     base_url = f"http://{host}:{port}{ROUTE_PREFIX}/v1"
     _wait_until_ready(base_url, config.name, config.ready_timeout_s)
@@ -99,12 +108,13 @@ def _wait_until_ready(base_url: str, model: str, timeout_s: float) -> None:
         except (httpx.HTTPError, ValueError):
             pass
         time.sleep(2)
-    raise LratError(f"the LLM {model!r} did not answer at {base_url} within {timeout_s:.0f}s "
-                    "(see the Ray Serve logs: a GPU request on a CPU-only cluster never schedules)")
+    raise LratError(
+        f"the LLM {model!r} did not answer at {base_url} within {timeout_s:.0f}s "
+        "(see the Ray Serve logs: a GPU request on a CPU-only cluster never schedules)"
+    )
 
 
 def undeploy_llm() -> None:
     from ray import serve
 
     serve.delete(APP_NAME)
-

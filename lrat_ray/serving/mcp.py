@@ -31,8 +31,9 @@ def build_mcp_server(config: McpConfig):
 
     from lrat_ray.infra.chat_client import bearer_headers
 
-    server = MCPServer(name="lrat-retriever",
-                       instructions="search: ranked documents for a query; get_document: a full document")
+    server = MCPServer(
+        name="lrat-retriever", instructions="search: ranked documents for a query; get_document: a full document"
+    )
     headers = bearer_headers(config.token)
 
     async def call(method: str, path: str, **kwargs) -> str:

@@ -22,8 +22,9 @@ class RequestError(Exception):
         self.message = message
 
 
-def parse_search_request(content_type: str | None, body: bytes, max_k: int, max_query_chars: int,
-                         max_queries: int) -> tuple[list[str], int, bool]:
+def parse_search_request(
+    content_type: str | None, body: bytes, max_k: int, max_query_chars: int, max_queries: int
+) -> tuple[list[str], int, bool]:
     """Validate a /search request; returns (queries, k, whether the query was a list)."""
     if (content_type or "").split(";")[0].strip().lower() != "application/json":
         raise RequestError(415, "content type must be application/json")
@@ -50,8 +51,9 @@ def parse_search_request(content_type: str | None, body: bytes, max_k: int, max_
         try:
             q.encode("utf-8")  # JSON may carry lone surrogates (\ud800): no tokenizer takes them
         except UnicodeEncodeError as exc:
-            raise RequestError(422, f"query is not valid Unicode text ({exc.reason} at character {exc.start})"
-                               ) from None
+            raise RequestError(
+                422, f"query is not valid Unicode text ({exc.reason} at character {exc.start})"
+            ) from None
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k:
         raise RequestError(422, f"'k' must be an integer from 1 to {max_k}")
     return queries, k, as_list

@@ -52,8 +52,16 @@ from lrat_ray.serving.deployments import build_app, check_placement, placement_d
 log = logging.getLogger(__name__)
 APP_NAME = "lrat-retriever"
 
-__all__ = ["ServeConfig", "build_app", "check_placement", "deploy", "placement_demand", "swap_index",
-           "swap_running", "wait_for_interrupt"]
+__all__ = [
+    "ServeConfig",
+    "build_app",
+    "check_placement",
+    "deploy",
+    "placement_demand",
+    "swap_index",
+    "swap_running",
+    "wait_for_interrupt",
+]
 
 
 def deploy(settings: ServeConfig, blocking: bool = False) -> str:
@@ -94,16 +102,19 @@ def _wait_until_running(timeout_s: float) -> None:
         if state == "RUNNING":
             return
         if state == "DEPLOY_FAILED" or time.time() > deadline:
-            waiting = {name: f"{str(d.status).rsplit('.', 1)[-1]}: {_first_line(d.message)}"
-                       for name, d in (app.deployments.items() if app else []) if str(d.status).rsplit(".", 1)[-1]
-                       != "HEALTHY"}
+            waiting = {
+                name: f"{str(d.status).rsplit('.', 1)[-1]}: {_first_line(d.message)}"
+                for name, d in (app.deployments.items() if app else [])
+                if str(d.status).rsplit(".", 1)[-1] != "HEALTHY"
+            }
             import ray
 
             free = {k: round(v, 2) for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
             serve.delete(APP_NAME)
             why = "failed to deploy" if state == "DEPLOY_FAILED" else f"is not running after {timeout_s:g}s"
-            raise LratError(f"the retriever {why}: " + "; ".join(f"{n} {m}" for n, m in waiting.items())
-                            + f" (free now: {free})")
+            raise LratError(
+                f"the retriever {why}: " + "; ".join(f"{n} {m}" for n, m in waiting.items()) + f" (free now: {free})"
+            )
         time.sleep(0.5)
 
 
@@ -137,8 +148,10 @@ def _wait_until_healthy(url: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.5)
     from lrat_ray.infra.errors import LratError
 
-    raise LratError(f"the retriever does not answer at {url}/healthz; if Ray Serve was already running "
-                    "with other HTTP options, shut it down (serve shutdown) or use its port")
+    raise LratError(
+        f"the retriever does not answer at {url}/healthz; if Ray Serve was already running "
+        "with other HTTP options, shut it down (serve shutdown) or use its port"
+    )
 
 
 def swap_running(settings: ServeConfig) -> str:

@@ -52,8 +52,12 @@ def _results(index, hits: list[list[tuple[int, int, float]]], snippet_chars: int
     out = []
     for per_query in hits:
         documents = [(index.shards[n].document(r), s) for n, r, s in per_query]
-        out.append([{"docid": d["doc_id"], "score": s, "title": d["title"], "snippet": d["text"][:snippet_chars]}
-                    for d, s in documents])
+        out.append(
+            [
+                {"docid": d["doc_id"], "score": s, "title": d["title"], "snippet": d["text"][:snippet_chars]}
+                for d, s in documents
+            ]
+        )
     return out
 
 
@@ -75,8 +79,12 @@ class LocalSearch:
 
     def describe(self) -> dict:
         loaded = self.loaded
-        return {"index": loaded.directory, "documents": loaded.index.count, "model": loaded.index.manifest["model"],
-                "shards": len(loaded.index.shards)}
+        return {
+            "index": loaded.directory,
+            "documents": loaded.index.count,
+            "model": loaded.index.manifest["model"],
+            "shards": len(loaded.index.shards),
+        }
 
     async def search(self, queries: list[str], depth: int) -> list[list[dict]]:
         loaded = self.loaded
@@ -109,11 +117,14 @@ class ComposedSearch:
         manifest = await asyncio.to_thread(read_manifest, directory)
         numbers = {entry["shard"] for entry in manifest["shards"]}
         if numbers != set(self.shards):
-            raise ValueError(f"index {directory} has shards {sorted(numbers)}, this application serves "
-                             f"{sorted(self.shards)}: deploy it with lrat serve instead of swapping")
+            raise ValueError(
+                f"index {directory} has shards {sorted(numbers)}, this application serves "
+                f"{sorted(self.shards)}: deploy it with lrat serve instead of swapping"
+            )
         # Loaded everywhere first, then switched in one assignment.
-        await asyncio.gather(self.encoder.load.remote(directory),
-                             *(handle.load.remote(directory) for handle in self.shards.values()))
+        await asyncio.gather(
+            self.encoder.load.remote(directory), *(handle.load.remote(directory) for handle in self.shards.values())
+        )
         self.current = (directory, manifest)
 
     @property
@@ -122,16 +133,22 @@ class ComposedSearch:
 
     def describe(self) -> dict:
         directory, manifest = self.current
-        return {"index": directory, "documents": manifest["count"], "model": manifest["model"],
-                "shards": len(self.shards)}
+        return {
+            "index": directory,
+            "documents": manifest["count"],
+            "model": manifest["model"],
+            "shards": len(self.shards),
+        }
 
     async def search(self, queries: list[str], depth: int) -> list[list[dict]]:
         directory, _ = self.current
         vectors = await self.encoder.encode.remote(directory, queries)
         answers = await asyncio.gather(*(h.search.remote(directory, vectors, depth) for h in self.shards.values()))
         # Stable sort over the shards in order: the same order as lrat_ray.stages.index.merge_top_k.
-        return [sorted((hit for answer in answers for hit in answer[q]), key=lambda hit: -hit["score"])[:depth]
-                for q in range(len(queries))]
+        return [
+            sorted((hit for answer in answers for hit in answer[q]), key=lambda hit: -hit["score"])[:depth]
+            for q in range(len(queries))
+        ]
 
     async def document(self, docid: str) -> dict | None:
         from lrat_ray.stages.index import shard_of

@@ -57,8 +57,9 @@ class EvalConfig:
         return ks
 
 
-def retrieve(index_dir: str, queries: dict[str, str], depth: int, model: str | None = None,
-             batch_size: int = 64) -> Run:
+def retrieve(
+    index_dir: str, queries: dict[str, str], depth: int, model: str | None = None, batch_size: int = 64
+) -> Run:
     """Search ``index_dir`` with every query; the encoder is the index's own unless ``model``."""
     from lrat_ray.models.encoder import Encoder, spec_for
     from lrat_ray.stages.index import RetrievalIndex
@@ -82,12 +83,17 @@ def run_eval(config: EvalConfig) -> dict:
     if not judged:
         raise LratError(f"none of the {len(qrels)} judged queries in {config.qrels} is in {config.queries}")
     if missing:
-        log.warning("%d of the %d judged queries in %s have no text in %s and are not scored (e.g. %s)",
-                    len(missing), len(qrels), config.qrels, config.queries, ", ".join(missing[:3]))
+        log.warning(
+            "%d of the %d judged queries in %s have no text in %s and are not scored (e.g. %s)",
+            len(missing),
+            len(qrels),
+            config.qrels,
+            config.queries,
+            ", ".join(missing[:3]),
+        )
     selected = {q: queries[q] for q in judged}
     depth = max(max(ks), 10)
-    result = {"index": config.index, "config": dataclasses.asdict(config),
-              "judged_queries_without_text": len(missing)}
+    result = {"index": config.index, "config": dataclasses.asdict(config), "judged_queries_without_text": len(missing)}
     run_a = retrieve(config.index, selected, depth, config.model, config.batch_size)
     scored_a = score_run(run_a, {q: qrels[q] for q in judged}, ks, config.rel_threshold, evidence)
     result.update(scored_a)
@@ -95,9 +101,13 @@ def run_eval(config: EvalConfig) -> dict:
         run_b = retrieve(config.compare, selected, depth, None, config.batch_size)
         scored_b = score_run(run_b, {q: qrels[q] for q in judged}, ks, config.rel_threshold, evidence)
         result["compare"] = {
-            "index": config.compare, "metrics": scored_b["metrics"], "per_query": scored_b["per_query"],
-            "tests": {m: paired_comparison(scored_a["per_query"], scored_b["per_query"], m)
-                      for m in ("ndcg@10", f"recall@{max(ks)}", "mrr@10")},
+            "index": config.compare,
+            "metrics": scored_b["metrics"],
+            "per_query": scored_b["per_query"],
+            "tests": {
+                m: paired_comparison(scored_a["per_query"], scored_b["per_query"], m)
+                for m in ("ndcg@10", f"recall@{max(ks)}", "mrr@10")
+            },
         }
     if config.output:
         write_trec_run(storage.join(config.output, "run.trec"), run_a, "lrat")
@@ -111,8 +121,7 @@ def run_eval(config: EvalConfig) -> dict:
 class EvalRunsConfig:
     """Options of ``lrat eval-runs``."""
 
-    runs: list[str] = option(help="agent trajectories: files, directories or globs (any supported format)",
-                             path=True)
+    runs: list[str] = option(help="agent trajectories: files, directories or globs (any supported format)", path=True)
     evidence: str = option(help="evidence qrels (TREC: qid Q0 docid grade)", path=True)
     gold: str | None = option(None, help="gold-document qrels: adds gold recall", path=True)
     format: str = option("auto", choices=("auto", "native", "browsecomp", "openai"), help="trajectory format")
@@ -135,7 +144,13 @@ def run_eval_runs(config: EvalRunsConfig) -> dict:
     unjudged = sorted(t for t in result["per_task"] if t not in evidence)
     result["tasks_without_evidence_judgments"] = len(unjudged)
     if unjudged:
-        log.warning("%d of the %d runs have ids with no evidence judgments in %s (e.g. run %s; judged ids look "
-                    "like %s): they do not count in evidence recall", len(unjudged), len(result["per_task"]),
-                    config.evidence, unjudged[0], ", ".join(sorted(evidence)[:2]) or "none")
+        log.warning(
+            "%d of the %d runs have ids with no evidence judgments in %s (e.g. run %s; judged ids look "
+            "like %s): they do not count in evidence recall",
+            len(unjudged),
+            len(result["per_task"]),
+            config.evidence,
+            unjudged[0],
+            ", ".join(sorted(evidence)[:2]) or "none",
+        )
     return result

@@ -74,9 +74,13 @@ class IndexConfig(EncoderOptions, ActorPool):
 
     corpus: list[str] = option(help="corpus files: BEIR JSONL (_id/docid, title, text) or Parquet", path=True)
     output: str = option(help="index directory to write (local or URI; '{version}' is replaced by the version key)")
-    shards: int = option(0, minimum=0, help="index shards (0: one per encoder actor). A shard is what one actor "
-                                            "builds, one resubmission keeps and one server process holds: size it "
-                                            "to a server's memory")
+    shards: int = option(
+        0,
+        minimum=0,
+        help="index shards (0: one per encoder actor). A shard is what one actor "
+        "builds, one resubmission keeps and one server process holds: size it "
+        "to a server's memory",
+    )
     index_type: str = option("flat", choices=INDEX_TYPES, help="flat (exact), ivf or hnsw")
     nlist: int = option(1024, help="ivf: number of inverted lists per shard (capped at shard size/39)")
     nprobe: int = option(32, help="ivf: lists searched per query")
@@ -85,14 +89,22 @@ class IndexConfig(EncoderOptions, ActorPool):
     faiss_gpu: bool = option(False, help="build and search with GPU FAISS (needs the gpu extra)", runtime=True)
     gpus_per_worker: float = option(0.0, help="GPUs per encoder actor (0 on CPU machines)", runtime=True)
     batch_size: int = option(64, minimum=1, help="documents per forward pass", runtime=True)
-    split_bytes: int = option(64 << 20, minimum=1, runtime=True,
-                              help="corpus JSONL files larger than this are read in line-aligned byte ranges by "
-                                   "several tasks")
+    split_bytes: int = option(
+        64 << 20,
+        minimum=1,
+        runtime=True,
+        help="corpus JSONL files larger than this are read in line-aligned byte ranges by several tasks",
+    )
     strict: bool = option(False, help="stop at the first corpus record without id or text")
 
     def index_params(self) -> dict:
-        return {"type": self.index_type, "nlist": self.nlist, "nprobe": self.nprobe, "hnsw_m": self.hnsw_m,
-                "ef_search": self.ef_search}
+        return {
+            "type": self.index_type,
+            "nlist": self.nlist,
+            "nprobe": self.nprobe,
+            "hnsw_m": self.hnsw_m,
+            "ef_search": self.ef_search,
+        }
 
 
 def shard_of(doc_id: str, shard_count: int) -> int:
@@ -108,8 +120,15 @@ def shard_name(shard: int) -> str:
 # FAISS
 # ---------------------------------------------------------------------------------------------
 
-def build_faiss(vectors: np.ndarray, index_type: str = "flat", nlist: int = 1024, nprobe: int = 32,
-                hnsw_m: int = 32, ef_search: int = 128):
+
+def build_faiss(
+    vectors: np.ndarray,
+    index_type: str = "flat",
+    nlist: int = 1024,
+    nprobe: int = 32,
+    hnsw_m: int = 32,
+    ef_search: int = 128,
+):
     """An inner-product FAISS index over ``vectors`` (float32, one row per document)."""
     import faiss
 
@@ -141,8 +160,10 @@ def to_gpu(index):
     import faiss
 
     if not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
-        raise LratError("GPU FAISS asked for, but this faiss has no GPU support or sees no GPU; "
-                        "install the 'gpu' extra on a GPU machine or drop --faiss-gpu")
+        raise LratError(
+            "GPU FAISS asked for, but this faiss has no GPU support or sees no GPU; "
+            "install the 'gpu' extra on a GPU machine or drop --faiss-gpu"
+        )
     return faiss.index_cpu_to_all_gpus(index)
 
 
@@ -162,6 +183,7 @@ def merge_top_k(results: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[n
 # ---------------------------------------------------------------------------------------------
 # Loading and searching
 # ---------------------------------------------------------------------------------------------
+
 
 class IndexShard:
     """One shard: its FAISS index and its documents, row i of one being vector i of the other,
@@ -224,16 +246,21 @@ class RetrievalIndex:
         return cls(directory, {0: shard}, {**manifest, "shard_count": 1})
 
     @classmethod
-    def load(cls, directory: str, expect: EncoderSpec | None = None, gpu: bool = False,
-             shards: list[int] | None = None) -> RetrievalIndex:
+    def load(
+        cls, directory: str, expect: EncoderSpec | None = None, gpu: bool = False, shards: list[int] | None = None
+    ) -> RetrievalIndex:
         """Load an index (only ``shards`` when given); with ``expect`` check that it was built by
         a compatible encoder. A remote index is fetched once, shard by shard."""
         manifest = read_manifest(directory)
         if expect is not None:
             _check_encoder(directory, manifest, expect)
-        loaded = {entry["shard"]: IndexShard.load(storage.local_copy(storage.join(directory, entry["name"])),
-                                                  manifest["index"], gpu)
-                  for entry in manifest["shards"] if shards is None or entry["shard"] in shards}
+        loaded = {
+            entry["shard"]: IndexShard.load(
+                storage.local_copy(storage.join(directory, entry["name"])), manifest["index"], gpu
+            )
+            for entry in manifest["shards"]
+            if shards is None or entry["shard"] in shards
+        }
         return cls(directory, loaded, manifest)
 
     def check_encoder(self, spec: EncoderSpec) -> None:
@@ -246,13 +273,17 @@ class RetrievalIndex:
         vectors = np.ascontiguousarray(query_vectors, dtype=np.float32)
         numbers = list(self.shards)
         scores, which, rows = merge_top_k([self.shards[n].search(vectors, k) for n in numbers], k)
-        return [[(numbers[w], int(r), float(s)) for s, w, r in zip(*per_query) if r >= 0]
-                for per_query in zip(scores, which, rows)]
+        return [
+            [(numbers[w], int(r), float(s)) for s, w, r in zip(*per_query) if r >= 0]
+            for per_query in zip(scores, which, rows)
+        ]
 
     def search(self, query_vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """Top-``k`` (doc id, score) per query vector, best first."""
-        return [[(self.shards[n].doc_ids[r].as_py(), s) for n, r, s in per_query]
-                for per_query in self.hits(query_vectors, k)]
+        return [
+            [(self.shards[n].doc_ids[r].as_py(), s) for n, r, s in per_query]
+            for per_query in self.hits(query_vectors, k)
+        ]
 
     def document(self, doc_id: str) -> dict | None:
         shard = self.shards.get(shard_of(doc_id, self.manifest["shard_count"]))
@@ -266,22 +297,27 @@ def read_manifest(directory: str) -> dict:
         raise LratError(f"{directory} is not an lrat index (no manifest.json)")
     manifest = json.loads(storage.read_bytes(path))
     if manifest.get("format") != FORMAT:
-        raise LratError(f"index {directory} has format {manifest.get('format')!r}, this lrat reads {FORMAT!r}: "
-                        "build it again with lrat index")
+        raise LratError(
+            f"index {directory} has format {manifest.get('format')!r}, this lrat reads {FORMAT!r}: "
+            "build it again with lrat index"
+        )
     return manifest
 
 
 def _check_encoder(directory: str, manifest: dict, expect: EncoderSpec) -> None:
     mismatched = EncoderSpec(**manifest["encoder"]).compatible_with(expect)
     if mismatched or model_fingerprint(expect.model) != manifest["model_fingerprint"]:
-        raise LratError(f"index {directory} was built with {manifest['encoder']} "
-                        f"(fingerprint {manifest['model_fingerprint']}); the encoder given is "
-                        f"{dataclasses.asdict(expect)}: differs in {mismatched or ['model weights']}")
+        raise LratError(
+            f"index {directory} was built with {manifest['encoder']} "
+            f"(fingerprint {manifest['model_fingerprint']}); the encoder given is "
+            f"{dataclasses.asdict(expect)}: differs in {mismatched or ['model weights']}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Building: partition tasks, then shard-building actors
 # ---------------------------------------------------------------------------------------------
+
 
 def partition_piece(piece: str | dict, name: str, shard_count: int, staging: str, strict: bool) -> dict:
     """Read one corpus piece and write its documents to their shards' staging folders as
@@ -297,8 +333,9 @@ def partition_piece(piece: str | dict, name: str, shard_count: int, staging: str
     except LratError as exc:
         return {"error": str(exc)}
     for shard, columns in rows.items():
-        storage.write_table_atomic(storage.join(staging, shard_name(shard), f"{name}.parquet"),
-                                   pa.table(columns, schema=DOCUMENT_SCHEMA))
+        storage.write_table_atomic(
+            storage.join(staging, shard_name(shard), f"{name}.parquet"), pa.table(columns, schema=DOCUMENT_SCHEMA)
+        )
     return {"documents": sum(len(c["doc_id"]) for c in rows.values()), "skipped": skipped}
 
 
@@ -328,8 +365,9 @@ class ShardBuilder:
         documents = _read_staged(storage.join(self.staging, name), self.config.corpus)
         payload = _ipc_bytes(documents)
         content = hashlib.sha256(payload).hexdigest()
-        key = hashlib.sha256(json.dumps([content, self.fingerprint, dataclasses.asdict(self.spec),
-                                         self.bf16]).encode()).hexdigest()
+        key = hashlib.sha256(
+            json.dumps([content, self.fingerprint, dataclasses.asdict(self.spec), self.bf16]).encode()
+        ).hexdigest()
         params = self.config.index_params()
         done_path = storage.join(folder, SHARD_DONE)
         done = json.loads(storage.read_bytes(done_path)) if storage.exists(done_path) else {}
@@ -343,9 +381,17 @@ class ShardBuilder:
             storage.write_bytes_atomic(storage.join(folder, "embeddings.npy"), storage.npy_bytes(vectors))
             storage.write_bytes_atomic(storage.join(folder, "documents.arrow"), payload)
         storage.write_bytes_atomic(storage.join(folder, "index.faiss"), self._faiss_bytes(vectors))
-        summary = {"shard": shard, "name": name, "count": len(vectors), "dimension": int(vectors.shape[1]),
-                   "content_sha256": content, "key": key, "index": params, "bf16": self.bf16,
-                   "hardware": describe(self.device)}
+        summary = {
+            "shard": shard,
+            "name": name,
+            "count": len(vectors),
+            "dimension": int(vectors.shape[1]),
+            "content_sha256": content,
+            "key": key,
+            "index": params,
+            "bf16": self.bf16,
+            "hardware": describe(self.device),
+        }
         storage.write_json_atomic(done_path, summary)
         return {**summary, "reused": done.get("key") == key}
 
@@ -353,11 +399,19 @@ class ShardBuilder:
         from lrat_ray.models.encoder import Encoder
 
         if self.encoder is None:
-            self.encoder = Encoder(self.spec, device=self.device, batch_size=self.config.batch_size, bf16=self.bf16,
-                                   packed=self.config.packing)
+            self.encoder = Encoder(
+                self.spec,
+                device=self.device,
+                batch_size=self.config.batch_size,
+                bf16=self.bf16,
+                packed=self.config.packing,
+            )
         return self.encoder.encode_documents(
-            [document_text({"title": t, "text": x}) for t, x in zip(documents.column("title").to_pylist(),
-                                                                      documents.column("text").to_pylist())])
+            [
+                document_text({"title": t, "text": x})
+                for t, x in zip(documents.column("title").to_pylist(), documents.column("text").to_pylist())
+            ]
+        )
 
     def _faiss_bytes(self, vectors: np.ndarray) -> bytes:
         import faiss
@@ -425,8 +479,11 @@ def run_index(config: IndexConfig) -> dict:
         "count": sum(entry["count"] for entry in built),
         "shard_count": shard_count,
         "shards": [{k: entry[k] for k in ("shard", "name", "count", "content_sha256")} for entry in built],
-        "corpus": {"files": files, "records_skipped": read["skipped"],
-                   "sha256": hashlib.sha256("".join(e["content_sha256"] for e in built).encode()).hexdigest()},
+        "corpus": {
+            "files": files,
+            "records_skipped": read["skipped"],
+            "sha256": hashlib.sha256("".join(e["content_sha256"] for e in built).encode()).hexdigest(),
+        },
         "index": config.index_params(),
         "embeddings_reused": sum(entry["reused"] for entry in built),
         # What the shards were encoded in (one value, or "mixed" across a heterogeneous cluster; a
@@ -447,8 +504,9 @@ def _partition(files: list[str], shard_count: int, staging: str, config: IndexCo
     count = ray.remote(num_cpus=READ_CPUS)(storage.count_newlines)
     pieces = storage.line_pieces(files, config.split_bytes, lambda jobs: ray.get([count.remote(*j) for j in jobs]))
     task = ray.remote(num_cpus=READ_CPUS)(partition_piece)
-    results = ray.get([task.remote(piece, f"piece-{i:06d}", shard_count, staging, config.strict)
-                       for i, piece in enumerate(pieces)])
+    results = ray.get(
+        [task.remote(piece, f"piece-{i:06d}", shard_count, staging, config.strict) for i, piece in enumerate(pieces)]
+    )
     _raise_first_error(results)
     skipped: dict[str, int] = {}
     for result in results:

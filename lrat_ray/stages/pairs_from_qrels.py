@@ -27,8 +27,9 @@ class PairsFromQrelsConfig:
     queries: str = option(help="queries: BEIR queries.jsonl or TSV", path=True)
     qrels: str = option(help="judgments: BEIR TSV or TREC qrels", path=True)
     output: str = option(help="output directory (pairs/ and report.json)")
-    negative_count: int = option(20, old_names=("negatives",),
-                                 help="hard negatives per pair, from the base retriever's top results")
+    negative_count: int = option(
+        20, old_names=("negatives",), help="hard negatives per pair, from the base retriever's top results"
+    )
     depth: int = option(50, help="how deep to search for them")
     rel_threshold: int = option(1, help="minimum grade counted as relevant")
 
@@ -53,21 +54,38 @@ def run_pairs_from_qrels(config: PairsFromQrelsConfig) -> dict:
     for qid in sorted(judged):
         ranked = [d for d, _ in sorted(run[qid].items(), key=lambda kv: -kv[1])]
         negatives = [d for d in ranked if d not in qrels[qid] or qrels[qid][d] < config.rel_threshold]
-        negatives = negatives[:config.negative_count]
+        negatives = negatives[: config.negative_count]
         for positive in sorted(judged[qid]):
             doc = index.document(positive)
             if doc is None:
                 missing_docs += 1
                 continue
-            rows.append({
-                "trajectory_id": f"qrels:{qid}", "turn": 0, "browse_turn": 0, "query": queries[qid],
-                "positive_id": positive, "negative_ids": negatives, "reasoning": "", "reasoning_length": 0,
-                "rank": ranked.index(positive) + 1 if positive in ranked else None, "correct": None,
-                "relevant": True, "weight": 1.0, "positive_text": document_text(doc),
-                "negative_texts": [document_text(index.document(d)) for d in negatives], "source": config.qrels,
-            })
+            rows.append(
+                {
+                    "trajectory_id": f"qrels:{qid}",
+                    "turn": 0,
+                    "browse_turn": 0,
+                    "query": queries[qid],
+                    "positive_id": positive,
+                    "negative_ids": negatives,
+                    "reasoning": "",
+                    "reasoning_length": 0,
+                    "rank": ranked.index(positive) + 1 if positive in ranked else None,
+                    "correct": None,
+                    "relevant": True,
+                    "weight": 1.0,
+                    "positive_text": document_text(doc),
+                    "negative_texts": [document_text(index.document(d)) for d in negatives],
+                    "source": config.qrels,
+                }
+            )
     table = pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
     storage.write_table_atomic(storage.join(config.output, "pairs", "part-0.parquet"), table)
-    report = {"queries": len(judged), "pairs": len(rows), "positives_missing_from_index": missing_docs,
-              "config": dataclasses.asdict(config), "index_model": index.manifest["model"]}
+    report = {
+        "queries": len(judged),
+        "pairs": len(rows),
+        "positives_missing_from_index": missing_docs,
+        "config": dataclasses.asdict(config),
+        "index_model": index.manifest["model"],
+    }
     return report

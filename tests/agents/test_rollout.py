@@ -25,17 +25,26 @@ class StubRetriever:
 
     def search(self, query, k):
         ranked = self.rng.sample(self.ids, k)
-        return [{"docid": d, "score": 1.0 / (r + 1), "title": "", "snippet": f"snippet of {d} about {query}"}
-                for r, d in enumerate(ranked)]
+        return [
+            {"docid": d, "score": 1.0 / (r + 1), "title": "", "snippet": f"snippet of {d} about {query}"}
+            for r, d in enumerate(ranked)
+        ]
 
     def document(self, doc_id):
         return {"docid": doc_id, "title": f"T{doc_id}", "text": " ".join(f"w{doc_id}x{i}" for i in range(400))}
 
 
 def test_judgment_driven_agent_statistics_match_its_parameters():
-    config = AgentConfig(kind="simulated-judged", max_turns=1, evidence_needed=10 ** 6, position_bias=0.5,
-                         p_browse_relevant=0.8, p_browse_irrelevant=0.1, reasoning_words_relevant=100,
-                         reasoning_words_irrelevant=20)
+    config = AgentConfig(
+        kind="simulated-judged",
+        max_turns=1,
+        evidence_needed=10**6,
+        position_bias=0.5,
+        p_browse_relevant=0.8,
+        p_browse_irrelevant=0.1,
+        reasoning_words_relevant=100,
+        reasoning_words_irrelevant=20,
+    )
     client = StubRetriever()
     relevant_docs = {f"d{i}" for i in range(0, 200, 2)}  # half the corpus is judged relevant
     shown = {True: {}, False: {}}
@@ -56,7 +65,7 @@ def test_judgment_driven_agent_statistics_match_its_parameters():
     for is_relevant, p in ((True, 0.8), (False, 0.1)):
         for rank in (1, 3, 10):
             rate = browsed[is_relevant].get(rank, 0) / shown[is_relevant][rank]
-            assert rate == pytest.approx(p * rank ** -0.5, abs=0.06), (is_relevant, rank, rate)
+            assert rate == pytest.approx(p * rank**-0.5, abs=0.06), (is_relevant, rank, rate)
     assert statistics.mean(lengths[True]) == pytest.approx(100, rel=0.1)
     assert statistics.mean(lengths[False]) == pytest.approx(20, rel=0.2)
 
@@ -77,7 +86,7 @@ class TextRetriever:
             share = self.rng.choice([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
             doc = f"d{len(self.shown)}"
             self.shown[doc] = share
-            words = self.WORDS[:int(share * 10)] + ["other"] * (10 - int(share * 10))
+            words = self.WORDS[: int(share * 10)] + ["other"] * (10 - int(share * 10))
             hits.append({"docid": doc, "score": 1.0 / (rank + 1), "title": "", "snippet": " ".join(words)})
         return hits
 
@@ -90,8 +99,15 @@ def test_snippet_reading_agent_browses_by_overlap_not_by_judgment_and_its_notes_
     assert claim_overlap(question, "alpha bravo other") == pytest.approx(0.2)
     results = {}
     for signal in (True, False):
-        config = AgentConfig(kind="simulated", max_turns=1, evidence_needed=10 ** 6, position_bias=0.0,
-                             reasoning_signal=signal, reasoning_words_relevant=100, reasoning_words_irrelevant=20)
+        config = AgentConfig(
+            kind="simulated",
+            max_turns=1,
+            evidence_needed=10**6,
+            position_bias=0.0,
+            reasoning_signal=signal,
+            reasoning_words_relevant=100,
+            reasoning_words_irrelevant=20,
+        )
         client = TextRetriever()
         examined, opened, lengths, dismissals = {}, {}, {True: [], False: []}, {True: 0, False: 0}
         for t in range(600):
@@ -127,8 +143,9 @@ def test_snippet_reading_agent_browses_by_overlap_not_by_judgment_and_its_notes_
 
 def test_simulated_agent_answers_after_evidence_and_is_seeded():
     client = StubRetriever(docs=12)
-    config = AgentConfig(kind="simulated-judged", max_turns=5, position_bias=0.0, p_browse_relevant=1.0,
-                         p_correct_with_evidence=1.0)
+    config = AgentConfig(
+        kind="simulated-judged", max_turns=5, position_bias=0.0, p_browse_relevant=1.0, p_correct_with_evidence=1.0
+    )
     task = Task(id="t", question="what is it", judgments={"d3": 1})
     run = AGENT_KINDS[config.kind](task, client, config)
     assert run["correct"] is True and run["result"][-1]["type"] == "output_text"

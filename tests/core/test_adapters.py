@@ -45,8 +45,12 @@ def test_real_list_query_uses_the_query_the_output_names(real_trajectory_files):
 def test_text_hits_ids_found_without_parsing_equal_the_parsed_hits(real_trajectory_files):
     """Ids come from one scan; titles and snippets are parsed when first read (LazyHits). Both must
     agree on every real search output, and a pickled step carries the parsed hits."""
-    outputs = [item["output"] for path in real_trajectory_files for item in json.loads(path.read_text())["result"]
-               if item.get("tool_name") == "search"]
+    outputs = [
+        item["output"]
+        for path in real_trajectory_files
+        for item in json.loads(path.read_text())["result"]
+        if item.get("tool_name") == "search"
+    ]
     assert len(outputs) > 50
     for output in outputs:
         _, hits = parse_search_output(output)
@@ -83,8 +87,11 @@ def test_openai_messages():
     assert first.steps[1].result_ids == ["e1", "e2", "e3"] and first.steps[1].results[0].title == "Eiffel Tower"
     assert first.steps[3].doc_id == "e1" and first.steps[3].text.startswith("The design of the Eiffel Tower")
     assert first.steps[4].text.startswith("So the structural design")
-    assert (first.final_answer, first.correct, first.gold_answer) == ("Gustave Eiffel.", False,
-                                                                      "Maurice Koechlin and Emile Nouguier")
+    assert (first.final_answer, first.correct, first.gold_answer) == (
+        "Gustave Eiffel.",
+        False,
+        "Maurice Koechlin and Emile Nouguier",
+    )
     assert second.question == "What is the capital of Australia?"
     assert second.steps[0].text == "Let me look it up."  # content next to a tool call is thinking
     assert second.steps[1].result_ids == ["au-1", "au-2"]
@@ -94,22 +101,26 @@ def test_openai_messages():
 def test_text_search_output_with_no_results_and_docid_prefix():
     query, hits = parse_search_output("No results found for 'xyz'. Try with a more general query.")
     assert query == "xyz" and len(hits) == 0 and list(hits) == []
-    query, hits = parse_search_output("A search for 'a b' found 1 results:\n\n## Web Results\n"
-                                      "DocID:42\n[T]\nline one\n\nline two after a blank line")
+    query, hits = parse_search_output(
+        "A search for 'a b' found 1 results:\n\n## Web Results\nDocID:42\n[T]\nline one\n\nline two after a blank line"
+    )
     assert query == "a b" and hits[0].doc_id == "42" and hits[0].snippet == "line one\n\nline two after a blank line"
 
 
-@pytest.mark.parametrize("mutate, reason, field", [
-    (lambda d: d.pop("query_id"), "missing_field", "query_id"),
-    (lambda d: d.update(result=[]), "empty_trajectory", "result"),
-    (lambda d: d["result"][1].update(type="image"), "unknown_step_kind", "result[1].type"),
-    (lambda d: d["result"][1].update(tool_name="python"), "unknown_step_kind", "result[1].tool_name"),
-    (lambda d: d["result"][3].update(arguments="{docid: d-101"), "invalid_json", "result[3].arguments"),
-    (lambda d: d["result"][3].update(arguments="{}"), "missing_field", "result[3].arguments.docid"),
-    (lambda d: d["result"][5].update(arguments={"query": 5}), "wrong_type", "result[5].arguments.query"),
-    (lambda d: d["result"][1].update(output='[{"score": 1.0}]'), "missing_field", "result[1].output[0].docid"),
-    (lambda d: d.update(correct="yes"), "wrong_type", "correct"),
-])
+@pytest.mark.parametrize(
+    "mutate, reason, field",
+    [
+        (lambda d: d.pop("query_id"), "missing_field", "query_id"),
+        (lambda d: d.update(result=[]), "empty_trajectory", "result"),
+        (lambda d: d["result"][1].update(type="image"), "unknown_step_kind", "result[1].type"),
+        (lambda d: d["result"][1].update(tool_name="python"), "unknown_step_kind", "result[1].tool_name"),
+        (lambda d: d["result"][3].update(arguments="{docid: d-101"), "invalid_json", "result[3].arguments"),
+        (lambda d: d["result"][3].update(arguments="{}"), "missing_field", "result[3].arguments.docid"),
+        (lambda d: d["result"][5].update(arguments={"query": 5}), "wrong_type", "result[5].arguments.query"),
+        (lambda d: d["result"][1].update(output='[{"score": 1.0}]'), "missing_field", "result[1].output[0].docid"),
+        (lambda d: d.update(correct="yes"), "wrong_type", "correct"),
+    ],
+)
 def test_browsecomp_bad_input(mutate, reason, field):
     record = json.loads((FIXTURES / "browsecomp_json_output.json").read_text())
     mutate(record)

@@ -13,8 +13,7 @@ def reference_loss(q, d, w, tau, group, mask=None, normalization="mean"):
     """Plain loops in float64: for every query, softmax over every unmasked document."""
     total, n = 0.0, len(q)
     for i in range(n):
-        scores = [sum(a * b for a, b in zip(q[i], d[j])) / tau for j in range(len(d))
-                  if mask is None or mask[j]]
+        scores = [sum(a * b for a, b in zip(q[i], d[j])) / tau for j in range(len(d)) if mask is None or mask[j]]
         positive = sum(a * b for a, b in zip(q[i], d[i * group])) / tau
         m = max(scores)
         log_z = m + math.log(sum(math.exp(s - m) for s in scores))

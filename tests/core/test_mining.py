@@ -22,9 +22,9 @@ def summary(pairs):
 def test_attributed_mode_by_hand():
     result = mine_trajectory(HAND)
     assert summary(result.pairs) == [
-        ("q1", 0, 1, "a", ["c"], 1, None),        # b is excluded: it was browsed later
-        ("q2", 3, 4, "d", ["e"], 1, None),        # a is excluded: browsed earlier
-        ("q1", 0, 6, "b", ["c"], 2, None),        # b came from q1, the latest search that returned it
+        ("q1", 0, 1, "a", ["c"], 1, None),  # b is excluded: it was browsed later
+        ("q2", 3, 4, "d", ["e"], 1, None),  # a is excluded: browsed earlier
+        ("q1", 0, 6, "b", ["c"], 2, None),  # b came from q1, the latest search that returned it
         ("q3", 8, 9, "f", ["g"], 1, None),
     ]
     first = result.pairs[0]
@@ -39,12 +39,19 @@ def test_attributed_mode_without_excluding_browsed():
 
 
 def test_unattributed_and_duplicate_browses():
-    traj = Trajectory(id="x", steps=(
-        browse("z"), think("opened before any search"),
-        search("q", "a", "b"),
-        browse("a"), think("first look"), browse("a"), think("again"),
-        browse("nowhere"),
-    ))
+    traj = Trajectory(
+        id="x",
+        steps=(
+            browse("z"),
+            think("opened before any search"),
+            search("q", "a", "b"),
+            browse("a"),
+            think("first look"),
+            browse("a"),
+            think("again"),
+            browse("nowhere"),
+        ),
+    )
     result = mine_trajectory(traj)
     assert summary(result.pairs) == [("q", 2, 3, "a", ["b"], 1, None)]
     assert (result.unattributed_browses, result.duplicate_browses) == (2, 1)
@@ -55,13 +62,20 @@ def test_unattributed_and_duplicate_browses():
 def test_failed_browses_never_become_positives(negatives):
     """A browse that returned nothing ("Document not found", an error, an empty page) gives no pair
     in either mode and is counted; a browse whose output was not logged still counts as a read."""
-    traj = Trajectory(id="f", steps=(
-        search("q", "a", "b", "c", "d"),
-        Step("browse", doc_id="a", text="[Document not found] docid=a"), think("nothing there"),
-        Step("browse", doc_id="b", text="   "), think("empty"),
-        Step("browse", doc_id="c", text="Error: fetch failed"), think("error"),
-        Step("browse", doc_id="d"), think("read, output not logged"),
-    ))
+    traj = Trajectory(
+        id="f",
+        steps=(
+            search("q", "a", "b", "c", "d"),
+            Step("browse", doc_id="a", text="[Document not found] docid=a"),
+            think("nothing there"),
+            Step("browse", doc_id="b", text="   "),
+            think("empty"),
+            Step("browse", doc_id="c", text="Error: fetch failed"),
+            think("error"),
+            Step("browse", doc_id="d"),
+            think("read, output not logged"),
+        ),
+    )
     result = mine_trajectory(traj, MiningOptions(negatives))
     assert [p.positive_id for p in result.pairs] == ["d"]
     assert result.failed_browses == 3
@@ -70,19 +84,19 @@ def test_failed_browses_never_become_positives(negatives):
 def test_since_last_positive_without_judge_by_hand():
     result = mine_trajectory(HAND, MiningOptions("since-last-positive"))
     assert summary(result.pairs) == [
-        ("q1", 0, 1, "a", ["b", "c"], 1, None),   # a counts as relevant: window closes
-        ("q2", 3, 4, "d", ["a", "e"], 1, None),   # b is in d's run, so not a negative
+        ("q1", 0, 1, "a", ["b", "c"], 1, None),  # a counts as relevant: window closes
+        ("q2", 3, 4, "d", ["a", "e"], 1, None),  # b is in d's run, so not a negative
         ("q3", 8, 9, "f", ["g"], 1, None),
     ]
-    assert result.unattributed_browses == 1      # b: no search since the last positive returned it
+    assert result.unattributed_browses == 1  # b: no search since the last positive returned it
 
 
 def test_since_last_positive_with_judge_by_hand():
     result = mine_trajectory(HAND, MiningOptions("since-last-positive"), judge=judge_useless)
     assert summary(result.pairs) == [
-        ("q1", 0, 1, "a", ["b", "c"], 1, False),              # irrelevant: window stays open
-        ("q2", 3, 4, "d", ["b", "a", "e", "c"], 1, True),     # run's irrelevant b, earlier a, then
-        ("q2", 3, 6, "b", ["a", "e", "c"], 2, False),         # unbrowsed, latest search first
+        ("q1", 0, 1, "a", ["b", "c"], 1, False),  # irrelevant: window stays open
+        ("q2", 3, 4, "d", ["b", "a", "e", "c"], 1, True),  # run's irrelevant b, earlier a, then
+        ("q2", 3, 6, "b", ["a", "e", "c"], 2, False),  # unbrowsed, latest search first
         ("q3", 8, 9, "f", ["g"], 1, True),
     ]
 
@@ -94,23 +108,30 @@ def test_since_last_positive_equals_the_official_builder(real_trajectory_files, 
     two judges: always RELEVANT, and RELEVANT unless crc32(reasoning) % 3 == 0. See
     tests/fixtures/README.md."""
     gold = json.loads((FIXTURES / "official_builder_pairs.json").read_text())[judge_name]
-    judge = None if judge_name == "always_relevant" else (
-        lambda e: zlib.crc32(e.reasoning.encode("utf-8")) % 3 != 0)
+    judge = None if judge_name == "always_relevant" else (lambda e: zlib.crc32(e.reasoning.encode("utf-8")) % 3 != 0)
     measure = length_measure("embedded")
     ours = []
     for path in real_trajectory_files:
         traj = parse_trajectory(json.loads(path.read_text()))
         for pair in mine_trajectories([traj], MiningOptions("since-last-positive"), measure, judge).pairs:
-            ours.append({"file": path.name, "query": pair.query, "pos_id": [pair.positive_id],
-                         "neg_id": pair.negative_ids, "reasoning_len": pair.reasoning_length,
-                         "satisfied": pair.relevant is not False})
+            ours.append(
+                {
+                    "file": path.name,
+                    "query": pair.query,
+                    "pos_id": [pair.positive_id],
+                    "neg_id": pair.negative_ids,
+                    "reasoning_len": pair.reasoning_length,
+                    "satisfied": pair.relevant is not False,
+                }
+            )
     expected = [{k: v for k, v in p.items() if k != "reweight_rate"} for p in gold["pairs"]]
     assert ours == expected
     params = fit_weights(LengthHistogram.of(p["reasoning_len"] for p in ours), zero_length="neutral")
     assert params.beta == gold["half_life"]
     assert params.mu_raw == pytest.approx(gold["mean_raw"], rel=1e-12)
     assert [params.weight(p["reasoning_len"]) for p in ours] == pytest.approx(
-        [p["reweight_rate"] for p in gold["pairs"]], rel=1e-12)
+        [p["reweight_rate"] for p in gold["pairs"]], rel=1e-12
+    )
 
 
 def test_real_trajectories_attributed_pairs_checked_by_hand(real_trajectory_files):

@@ -27,9 +27,15 @@ def test_groups_by_correctness_and_exact_merge():
     a.add(HAND)  # correct=False: 3 searches, 4 browses
     b.add(HAND)
     merged = StatsAccumulator.from_json(a.to_json()).merge(b).summary()
-    assert merged["incorrect"] == {"trajectories": 2, "searches": 6, "browses": 8, "avg_searches": 3.0,
-                                   "avg_browses": 4.0, "avg_steps": 7.0, "browse_search_ratio": 8 / 6}
+    assert merged["incorrect"] == {
+        "trajectories": 2,
+        "searches": 6,
+        "browses": 8,
+        "avg_searches": 3.0,
+        "avg_browses": 4.0,
+        "avg_steps": 7.0,
+        "browse_search_ratio": 8 / 6,
+    }
     assert merged["correct"]["trajectories"] == 0 and merged["correct"]["avg_steps"] is None
     # ranks: a@1 (q1), d@1 (q2), b@2 (q1), f@1 (q3), twice
-    assert merged["browsed_rank_distribution"] == {"1": {"count": 6, "share": 0.75},
-                                                   "2": {"count": 2, "share": 0.25}}
+    assert merged["browsed_rank_distribution"] == {"1": {"count": 6, "share": 0.75}, "2": {"count": 2, "share": 0.25}}

@@ -30,10 +30,11 @@ def test_mean_interval_is_the_student_t_interval():
     assert mean_interval([0.5])["half_width"] is None
 
 
-PAIRS = [{"query": "q", "positive_id": "a", "negative_ids": ["b", "zz"], "relevant": True, "useful": False,
-          "weight": 1.5},
-         {"query": "q", "positive_id": "b", "negative_ids": [], "relevant": False, "useful": True, "weight": 0.3},
-         {"query": "r", "positive_id": "c", "negative_ids": ["a"], "relevant": True, "useful": True, "weight": 0.5}]
+PAIRS = [
+    {"query": "q", "positive_id": "a", "negative_ids": ["b", "zz"], "relevant": True, "useful": False, "weight": 1.5},
+    {"query": "q", "positive_id": "b", "negative_ids": [], "relevant": False, "useful": True, "weight": 0.3},
+    {"query": "r", "positive_id": "c", "negative_ids": ["a"], "relevant": True, "useful": True, "weight": 0.5},
+]
 TEXTS = {"a": "A", "b": "B", "c": "C"}
 
 
@@ -80,11 +81,28 @@ def test_common_random_numbers_arms_with_equal_weights_train_to_identical_parame
 
     from lrat_ray.stages.train import fit_in_process
 
-    pairs = [{"query": f"claim {i} about protein {i % 5}", "positive_id": f"d{i}", "negative_ids": [f"d{(i + 3) % 12}"],
-              "relevant": True, "useful": i % 2 == 0, "weight": 1.0 + (i % 3)} for i in range(12)]
+    pairs = [
+        {
+            "query": f"claim {i} about protein {i % 5}",
+            "positive_id": f"d{i}",
+            "negative_ids": [f"d{(i + 3) % 12}"],
+            "relevant": True,
+            "useful": i % 2 == 0,
+            "weight": 1.0 + (i % 3),
+        }
+        for i in range(12)
+    ]
     texts = {f"d{i}": f"abstract {i}: protein {i % 5} binds receptor {i % 4} in cells" for i in range(12)}
-    config = AblationConfig(corpus=["-"], queries="-", train_qrels="-", heldout_qrels="-", steps=3, batch=4,
-                            document_max_length=32, bf16=False)
+    config = AblationConfig(
+        corpus=["-"],
+        queries="-",
+        train_qrels="-",
+        heldout_qrels="-",
+        steps=3,
+        batch=4,
+        document_max_length=32,
+        bf16=False,
+    )
 
     def train(arm, items):
         fitted = fit_in_process(arm_train_config(config, order_seed=7), arm_examples(items, arm, texts), 3)
@@ -106,9 +124,13 @@ def test_paired_tests_are_over_seeds_with_holm_equivalence_and_the_oracle_share(
     def arm(shift, noise=0.0):
         return {s: {q: {m: 0.5 + shift + rng.normal(0, noise) for m in METRICS} for q in qids} for s in range(5)}
 
-    cells = {("informative", "naive"): arm(0.0, 0.001), ("informative", "reweight"): arm(0.01, 0.001),
-             ("informative", "oracle"): arm(0.02, 0.001), ("control", "naive"): arm(0.0, 0.001),
-             ("control", "reweight"): arm(0.0, 0.001)}
+    cells = {
+        ("informative", "naive"): arm(0.0, 0.001),
+        ("informative", "reweight"): arm(0.01, 0.001),
+        ("informative", "oracle"): arm(0.02, 0.001),
+        ("control", "naive"): arm(0.0, 0.001),
+        ("control", "reweight"): arm(0.0, 0.001),
+    }
     report = summarize(cells, base, qids[:10], list(range(5)), margin=0.005)
     by_label = {c["label"]: c for c in report["comparisons"]}
     lrat = by_label["LRAT - naive"]
@@ -119,22 +141,41 @@ def test_paired_tests_are_over_seeds_with_holm_equivalence_and_the_oracle_share(
     assert report["control_equivalence"]["p"] < 0.05
     assert report["oracle_share"]["mean"] == pytest.approx(0.5, abs=0.1)
     assert abs(report["aa"]["mean"]) < 0.002
-    row = next(r for r in report["rows"] if r["arm"] == "reweight" and r["agent"] == "informative"
-               and r["subset"] == "disjoint")
+    row = next(
+        r
+        for r in report["rows"]
+        if r["arm"] == "reweight" and r["agent"] == "informative" and r["subset"] == "disjoint"
+    )
     assert row["queries"] == 10
     text = render_markdown({**report, "pairs": {}})
     assert "Holm p" in text and "conditional on the trained models" in text and "equivalent" in text
 
 
 def test_ablation_end_to_end_on_a_scifact_slice_resumes_and_guards_its_output(scifact_slice, tmp_path):
-    config = AblationConfig(corpus=[str(scifact_slice / "corpus.jsonl")], queries=str(scifact_slice / "queries.jsonl"),
-                            train_qrels=str(scifact_slice / "train.tsv"), heldout_qrels=str(scifact_slice / "test.tsv"),
-                            output=str(tmp_path / "ablation"), seeds=[0, 1], train_tasks=20,
-                            arms=["oracle", "naive", "reweight"], control_arms=["naive", "reweight"], steps=2,
-                            batch=4, document_max_length=32, bf16=False, agent={"max_turns": 2})
+    config = AblationConfig(
+        corpus=[str(scifact_slice / "corpus.jsonl")],
+        queries=str(scifact_slice / "queries.jsonl"),
+        train_qrels=str(scifact_slice / "train.tsv"),
+        heldout_qrels=str(scifact_slice / "test.tsv"),
+        output=str(tmp_path / "ablation"),
+        seeds=[0, 1],
+        train_tasks=20,
+        arms=["oracle", "naive", "reweight"],
+        control_arms=["naive", "reweight"],
+        steps=2,
+        batch=4,
+        document_max_length=32,
+        bf16=False,
+        agent={"max_turns": 2},
+    )
     pilot = run_ablation(dataclasses.replace(config, pilot=True))
-    assert set(pilot["scores"]) == {"oracle/order-0", "naive/order-0", "reweight/order-0", "naive/order-1000",
-                                    "reweight/order-1000"}
+    assert set(pilot["scores"]) == {
+        "oracle/order-0",
+        "naive/order-0",
+        "reweight/order-0",
+        "naive/order-1000",
+        "reweight/order-1000",
+    }
     assert pilot["sd_of_difference"] >= 0 and pilot["seeds_needed_80"]
     out = tmp_path / "ablation"
     assert "seeds for 80% power" in (out / "pilot" / "results.md").read_text()
@@ -144,15 +185,21 @@ def test_ablation_end_to_end_on_a_scifact_slice_resumes_and_guards_its_output(sc
     report = run_ablation(config)
     assert pilot_cell.stat().st_mtime_ns == before
     rows = {(r["agent"], r["arm"], r["subset"]): r for r in report["rows"]}
-    assert set(rows) == {(a, arm, s) for a, arms in (("informative", ("oracle", "naive", "reweight")),
-                                                     ("control", ("naive", "reweight")))
-                         for arm in arms for s in ("all", "disjoint")}
+    assert set(rows) == {
+        (a, arm, s)
+        for a, arms in (("informative", ("oracle", "naive", "reweight")), ("control", ("naive", "reweight")))
+        for arm in arms
+        for s in ("all", "disjoint")
+    }
     lrat = rows[("informative", "reweight", "all")]
     assert lrat["seeds"] == [0, 1] and lrat["queries"] == 12 and lrat["ndcg@10"]["half_width"] is not None
     assert 0 <= lrat["evidence_recall"]["mean"] <= 1 and 0 < lrat["mrr@100"]["mean"] <= 1
     comparisons = {c["label"]: c for c in report["comparisons"]}
-    assert [c for c in comparisons if comparisons[c]["primary"]] == ["LRAT - naive", "oracle - naive",
-                                                                    "control: LRAT - naive"]
+    assert [c for c in comparisons if comparisons[c]["primary"]] == [
+        "LRAT - naive",
+        "oracle - naive",
+        "control: LRAT - naive",
+    ]
     assert all(0 < comparisons[c]["holm_p"] <= 1 for c in comparisons if comparisons[c]["primary"])
     assert "aa" in report and "control_equivalence" in report and "oracle_share" in report
     pairs = report["pairs"]["seed-0/informative"]

@@ -48,16 +48,22 @@ def test_power_and_seeds_needed_match_the_textbook_table():
 
 def test_bootstrap_resamples_seeds_and_claims_and_bounds_ratios():
     constant = np.full((5, 40), 0.01)
-    assert st.bootstrap_interval(constant) == {"mean": pytest.approx(0.01), "low": pytest.approx(0.01),
-                                               "high": pytest.approx(0.01), "reps": 2000}
+    assert st.bootstrap_interval(constant) == {
+        "mean": pytest.approx(0.01),
+        "low": pytest.approx(0.01),
+        "high": pytest.approx(0.01),
+        "reps": 2000,
+    }
     rng = np.random.default_rng(1)
     seed_effects = rng.normal(0.0, 0.01, size=(5, 1))  # seed-level noise the claims cannot average away
     diffs = seed_effects + rng.normal(0.0, 0.001, size=(5, 300))
     boot = st.bootstrap_interval(diffs)
     assert boot["low"] < diffs.mean() < boot["high"]
     assert boot["high"] - boot["low"] > 0.005  # the seed spread shows; a claim-only bootstrap would be ~0.0003
-    share = st.bootstrap_interval(np.full((5, 40), 0.004) + rng.normal(0, 1e-4, (5, 40)),
-                                  denominator=np.full((5, 40), 0.01) + rng.normal(0, 1e-4, (5, 40)))
+    share = st.bootstrap_interval(
+        np.full((5, 40), 0.004) + rng.normal(0, 1e-4, (5, 40)),
+        denominator=np.full((5, 40), 0.01) + rng.normal(0, 1e-4, (5, 40)),
+    )
     assert share["low"] < 0.4 < share["high"] and share["high"] - share["low"] < 0.05
     around_zero = st.bootstrap_interval(np.full((5, 40), 0.004), denominator=rng.normal(0.0, 0.01, (5, 40)))
     assert around_zero["low"] is None and around_zero["high"] is None

@@ -11,11 +11,21 @@ from lrat_ray.infra.stage_run import run_stage
 def test_one_flywheel_iteration_runs_every_stage_and_trains_on_judged_pairs(ray_session, scifact_slice, tmp_path):
     out = tmp_path / "flywheel"
     config = FlywheelConfig(
-        corpus=[str(scifact_slice / "corpus.jsonl")], queries=str(scifact_slice / "queries.jsonl"),
-        train_qrels=str(scifact_slice / "train.tsv"), heldout_qrels=str(scifact_slice / "test.tsv"),
-        output=str(out), iterations=1, train_tasks=6, heldout_tasks=4, document_max_length=32,
-        rollout_workers=1, port=0, index={"workers": 1}, agent={"max_turns": 2},
-        train={"per_device_batch": 4, "group_size": 2, "workers": 1, "epochs": 1, "checkpoint_every": 1000})
+        corpus=[str(scifact_slice / "corpus.jsonl")],
+        queries=str(scifact_slice / "queries.jsonl"),
+        train_qrels=str(scifact_slice / "train.tsv"),
+        heldout_qrels=str(scifact_slice / "test.tsv"),
+        output=str(out),
+        iterations=1,
+        train_tasks=6,
+        heldout_tasks=4,
+        document_max_length=32,
+        rollout_workers=1,
+        port=0,
+        index={"workers": 1},
+        agent={"max_turns": 2},
+        train={"per_device_batch": 4, "group_size": 2, "workers": 1, "epochs": 1, "checkpoint_every": 1000},
+    )
     rows = run_stage("flywheel", config, run_flywheel).result
     assert [r["iteration"] for r in rows] == [0, 1]
     assert json.loads((out / "report.json").read_text()) == rows  # the flywheel's record, written once

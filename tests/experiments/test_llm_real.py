@@ -30,10 +30,17 @@ SLOW_KIND_SECONDS = {"judge": 140, "transformers": 45, "flywheel": 575}
 def timeout(test: str):
     return pytest.mark.timeout(max(600, 3 * SLOW_KIND_SECONDS[test]))
 
+
 CPU_ENGINE = {"model": "tiny", "gpus_per_replica": 0, "concurrency": 1, "batch_size": 8}
-SHORT = {"max_turns": 2, "k": 5, "max_tokens": 192, "thought_chars": 100, "answer_with": "docid",
-         "task_prompt": "Find the abstract that supports or refutes this claim, then answer with its docid. "
-                        "Claim: {question}"}
+SHORT = {
+    "max_turns": 2,
+    "k": 5,
+    "max_tokens": 192,
+    "thought_chars": 100,
+    "answer_with": "docid",
+    "task_prompt": "Find the abstract that supports or refutes this claim, then answer with its docid. "
+    "Claim: {question}",
+}
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +77,11 @@ def test_vllm_judge_over_real_mined_pairs_then_from_its_cache(tiny_model, mined_
     from lrat_ray.stages.judge import JudgeConfig, run_judge
 
     pairs = _first_pairs(mined_real, 8, tmp_path / "eight")
-    first = run_judge(JudgeConfig(pairs=str(pairs), output=str(tmp_path / "one"), backend="vllm",
-                                  cache=str(tmp_path / "cache"), **CPU_ENGINE))
+    first = run_judge(
+        JudgeConfig(
+            pairs=str(pairs), output=str(tmp_path / "one"), backend="vllm", cache=str(tmp_path / "cache"), **CPU_ENGINE
+        )
+    )
     record_llm_rate("vLLM judge (ray.data.llm, engine start included)", rows=8, seconds=first["wall_seconds"])
     rows = _rows(tmp_path / "one")
     assert first["pairs"] == len(rows) == 8 and first["dtype"] in ("float32", "bfloat16")
@@ -79,12 +89,17 @@ def test_vllm_judge_over_real_mined_pairs_then_from_its_cache(tiny_model, mined_
     assert first["relevant"] + first["irrelevant"] == 8
     assert {r["judge_raw"] for r in rows} <= {"RELEVANT", "NOT_RELEVANT"}
     assert sorted((r["trajectory_id"], r["browse_turn"]) for r in rows) == sorted(
-        (r["trajectory_id"], r["browse_turn"]) for r in _rows(pairs))
-    second = run_judge(JudgeConfig(pairs=str(pairs), output=str(tmp_path / "two"), backend="vllm",
-                                   cache=str(tmp_path / "cache"), **CPU_ENGINE))
+        (r["trajectory_id"], r["browse_turn"]) for r in _rows(pairs)
+    )
+    second = run_judge(
+        JudgeConfig(
+            pairs=str(pairs), output=str(tmp_path / "two"), backend="vllm", cache=str(tmp_path / "cache"), **CPU_ENGINE
+        )
+    )
     assert second["cached"] == 8 and second["ok"] == 0
     assert sorted((r["positive_id"], r["relevant"]) for r in _rows(tmp_path / "two")) == sorted(
-        (r["positive_id"], r["relevant"]) for r in rows)
+        (r["positive_id"], r["relevant"]) for r in rows
+    )
 
 
 @timeout("transformers")
@@ -92,9 +107,18 @@ def test_transformers_judge_on_the_tiny_model(tiny_model, mined_real, tmp_path):
     from lrat_ray.stages.judge import JudgeConfig, run_judge
 
     few = _first_pairs(mined_real, 5, tmp_path / "few")
-    report = run_judge(JudgeConfig(pairs=str(few), output=str(tmp_path / "judged"), backend="transformers",
-                                   model="tiny", max_new_tokens=6, concurrency=1, batch_size=5,
-                                   cache=str(tmp_path / "cache")))
+    report = run_judge(
+        JudgeConfig(
+            pairs=str(few),
+            output=str(tmp_path / "judged"),
+            backend="transformers",
+            model="tiny",
+            max_new_tokens=6,
+            concurrency=1,
+            batch_size=5,
+            cache=str(tmp_path / "cache"),
+        )
+    )
     record_llm_rate("transformers judge", rows=5, seconds=report["wall_seconds"])
     rows = _rows(tmp_path / "judged")
     assert report["pairs"] == len(rows) == 5 and report["failed"] == 0
@@ -103,8 +127,9 @@ def test_transformers_judge_on_the_tiny_model(tiny_model, mined_real, tmp_path):
 
 
 @timeout("flywheel")
-def test_one_flywheel_iteration_with_llm_agents_and_the_vllm_judge(tiny_model, ray_session, scifact_slice,
-                                                                  serve_port, tmp_path):
+def test_one_flywheel_iteration_with_llm_agents_and_the_vllm_judge(
+    tiny_model, ray_session, scifact_slice, serve_port, tmp_path
+):
     """One iteration with LLM agents (Ray actors calling the served tiny LLM and the served
     retriever), their answers graded by the same LLM as a BrowseComp-Plus-style grader, their
     browse events labelled by the vLLM judge, then mined, trained on, indexed and evaluated."""
@@ -112,14 +137,23 @@ def test_one_flywheel_iteration_with_llm_agents_and_the_vllm_judge(tiny_model, r
     from lrat_ray.experiments.flywheel import FlywheelConfig, run_flywheel
 
     config = FlywheelConfig(
-        corpus=[str(scifact_slice / "corpus.jsonl")], queries=str(scifact_slice / "queries.jsonl"),
-        train_qrels=str(scifact_slice / "train.tsv"), heldout_qrels=str(scifact_slice / "test.tsv"),
-        output=str(tmp_path / "fly"), iterations=1, train_tasks=2, heldout_tasks=1, document_max_length=64,
-        index={"workers": 1}, rollout_workers=2, port=serve_port,
+        corpus=[str(scifact_slice / "corpus.jsonl")],
+        queries=str(scifact_slice / "queries.jsonl"),
+        train_qrels=str(scifact_slice / "train.tsv"),
+        heldout_qrels=str(scifact_slice / "test.tsv"),
+        output=str(tmp_path / "fly"),
+        iterations=1,
+        train_tasks=2,
+        heldout_tasks=1,
+        document_max_length=64,
+        index={"workers": 1},
+        rollout_workers=2,
+        port=serve_port,
         judge={"backend": "vllm", "model": "tiny", "gpus_per_replica": 0, "concurrency": 1, "batch_size": 8},
         mine={"negative_mode": "since-last-positive", "tokenizer": "chars", "zero_length": "neutral"},
         agent={"kind": "llm", "grader": {"kind": "llm"}, **SHORT},
-        train={"epochs": 1, "per_device_batch": 4, "workers": 1, "query_max_length": 32})
+        train={"epochs": 1, "per_device_batch": 4, "workers": 1, "query_max_length": 32},
+    )
     rows = run_flywheel(config)
     assert [r["iteration"] for r in rows] == [0, 1]
     assert all(r["success_rate"] is not None for r in rows)  # LLM agents' answers are graded
@@ -128,12 +162,16 @@ def test_one_flywheel_iteration_with_llm_agents_and_the_vllm_judge(tiny_model, r
     assert rollout["agent_llm"]["dtype"] in ("float32", "bfloat16") and rollout["agent_llm"]["hardware"]["cpu"]
     assert rollout["tasks"] == 2 and rollout["completed"] >= 1
     assert rollout["llm"]["calls"] >= rollout["completed"] and rollout["llm"]["completion_tokens"] > 0
-    record_llm_rate("flywheel rollouts (Serve LLM, per call)", tokens=rollout["llm"]["completion_tokens"],
-                    seconds=rollout["llm"]["seconds"])
+    record_llm_rate(
+        "flywheel rollouts (Serve LLM, per call)",
+        tokens=rollout["llm"]["completion_tokens"],
+        seconds=rollout["llm"]["seconds"],
+    )
     judged = json.loads((fly / "iter-1" / "judge" / "report.json").read_text())
     record_llm_rate("flywheel vLLM judge over browse events", rows=judged["labels"], seconds=judged["wall_seconds"])
-    runs = [t for f in sorted((fly / "iter-1" / "rollout" / "runs").glob("*.json"))
-            for _, t in read_trajectories(str(f))]
+    runs = [
+        t for f in sorted((fly / "iter-1" / "rollout" / "runs").glob("*.json")) for _, t in read_trajectories(str(f))
+    ]
     assert judged["backend"] == "vllm" and judged["labels"] == judged["ok"] + judged["unparseable"] + judged["failed"]
     assert judged["labels"] == sum(t.count("browse") for t in runs)  # every browse event of the runs judged
     assert len(runs) == rollout["completed"] and all(t.gold_answer for t in runs)
@@ -141,5 +179,6 @@ def test_one_flywheel_iteration_with_llm_agents_and_the_vllm_judge(tiny_model, r
     assert all(t.correct in (True, False, None) for t in runs) and any(t.correct is not None for t in runs)
     mined = json.loads((fly / "iter-1" / "mine" / "report.json").read_text())
     assert mined["records_read"] == len(runs) and mined["config"]["labels"].endswith("iter-1/judge")
-    assert (fly / "iter-1" / "train" / "model.safetensors").exists() or \
-        any((fly / "iter-1" / "train").glob("*.safetensors"))
+    assert (fly / "iter-1" / "train" / "model.safetensors").exists() or any(
+        (fly / "iter-1" / "train").glob("*.safetensors")
+    )

@@ -43,8 +43,9 @@ def _write(config):
 def running_writer(real_trajectory_files, tmp_path):
     """A run of `mine` in another process, stopped inside its stage with the output claimed."""
     out = tmp_path / "out"
-    child = subprocess.Popen([sys.executable, "-c", WRITER, str(real_trajectory_files[0]), str(out)],
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(real_trajectory_files[0]), str(out)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert child.stdout.readline().strip() == "READY"
         yield child, MineConfig(input=[str(real_trajectory_files[0])], output=str(out))

@@ -91,8 +91,10 @@ def test_ray_up_config():
     assert nodes["gpu_workers"]["resources"]["gpu_stage"] == nodes["gpu_workers"]["resources"]["GPU"] >= 1
     assert any("pip install -e" in c for c in doc["setup_commands"])
     assert "/home/ubuntu/.ray/auth_token" in doc["file_mounts"]
-    assert all("RAY_AUTH_MODE=token ray start" in c for c in
-               doc["head_start_ray_commands"][1:] + doc["worker_start_ray_commands"][1:])
+    assert all(
+        "RAY_AUTH_MODE=token ray start" in c
+        for c in doc["head_start_ray_commands"][1:] + doc["worker_start_ray_commands"][1:]
+    )
     assert doc["max_workers"] >= sum(n.get("max_workers", 0) for n in nodes.values())
 
 
@@ -101,10 +103,14 @@ def test_stage_placements_load_into_their_configs_and_name_the_clusters_resource
 
     classes = {name: cls for name, cls, *_ in commands()}
     placements = _load("stages.yaml")
-    required = {"mine": {"input": ["x"], "output": "o"}, "judge": {"pairs": "p", "output": "o"},
-                "index": {"corpus": ["c"], "output": "o"}, "train": {"pairs": ["p"], "output": "o"},
-                "rollout": {"url": "u", "queries": "q", "output": "o"},
-                "flywheel": {"corpus": ["c"], "queries": "q", "train_qrels": "t"}}
+    required = {
+        "mine": {"input": ["x"], "output": "o"},
+        "judge": {"pairs": "p", "output": "o"},
+        "index": {"corpus": ["c"], "output": "o"},
+        "train": {"pairs": ["p"], "output": "o"},
+        "rollout": {"url": "u", "queries": "q", "output": "o"},
+        "flywheel": {"corpus": ["c"], "queries": "q", "train_qrels": "t"},
+    }
     advertised = {"cpu_stage", "gpu_stage"}
     for section in placements:
         config = resolve(classes[section], required[section], str(CLUSTER / "stages.yaml"), section)
@@ -123,6 +129,7 @@ def test_every_job_entrypoint_is_a_stage_of_the_lrat_command(script):
 
 
 def test_a_job_entrypoint_runs_from_the_working_directory():
-    reply = subprocess.run([sys.executable, "jobs/mine.py", "--help"], cwd=REPO, capture_output=True, text=True,
-                           timeout=120)
+    reply = subprocess.run(
+        [sys.executable, "jobs/mine.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert reply.returncode == 0 and "--resources JSON" in reply.stdout and "{version}" in reply.stdout

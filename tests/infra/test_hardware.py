@@ -15,8 +15,11 @@ CPUS = {  # flag sets as /proc/cpuinfo writes them
     "avx2": ("AuthenticAMD", "AMD EPYC 7B12", COMMON + " fma avx2 bmi1 bmi2"),
     "avx512": ("GenuineIntel", "Intel(R) Xeon(R) Platinum 8259CL", COMMON + " fma avx2 avx512f avx512dq avx512_vnni"),
     "avx512_bf16": ("AuthenticAMD", "AMD EPYC 9B14", COMMON + " fma avx2 avx512f avx512_vnni avx512_bf16"),
-    "amx": ("GenuineIntel", "Intel(R) Xeon(R) Platinum 8481C",
-            COMMON + " fma avx2 avx512f avx512_vnni amx_bf16 amx_tile amx_int8"),
+    "amx": (
+        "GenuineIntel",
+        "Intel(R) Xeon(R) Platinum 8481C",
+        COMMON + " fma avx2 avx512f avx512_vnni amx_bf16 amx_tile amx_int8",
+    ),
 }
 NATIVE = {"avx2": False, "avx512": False, "avx512_bf16": True, "amx": True}
 
@@ -124,8 +127,9 @@ def test_index_in_one_precision_searched_in_the_other(ray_session, msmarco_slice
     ranked, stored = {}, {}
     for built in (False, True):
         out = tmp_path / f"bf16-{built}"
-        manifest = run_index(IndexConfig(corpus=[corpus], output=str(out), workers=1, bf16=built,
-                                         document_max_length=64))
+        manifest = run_index(
+            IndexConfig(corpus=[corpus], output=str(out), workers=1, bf16=built, document_max_length=64)
+        )
         assert manifest["bf16"] is built and manifest["hardware"][0]["cpu"] == hardware.cpu_info().model
         stored[built] = np.load(out / manifest["shards"][0]["name"] / "embeddings.npy")
         for searched in ("fp32", "bf16"):

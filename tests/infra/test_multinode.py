@@ -44,8 +44,11 @@ def cluster(tmp_path_factory):
 def submit(cluster: LocalCluster, script: str, *args: str) -> str:
     return cluster.submit(
         f"python jobs/{script}.py " + shlex.join(args),
-        runtime_env={"working_dir": str(REPO),
-                     "excludes": [".venv", ".git", "runs", "benchmarks", "tests", "*.egg-info", ".pytest_cache"]})
+        runtime_env={
+            "working_dir": str(REPO),
+            "excludes": [".venv", ".git", "runs", "benchmarks", "tests", "*.egg-info", ".pytest_cache"],
+        },
+    )
 
 
 def wait(cluster: LocalCluster, job_id: str, timeout_s: float = 400, until=None) -> str:
@@ -77,8 +80,18 @@ def synthetic_runs(tmp_path_factory):
 
 def test_mining_job_survives_losing_a_worker_node(cluster, synthetic_runs, tmp_path, real_trajectory_files):
     out = tmp_path / "mine"
-    job = submit(cluster, "mine", "--input", str(synthetic_runs), "--output", str(out),
-                 "--resources", json.dumps(STAGE), "--files-per-task", "1")
+    job = submit(
+        cluster,
+        "mine",
+        "--input",
+        str(synthetic_runs),
+        "--output",
+        str(out),
+        "--resources",
+        json.dumps(STAGE),
+        "--files-per-task",
+        "1",
+    )
     staging = out / "_staging"
     status = wait(cluster, job, until=lambda: staging.exists() and len(list(staging.glob("*/*.json"))) >= 2)
     assert status == "RUNNING", logs(cluster, job)
@@ -94,8 +107,20 @@ def test_mining_job_survives_losing_a_worker_node(cluster, synthetic_runs, tmp_p
         manifest = json.loads((out / "_lrat_stage.json").read_text())
         assert manifest["stage"] == "mine" and report["pairs"] == 400 * 28
 
-        again = submit(cluster, "mine", "--input", str(synthetic_runs), "--output", str(out),
-                       "--resources", json.dumps(STAGE), "--files-per-task", "1", "--workers", "1")
+        again = submit(
+            cluster,
+            "mine",
+            "--input",
+            str(synthetic_runs),
+            "--output",
+            str(out),
+            "--resources",
+            json.dumps(STAGE),
+            "--files-per-task",
+            "1",
+            "--workers",
+            "1",
+        )
         assert wait(cluster, again) == "SUCCEEDED"
         assert "already holds this result" in logs(cluster, again)
         assert json.loads((out / "_lrat_stage.json").read_text())["finished"] == manifest["finished"]
@@ -133,9 +158,32 @@ def test_training_job_resumes_from_its_checkpoint_after_losing_a_worker_node(clu
 
     pairs = SHARED_DATA / "lrat" / "train_pairs_sample.jsonl"
     out = tmp_path / "model"
-    args = ("--pairs", str(pairs), "--output", str(out), "--workers", "2", "--resources", json.dumps(STAGE),
-            "--per-device-batch", "2", "--group-size", "2", "--epochs", "5", "--learning-rate", "1e-4",
-            "--warmup-ratio", "0", "--document-max-length", "128", "--checkpoint-every", "1", "--max-failures", "3")
+    args = (
+        "--pairs",
+        str(pairs),
+        "--output",
+        str(out),
+        "--workers",
+        "2",
+        "--resources",
+        json.dumps(STAGE),
+        "--per-device-batch",
+        "2",
+        "--group-size",
+        "2",
+        "--epochs",
+        "5",
+        "--learning-rate",
+        "1e-4",
+        "--warmup-ratio",
+        "0",
+        "--document-max-length",
+        "128",
+        "--checkpoint-every",
+        "1",
+        "--max-failures",
+        "3",
+    )
     job = submit(cluster, "train", *args)
     checkpoints = Path(f"{out}.ray")
     # a checkpoint counts once Ray Train registered it (before that a restart would begin at step 0)
@@ -165,9 +213,26 @@ def test_training_job_killed_with_its_driver_resumes_when_resubmitted(cluster, t
     from conftest import SHARED_DATA
 
     out = tmp_path / "model"
-    args = ("--pairs", str(SHARED_DATA / "lrat" / "train_pairs_sample.jsonl"), "--output", str(out),
-            "--workers", "1", "--resources", json.dumps(STAGE), "--per-device-batch", "2", "--group-size", "2",
-            "--epochs", "3", "--document-max-length", "64", "--checkpoint-every", "1")
+    args = (
+        "--pairs",
+        str(SHARED_DATA / "lrat" / "train_pairs_sample.jsonl"),
+        "--output",
+        str(out),
+        "--workers",
+        "1",
+        "--resources",
+        json.dumps(STAGE),
+        "--per-device-batch",
+        "2",
+        "--group-size",
+        "2",
+        "--epochs",
+        "3",
+        "--document-max-length",
+        "64",
+        "--checkpoint-every",
+        "1",
+    )
     checkpoints = Path(f"{out}.ray")
     first = submit(cluster, "train", *args)
     status = wait(cluster, first, until=lambda: any(checkpoints.glob("*/checkpoint_manager_snapshot.json")))
@@ -189,8 +254,22 @@ def test_index_job_stopped_and_resubmitted_keeps_its_finished_shards(cluster, sc
     """`ray job stop` once the first shard is written; the resubmitted job keeps that shard (and
     any other finished one) and builds only the rest."""
     out = tmp_path / "index"
-    args = ("--corpus", str(scifact_slice / "corpus.jsonl"), "--output", str(out), "--shards", "6", "--workers", "1",
-            "--resources", json.dumps(STAGE), "--document-max-length", "128", "--batch-size", "8")
+    args = (
+        "--corpus",
+        str(scifact_slice / "corpus.jsonl"),
+        "--output",
+        str(out),
+        "--shards",
+        "6",
+        "--workers",
+        "1",
+        "--resources",
+        json.dumps(STAGE),
+        "--document-max-length",
+        "128",
+        "--batch-size",
+        "8",
+    )
     first = submit(cluster, "index", *args)
     status = wait(cluster, first, until=lambda: any(out.glob("shard-*/shard.json")))
     assert status == "RUNNING", logs(cluster, first)
@@ -209,14 +288,26 @@ def test_flywheel_job_stopped_and_resubmitted_skips_finished_stages(cluster, sci
     """One flywheel iteration as a Ray job; the first submission stops after mining (as a job killed
     mid-way would), the resubmission resumes at the judge, a third finds the output finished."""
     out = tmp_path / "flywheel"
-    config = {"flywheel": {
-        "corpus": [str(scifact_slice / "corpus.jsonl")], "queries": str(scifact_slice / "queries.jsonl"),
-        "train_qrels": str(scifact_slice / "train.tsv"), "heldout_qrels": str(scifact_slice / "test.tsv"),
-        "output": str(out), "iterations": 1, "train_tasks": 6, "heldout_tasks": 6, "document_max_length": 64,
-        "index": {"workers": 1},
-        "rollout_workers": 2, "port": 0, "serve_proxy_location": "HeadOnly", "agent": {"max_turns": 3},
-        "train": {"per_device_batch": 4, "group_size": 2, "workers": 1, "checkpoint_every": 1000},
-        "resources": {"index": STAGE, "mine": STAGE, "train": STAGE}}}
+    config = {
+        "flywheel": {
+            "corpus": [str(scifact_slice / "corpus.jsonl")],
+            "queries": str(scifact_slice / "queries.jsonl"),
+            "train_qrels": str(scifact_slice / "train.tsv"),
+            "heldout_qrels": str(scifact_slice / "test.tsv"),
+            "output": str(out),
+            "iterations": 1,
+            "train_tasks": 6,
+            "heldout_tasks": 6,
+            "document_max_length": 64,
+            "index": {"workers": 1},
+            "rollout_workers": 2,
+            "port": 0,
+            "serve_proxy_location": "HeadOnly",
+            "agent": {"max_turns": 3},
+            "train": {"per_device_batch": 4, "group_size": 2, "workers": 1, "checkpoint_every": 1000},
+            "resources": {"index": STAGE, "mine": STAGE, "train": STAGE},
+        }
+    }
     config_file = tmp_path / "flywheel.yaml"
     config_file.write_text(json.dumps(config))  # JSON is YAML
 

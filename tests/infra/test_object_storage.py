@@ -30,10 +30,19 @@ def s3():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="test",
-                          aws_secret_access_key="test", region_name="us-east-1")
+    env = {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket=BUCKET)
     yield env, client
     server.stop()
@@ -45,10 +54,12 @@ def _versions(stdout: str) -> dict[str, str]:
 
 def _run(env: dict, script: str, tmp_path) -> subprocess.CompletedProcess:
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    child_env.update(env, HF_HUB_OFFLINE="1", LRAT_CACHE=str(tmp_path / "cache"),
-                     LRAT_SCRATCH=str(tmp_path / "scratch"))
-    return subprocess.run([sys.executable, "-c", script], env=child_env, capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path)
+    child_env.update(
+        env, HF_HUB_OFFLINE="1", LRAT_CACHE=str(tmp_path / "cache"), LRAT_SCRATCH=str(tmp_path / "scratch")
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script], env=child_env, capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
 
 
 def test_stages_read_and_write_s3_with_versioned_outputs(s3, scifact_slice, tmp_path):
@@ -90,16 +101,19 @@ def test_stages_read_and_write_s3_with_versioned_outputs(s3, scifact_slice, tmp_
     assert set(outputs) == {"mine", "judge", "train", "index", "eval"}
     assert "already holds this result" in reply.stdout.rsplit("lrat mine", 1)[-1]  # the resubmitted mine
 
-    keys = {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
-            for o in page.get("Contents", [])}
+    keys = {
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for o in page.get("Contents", [])
+    }
 
     def manifest(stage):
-        prefix = outputs[stage][len("s3://lrat/"):]
+        prefix = outputs[stage][len("s3://lrat/") :]
         assert f"{prefix}/_lrat_stage.json" in keys
         return json.loads(client.get_object(Bucket=BUCKET, Key=f"{prefix}/_lrat_stage.json")["Body"].read())
 
     def report(stage):  # the stage's result, recorded once (the manifest names it)
-        prefix = outputs[stage][len("s3://lrat/"):]
+        prefix = outputs[stage][len("s3://lrat/") :]
         assert manifest(stage)["report"] == "report.json"
         return json.loads(client.get_object(Bucket=BUCKET, Key=f"{prefix}/report.json")["Body"].read())
 
@@ -108,10 +122,10 @@ def test_stages_read_and_write_s3_with_versioned_outputs(s3, scifact_slice, tmp_
     # lineage: each stage's input fingerprint is the version key of the stage before it
     assert manifest("judge")["inputs"]["pairs"] == f"stage:{mined['key']}"
     assert manifest("index")["inputs"]["model"] == f"stage:{manifest('train')['key']}"
-    trained = outputs["train"][len("s3://lrat/"):]
+    trained = outputs["train"][len("s3://lrat/") :]
     assert {f"{trained}/model.safetensors", f"{trained}/report.json"} <= keys
     assert any(k.startswith(f"{trained}.ray/") and "checkpoint_" in k for k in keys)  # Ray Train wrote to S3
-    index = outputs["index"][len("s3://lrat/"):]
+    index = outputs["index"][len("s3://lrat/") :]
     assert f"{index}/manifest.json" in keys
     assert {f"{index}/shard-00000/{name}" for name in ("index.faiss", "documents.arrow", "shard.json")} <= keys
     metrics = report("eval")["metrics"]

@@ -16,8 +16,9 @@ def test_log_lines_report_done_rate_and_time_left_and_keep_coming_while_nothing_
             time.sleep(0.25)
             progress.update(1, records=800)
     last = caplog.records[-1].getMessage()
-    assert re.fullmatch(r"mine: 2/4 groups \(50%\), 2,000 records, [0-9.]+ groups/s, elapsed \d+s, ~\d+s left",
-                        last), last
+    assert re.fullmatch(r"mine: 2/4 groups \(50%\), 2,000 records, [0-9.]+ groups/s, elapsed \d+s, ~\d+s left", last), (
+        last
+    )
 
 
 def test_values_from_a_report_replace_and_counts_add(caplog):
@@ -28,8 +29,7 @@ def test_values_from_a_report_replace_and_counts_add(caplog):
     assert "train: 7/10 steps (70%), loss 0.25," in caplog.records[-1].getMessage()
 
 
-def test_an_unexpected_error_is_one_line_with_its_cause_and_the_traceback_in_a_file(tmp_path, monkeypatch,
-                                                                                      capsys):
+def test_an_unexpected_error_is_one_line_with_its_cause_and_the_traceback_in_a_file(tmp_path, monkeypatch, capsys):
     from lrat_ray import cli
 
     def broken(args):

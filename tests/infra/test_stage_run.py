@@ -41,8 +41,15 @@ class Recorder:
 def test_version_key_follows_content_not_runtime_options(inputs):
     base = MineConfig(input=[str(inputs)], output="o")
     key = stage_key("mine", base)
-    assert stage_key("mine", dataclasses.replace(base, workers=7, resources={"cpu_stage": 1}, address="x:1",
-                                                 files_per_task=3, output="elsewhere")) == key
+    assert (
+        stage_key(
+            "mine",
+            dataclasses.replace(
+                base, workers=7, resources={"cpu_stage": 1}, address="x:1", files_per_task=3, output="elsewhere"
+            ),
+        )
+        == key
+    )
     assert stage_key("mine", dataclasses.replace(base, negative_mode="since-last-positive")) != key
     assert stage_key("judge", base) != key
     first = sorted(inputs.iterdir())[0]
@@ -57,8 +64,10 @@ def test_finished_output_is_reused_and_other_versions_refused(inputs, tmp_path):
     assert not done.skipped and done.output == str(tmp_path / "mine" / stage_key("mine", config))
     manifest = json.loads((tmp_path / "mine" / done.key / "_lrat_stage.json").read_text())
     assert manifest["key"] == done.key and manifest["report"] == "report.json"  # the result is recorded once:
-    assert json.loads((tmp_path / "mine" / done.key / "report.json").read_text()) == {"negatives": "attributed",
-                                                                                      "calls": 1}
+    assert json.loads((tmp_path / "mine" / done.key / "report.json").read_text()) == {
+        "negatives": "attributed",
+        "calls": 1,
+    }
     assert manifest["inputs"]["input"][0].startswith("dir:") and manifest["versions"]["lrat_ray"]
 
     again = run_stage("mine", dataclasses.replace(config, workers=1), stage)  # runtime options differ only

@@ -12,12 +12,18 @@ from lrat_ray.stages.index import build_faiss
 from lrat_ray.stages.train import TrainConfig, fit_in_process
 
 INSTRUCTION = "Instruct: Given a claim, retrieve abstracts that support or refute it\nQuery:"
-DOCS = ["Aspirin lowers the risk of a second heart attack in adults with coronary disease.",
-        "Vitamin D supplements did not prevent fractures in older women.",
-        "Regular running improves cardiovascular fitness in sedentary adults.",
-        "Smoking during pregnancy raises the risk of low birth weight."]
-QUERIES = ["aspirin prevents heart attacks", "vitamin D and bone fractures", "exercise and the heart",
-           "smoking harms the unborn child"]
+DOCS = [
+    "Aspirin lowers the risk of a second heart attack in adults with coronary disease.",
+    "Vitamin D supplements did not prevent fractures in older women.",
+    "Regular running improves cardiovascular fitness in sedentary adults.",
+    "Smoking during pregnancy raises the risk of low birth weight.",
+]
+QUERIES = [
+    "aspirin prevents heart attacks",
+    "vitamin D and bone fractures",
+    "exercise and the heart",
+    "smoking harms the unborn child",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +51,24 @@ def trained(smollm2, tmp_path_factory):
     """A few training steps of the recipe, saved like every lrat model."""
     from lrat_ray.models.encoder import save_encoder
 
-    config = TrainConfig(pairs=[], output="", model=smollm2, workers=1, per_device_batch=4, group_size=2,
-                         learning_rate=1e-4, pooling="last", query_prefix=INSTRUCTION, query_max_length=32,
-                         document_max_length=48, seed=0)
-    examples = [{"query": q, "positive": d, "negatives": [DOCS[(i + 1) % 4]], "weight": 1.0}
-                for i, (q, d) in enumerate(zip(QUERIES, DOCS))]
+    config = TrainConfig(
+        pairs=[],
+        output="",
+        model=smollm2,
+        workers=1,
+        per_device_batch=4,
+        group_size=2,
+        learning_rate=1e-4,
+        pooling="last",
+        query_prefix=INSTRUCTION,
+        query_max_length=32,
+        document_max_length=48,
+        seed=0,
+    )
+    examples = [
+        {"query": q, "positive": d, "negatives": [DOCS[(i + 1) % 4]], "weight": 1.0}
+        for i, (q, d) in enumerate(zip(QUERIES, DOCS))
+    ]
     fitted = fit_in_process(config, examples, steps=3)
     assert all(np.isfinite(fitted["losses"])) and len(fitted["losses"]) == 3
     out = tmp_path_factory.mktemp("decoder") / "model"
@@ -58,8 +77,9 @@ def trained(smollm2, tmp_path_factory):
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-def test_decoder_embedder_reloads_in_sentence_transformers_with_equal_vectors_and_searches(trained, smollm2,
-                                                                                           padding_side):
+def test_decoder_embedder_reloads_in_sentence_transformers_with_equal_vectors_and_searches(
+    trained, smollm2, padding_side
+):
     from sentence_transformers import SentenceTransformer
 
     fitted, out = trained

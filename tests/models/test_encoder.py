@@ -3,8 +3,12 @@ import pytest
 
 from lrat_ray.models.encoder import Encoder, EncoderSpec, spec_for
 
-TEXTS = ["The Eiffel Tower is in Paris.", "Photosynthesis converts light into chemical energy.",
-         "A short one.", "Graded relevance judgments of the TREC 2019 deep learning track " * 8]
+TEXTS = [
+    "The Eiffel Tower is in Paris.",
+    "Photosynthesis converts light into chemical energy.",
+    "A short one.",
+    "Graded relevance judgments of the TREC 2019 deep learning track " * 8,
+]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,8 @@ def test_an_untrained_sentence_transformers_model_brings_its_pooling_and_prompts
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_lasttoken": True}))
     instruction = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
     (tmp_path / "config_sentence_transformers.json").write_text(
-        json.dumps({"prompts": {"query": instruction, "document": ""}}))
+        json.dumps({"prompts": {"query": instruction, "document": ""}})
+    )
     spec = spec_for(str(tmp_path))
     assert (spec.pooling, spec.query_prefix, spec.document_prefix) == ("last", instruction, "")
     assert spec.format_query("what is LRAT") == instruction + "what is LRAT"

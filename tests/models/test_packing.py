@@ -15,12 +15,14 @@ from lrat_ray.models.embedded import resolve_model
 from lrat_ray.models.encoder import EncoderSpec, embed, load_tokenizer, load_transformer, spec_for
 from lrat_ray.models.packing import embed_packed, install, pack, tokenize_packed
 
-TEXTS = ["Vitamin D deficiency is associated with a higher risk of fractures in older adults.",
-         "BRCA1",
-         "Aspirin reduces the risk of colorectal cancer after long-term use, according to several cohort "
-         "studies that followed tens of thousands of participants for more than a decade.",
-         "Statins lower LDL cholesterol.",
-         "The incidence of tuberculosis is higher among people living with HIV than in the general population."]
+TEXTS = [
+    "Vitamin D deficiency is associated with a higher risk of fractures in older adults.",
+    "BRCA1",
+    "Aspirin reduces the risk of colorectal cancer after long-term use, according to several cohort "
+    "studies that followed tens of thousands of participants for more than a decade.",
+    "Statins lower LDL cholesterol.",
+    "The incidence of tuberculosis is higher among people living with HIV than in the general population.",
+]
 
 
 def minilm(pooling="mean"):
@@ -36,8 +38,16 @@ def qwen3():
     spec = EncoderSpec(model="qwen3-test", pooling="last", document_max_length=48)
     tokenizer = load_tokenizer(tiny_model_path(prepare=False), spec)  # appends EOS for last-token pooling
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+    )
     model = Qwen3Model(config).eval()
     model.set_attn_implementation("sdpa")
     return spec, tokenizer, model
@@ -62,11 +72,13 @@ def _grads(model, vectors, probe):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("which,side", [("minilm-mean", "right"), ("minilm-cls", "right"),
-                                        ("qwen3-last", "right"), ("qwen3-last", "left")])
+@pytest.mark.parametrize(
+    "which,side", [("minilm-mean", "right"), ("minilm-cls", "right"), ("qwen3-last", "right"), ("qwen3-last", "left")]
+)
 def test_packed_equals_padded_vectors_and_gradients(which, side):
-    spec, tokenizer, model = minilm("cls" if which == "minilm-cls" else "mean") if which.startswith("minilm") \
-        else qwen3()
+    spec, tokenizer, model = (
+        minilm("cls" if which == "minilm-cls" else "mean") if which.startswith("minilm") else qwen3()
+    )
     packed_model = copy.deepcopy(model)
     install(packed_model)
     padded = _padded(model, tokenizer, spec, side)
@@ -104,12 +116,21 @@ def test_training_step_packed_equals_padded(variant):
     results = {}
     for packing in (False, True):
         tower = copy.deepcopy(model)  # eval mode: no dropout, so both paths see the same network
-        config = TrainConfig(pairs=["-"], output="-", group_size=2, packing=packing, length_groups=2,
-                             grad_cache_chunk=3 if variant == "grad-cache" else None, temperature=0.05, bf16=False)
+        config = TrainConfig(
+            pairs=["-"],
+            output="-",
+            group_size=2,
+            packing=packing,
+            length_groups=2,
+            grad_cache_chunk=3 if variant == "grad-cache" else None,
+            temperature=0.05,
+            bf16=False,
+        )
         if packing:
             install(tower)
-        runner = step_runner(pair_forward(tower) if variant == "pair-forward" else tower, tokenizer, spec, config,
-                            torch.device("cpu"))
+        runner = step_runner(
+            pair_forward(tower) if variant == "pair-forward" else tower, tokenizer, spec, config, torch.device("cpu")
+        )
         assert runner.paired is (variant == "pair-forward")
         loss = runner.run(queries, documents, [True] * 6, [1.0, 0.5, 2.0], lambda value: value.backward())
         results[packing] = loss, {n: p.grad.clone() for n, p in tower.named_parameters() if p.grad is not None}
@@ -140,8 +161,9 @@ def test_index_vectors_with_packing_equal_without(ray_session, msmarco_slice, tm
     stored = {}
     for packing in (False, True):
         out = tmp_path / f"packing-{packing}"
-        manifest = run_index(IndexConfig(corpus=[str(corpus)], output=str(out), workers=1,
-                                         packing=packing, document_max_length=64))
+        manifest = run_index(
+            IndexConfig(corpus=[str(corpus)], output=str(out), workers=1, packing=packing, document_max_length=64)
+        )
         stored[packing] = np.load(out / manifest["shards"][0]["name"] / "embeddings.npy")
         assert json.loads((out / "manifest.json").read_text())["count"] == len(stored[packing])
     np.testing.assert_allclose(stored[True], stored[False], atol=2e-6)

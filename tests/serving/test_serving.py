@@ -16,24 +16,27 @@ from lrat_ray.serving.requests import RequestError, parse_search_request
 TOKEN = "s3cret"
 
 
-@pytest.mark.parametrize("content_type, body, status", [
-    ("text/plain", b'{"query": "x"}', 415),
-    (None, b'{"query": "x"}', 415),
-    ("application/json", b'{"query": ', 400),
-    ("application/json", b'["x"]', 422),
-    ("application/json", b'{"query": ""}', 422),
-    ("application/json", b'{"query": "   "}', 422),
-    ("application/json", json.dumps({"query": "x" * 2049}).encode(), 422),
-    ("application/json", b'{"query": 5}', 422),
-    ("application/json", b'{"query": []}', 422),
-    ("application/json", b'{"query": "x", "k": 0}', 422),
-    ("application/json", b'{"query": "x", "k": 101}', 422),
-    ("application/json", b'{"query": "x", "k": "5"}', 422),
-    ("application/json", b'{"query": "x", "k": true}', 422),
-    ("application/json", b'{"query": "a\\ud800b"}', 422),  # a lone surrogate: no tokenizer takes it
-    ("application/json", b'{"query": ["ok", "\\udfff"]}', 422),
-    ("application/json", b"[" * 100_000 + b"]" * 100_000, 400),  # deeper than the parser recurses
-])
+@pytest.mark.parametrize(
+    "content_type, body, status",
+    [
+        ("text/plain", b'{"query": "x"}', 415),
+        (None, b'{"query": "x"}', 415),
+        ("application/json", b'{"query": ', 400),
+        ("application/json", b'["x"]', 422),
+        ("application/json", b'{"query": ""}', 422),
+        ("application/json", b'{"query": "   "}', 422),
+        ("application/json", json.dumps({"query": "x" * 2049}).encode(), 422),
+        ("application/json", b'{"query": 5}', 422),
+        ("application/json", b'{"query": []}', 422),
+        ("application/json", b'{"query": "x", "k": 0}', 422),
+        ("application/json", b'{"query": "x", "k": 101}', 422),
+        ("application/json", b'{"query": "x", "k": "5"}', 422),
+        ("application/json", b'{"query": "x", "k": true}', 422),
+        ("application/json", b'{"query": "a\\ud800b"}', 422),  # a lone surrogate: no tokenizer takes it
+        ("application/json", b'{"query": ["ok", "\\udfff"]}', 422),
+        ("application/json", b"[" * 100_000 + b"]" * 100_000, 400),  # deeper than the parser recurses
+    ],
+)
 def test_bad_search_requests_are_4xx(content_type, body, status):
     with pytest.raises(RequestError) as info:
         parse_search_request(content_type, body, max_k=100, max_query_chars=2048, max_queries=64)
@@ -41,8 +44,11 @@ def test_bad_search_requests_are_4xx(content_type, body, status):
 
 
 def test_good_search_request():
-    assert parse_search_request("application/json; charset=utf-8", b'{"query": ["a", "b"], "k": 3}',
-                                100, 2048, 64) == (["a", "b"], 3, True)
+    assert parse_search_request("application/json; charset=utf-8", b'{"query": ["a", "b"], "k": 3}', 100, 2048, 64) == (
+        ["a", "b"],
+        3,
+        True,
+    )
     assert parse_search_request("application/json", b'{"query": "a"}', 100, 2048, 64) == (["a"], 10, False)
 
 
@@ -52,8 +58,11 @@ def second_index(ray_session, msmarco_slice, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("second")
     (root / "corpus.jsonl").write_text("\n".join(jsonl_lines(msmarco_slice / "corpus.jsonl")[:60]) + "\n")
-    run_index(IndexConfig(corpus=[str(root / "corpus.jsonl")], output=str(root / "index"), workers=1,
-                          shards=2, index_type="hnsw"))  # the first index's shards: a composed app can swap
+    run_index(
+        IndexConfig(
+            corpus=[str(root / "corpus.jsonl")], output=str(root / "index"), workers=1, shards=2, index_type="hnsw"
+        )
+    )  # the first index's shards: a composed app can swap
     return root / "index"
 
 
@@ -66,8 +75,9 @@ def server(request, ray_session, msmarco_index, serve_port):
     from lrat_ray.serving.config import ServeConfig
     from lrat_ray.serving.retriever import deploy
 
-    settings = ServeConfig(index=str(msmarco_index), port=serve_port, token=TOKEN, replica_cpus=0.5,
-                           composed=request.param == "composed")
+    settings = ServeConfig(
+        index=str(msmarco_index), port=serve_port, token=TOKEN, replica_cpus=0.5, composed=request.param == "composed"
+    )
     url = deploy(settings)
     client = httpx.Client(base_url=url, headers=bearer_headers(TOKEN), timeout=60)
     yield settings, url, client
@@ -105,14 +115,15 @@ def test_search_document_and_health(server, msmarco_index, msmarco_slice):
     lower = httpx.post(f"{url}/search", json={"query": "axon"}, headers={"authorization": f"bearer {TOKEN}"})
     assert lower.status_code == 200  # the scheme is case-insensitive
 
+
 def test_concurrent_requests_are_batched_and_all_answered(server):
     _, url, _ = server
 
     async def burst():
-        async with httpx.AsyncClient(base_url=url, headers=bearer_headers(TOKEN),
-                                     timeout=60) as client:
-            return await asyncio.gather(*(client.post("/search", json={"query": f"query number {i}", "k": 3})
-                                          for i in range(24)))
+        async with httpx.AsyncClient(base_url=url, headers=bearer_headers(TOKEN), timeout=60) as client:
+            return await asyncio.gather(
+                *(client.post("/search", json={"query": f"query number {i}", "k": 3}) for i in range(24))
+            )
 
     responses = asyncio.run(burst())
     assert [r.status_code for r in responses] == [200] * 24
@@ -126,8 +137,9 @@ def test_poisoned_queries_in_a_batch_fail_alone(server):
     async def burst():
         async with httpx.AsyncClient(base_url=url, headers=bearer_headers(TOKEN), timeout=60) as client:
             good = [client.post("/search", json={"query": f"query number {i}", "k": 3}) for i in range(24)]
-            poisoned = [client.post("/search", content=bad, headers={"content-type": "application/json"})
-                        for _ in range(3)]
+            poisoned = [
+                client.post("/search", content=bad, headers={"content-type": "application/json"}) for _ in range(3)
+            ]
             return await asyncio.gather(*good[:8], *poisoned[:1], *good[8:16], *poisoned[1:], *good[16:])
 
     for _ in range(2):
@@ -137,22 +149,53 @@ def test_poisoned_queries_in_a_batch_fail_alone(server):
         assert all("error" in r.json() for r in responses if r.status_code == 422)
 
 
-@pytest.mark.parametrize("request_kwargs, status", [
-    ({"method": "POST", "url": "/search", "content": b'{"query": "' + b"x" * (2 << 20) + b'"}',
-      "headers": {"content-type": "application/json"}}, 413),
-    ({"method": "POST", "url": "/search", "content": b"[" * 1000 + b"]" * 1000,
-      "headers": {"content-type": "application/json"}}, 400),
-    ({"method": "GET", "url": "/no-such-route"}, 404),
-    ({"method": "GET", "url": "/search"}, 405),
-    ({"method": "POST", "url": "/search", "content": b'{"query": "x"}',
-      "headers": {"content-type": "text/plain"}}, 415),
-    ({"method": "POST", "url": "/search", "content": b'{"query": ',
-      "headers": {"content-type": "application/json"}}, 400),
-    ({"method": "POST", "url": "/search", "json": {"query": ""}}, 422),
-    ({"method": "POST", "url": "/search", "json": {"query": "y" * 5000}}, 422),
-    ({"method": "POST", "url": "/search", "json": {"query": "x", "k": 1000}}, 422),
-    ({"method": "GET", "url": "/documents/no-such-doc"}, 404),
-])
+@pytest.mark.parametrize(
+    "request_kwargs, status",
+    [
+        (
+            {
+                "method": "POST",
+                "url": "/search",
+                "content": b'{"query": "' + b"x" * (2 << 20) + b'"}',
+                "headers": {"content-type": "application/json"},
+            },
+            413,
+        ),
+        (
+            {
+                "method": "POST",
+                "url": "/search",
+                "content": b"[" * 1000 + b"]" * 1000,
+                "headers": {"content-type": "application/json"},
+            },
+            400,
+        ),
+        ({"method": "GET", "url": "/no-such-route"}, 404),
+        ({"method": "GET", "url": "/search"}, 405),
+        (
+            {
+                "method": "POST",
+                "url": "/search",
+                "content": b'{"query": "x"}',
+                "headers": {"content-type": "text/plain"},
+            },
+            415,
+        ),
+        (
+            {
+                "method": "POST",
+                "url": "/search",
+                "content": b'{"query": ',
+                "headers": {"content-type": "application/json"},
+            },
+            400,
+        ),
+        ({"method": "POST", "url": "/search", "json": {"query": ""}}, 422),
+        ({"method": "POST", "url": "/search", "json": {"query": "y" * 5000}}, 422),
+        ({"method": "POST", "url": "/search", "json": {"query": "x", "k": 1000}}, 422),
+        ({"method": "GET", "url": "/documents/no-such-doc"}, 404),
+    ],
+)
 def test_bad_inputs_get_json_4xx(server, request_kwargs, status):
     _, _, client = server
     response = client.request(**request_kwargs)
@@ -234,14 +277,31 @@ def test_swap_index_under_load_drops_no_request(server, second_index):
     # once switched, never back: each request saw one whole index
     first_new = indexes.index(str(second_index))
     assert set(indexes[first_new:]) == {str(second_index)}
-    assert httpx.get(f"{url}/healthz", headers=bearer_headers(TOKEN),
-                     timeout=30).json()["replica"] == replica  # reconfigured in place
+    assert (
+        httpx.get(f"{url}/healthz", headers=bearer_headers(TOKEN), timeout=30).json()["replica"] == replica
+    )  # reconfigured in place
 
     # the same from the command line, against the running cluster: back to the first index
     from lrat_ray.cli import main
 
-    assert main(["serve", "--swap", "--index", settings.index, "--port", str(settings.port), "--token", TOKEN,
-                 "--replica-cpus", "0.5", *(["--composed"] if settings.composed else [])]) == 0
+    assert (
+        main(
+            [
+                "serve",
+                "--swap",
+                "--index",
+                settings.index,
+                "--port",
+                str(settings.port),
+                "--token",
+                TOKEN,
+                "--replica-cpus",
+                "0.5",
+                *(["--composed"] if settings.composed else []),
+            ]
+        )
+        == 0
+    )
     health = httpx.get(f"{url}/healthz", headers=bearer_headers(TOKEN), timeout=30).json()
     assert health["index"] == settings.index
 
@@ -258,8 +318,9 @@ def test_a_full_replica_turns_requests_away_with_retry_after_and_the_agent_clien
 
     async def burst():
         async with httpx.AsyncClient(base_url=url, headers=bearer_headers(TOKEN), timeout=60) as client:
-            return await asyncio.gather(*(client.post("/search", json={"query": f"query number {i}", "k": 3})
-                                          for i in range(48)))
+            return await asyncio.gather(
+                *(client.post("/search", json={"query": f"query number {i}", "k": 3}) for i in range(48))
+            )
 
     responses = asyncio.run(burst())
     statuses = Counter(r.status_code for r in responses)
@@ -299,8 +360,12 @@ def test_one_failing_request_in_a_batch_fails_alone(ray_session, msmarco_index):
     backend.search = faulty
     ingress = make_deployment().func_or_class  # the deployment's class, its methods called on a stand-in
     counter = types.SimpleNamespace(observe=lambda n: None, inc=lambda n: None)
-    retriever = types.SimpleNamespace(backend=backend, batch_size=counter, queries_total=counter,
-                                      admission=Admission(max_in_flight=4, retry_after_s=1))
+    retriever = types.SimpleNamespace(
+        backend=backend,
+        batch_size=counter,
+        queries_total=counter,
+        admission=Admission(max_in_flight=4, retry_after_s=1),
+    )
     retriever._search_together = functools.partial(ingress._search_together, retriever)
     retriever._search_alone = functools.partial(ingress._search_alone, retriever)
     out = asyncio.run(ingress._search(retriever, [(["axon terminal"], 3), (["poison pill"], 3), (["heart attack"], 2)]))
@@ -324,8 +389,7 @@ def test_a_layout_the_cluster_cannot_hold_fails_at_once(ray_session, msmarco_ind
     assert time.time() - started < 30
 
 
-def test_lrat_serve_takes_its_token_from_the_environment_and_listens_on_loopback_only(msmarco_index, tmp_path,
-                                                                                       capsys):
+def test_lrat_serve_takes_its_token_from_the_environment_and_listens_on_loopback_only(msmarco_index, tmp_path, capsys):
     """`lrat serve` as a user starts it: the token never in any process's argv, and every socket
     its local Ray listens on (GCS, raylet, workers, agents, Serve) bound to 127.0.0.1 (read from the OS)."""
     import os
@@ -341,10 +405,22 @@ def test_lrat_serve_takes_its_token_from_the_environment_and_listens_on_loopback
     assert "is not an lrat index" in capsys.readouterr().err
 
     secret, port = "token-from-the-environment-7f3a", free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "lrat"), "serve", "--index", str(msmarco_index),
-                               "--port", str(port), "--replica-cpus", "0.5"],
-                              env={**os.environ, "LRAT_SERVE_TOKEN": secret}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "lrat"),
+            "serve",
+            "--index",
+            str(msmarco_index),
+            "--port",
+            str(port),
+            "--replica-cpus",
+            "0.5",
+        ],
+        env={**os.environ, "LRAT_SERVE_TOKEN": secret},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines = []
         for line in server.stdout:  # returns once it serves (or the process ends)
@@ -357,11 +433,15 @@ def test_lrat_serve_takes_its_token_from_the_environment_and_listens_on_loopback
         assert httpx.post(f"{url}/search", json={"query": "axon"}, headers=bearer_headers(secret)).status_code == 200
         assert not [p.pid for p in psutil.process_iter(["cmdline"]) if secret in " ".join(p.info["cmdline"] or [])]
         ours = {server.pid, *(child.pid for child in psutil.Process(server.pid).children(recursive=True))}
-        listening = {(c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name()) for c in psutil.net_connections("inet")
-                     if c.status == psutil.CONN_LISTEN and c.pid in ours}
+        listening = {
+            (c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name())
+            for c in psutil.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in ours
+        }
         assert len(listening) >= 5  # GCS, raylet, agents, Serve's controller and proxy at least
-        assert {ip for ip, _, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, \
-            [entry for entry in listening if entry[0] not in ("127.0.0.1", "::ffff:127.0.0.1")]
+        assert {ip for ip, _, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, [
+            entry for entry in listening if entry[0] not in ("127.0.0.1", "::ffff:127.0.0.1")
+        ]
     finally:
         server.send_signal(2)  # Ctrl-C
         try:

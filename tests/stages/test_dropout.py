@@ -51,14 +51,16 @@ def test_installed_encoder_unchanged_in_eval_and_dropping_in_training():
     from lrat_ray.models.encoder import load_transformer
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
-    batch = tokenizer(["a short text", "a rather longer text about tides and the moon"], padding=True,
-                      return_tensors="pt")
+    batch = tokenizer(
+        ["a short text", "a rather longer text about tides and the moon"], padding=True, return_tensors="pt"
+    )
     plain, ours = load_transformer(embedded_model_path()).eval(), load_transformer(embedded_model_path()).eval()
     assert dropout.install(ours) == 19  # embeddings + 3 per layer x 6 layers
     real = batch["attention_mask"].bool()  # padded positions' states are never used (pooling masks them)
     with torch.no_grad():
-        torch.testing.assert_close(ours(**batch).last_hidden_state[real], plain(**batch).last_hidden_state[real],
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            ours(**batch).last_hidden_state[real], plain(**batch).last_hidden_state[real], rtol=0, atol=1e-5
+        )
         ours.train()
         torch.manual_seed(0)
         first = ours(**batch).last_hidden_state

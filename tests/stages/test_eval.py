@@ -26,9 +26,18 @@ def _ranx(run, qrels, threshold):
 
 @pytest.mark.parametrize("threshold", [1, 2])
 def test_metrics_equal_an_independent_library(msmarco_index, msmarco_slice, tmp_path, threshold):
-    result = run_stage("eval", EvalConfig(index=str(msmarco_index), queries=str(msmarco_slice / "queries.jsonl"),
-                                          qrels=str(msmarco_slice / "qrels.tsv"), k="5,20", rel_threshold=threshold,
-                                          output=str(tmp_path / "eval")), run_eval).result
+    result = run_stage(
+        "eval",
+        EvalConfig(
+            index=str(msmarco_index),
+            queries=str(msmarco_slice / "queries.jsonl"),
+            qrels=str(msmarco_slice / "qrels.tsv"),
+            k="5,20",
+            rel_threshold=threshold,
+            output=str(tmp_path / "eval"),
+        ),
+        run_eval,
+    ).result
     tmp_path = tmp_path / "eval"
     qrels = load_qrels(str(msmarco_slice / "qrels.tsv"))
     run = {}
@@ -59,8 +68,15 @@ def test_score_run_by_hand_with_evidence():
 
 
 def test_compare_reports_wins_losses_and_tests(msmarco_index, msmarco_slice):
-    result = run_eval(EvalConfig(index=str(msmarco_index), queries=str(msmarco_slice / "queries.jsonl"),
-                                 qrels=str(msmarco_slice / "qrels.tsv"), k="10", compare=str(msmarco_index)))
+    result = run_eval(
+        EvalConfig(
+            index=str(msmarco_index),
+            queries=str(msmarco_slice / "queries.jsonl"),
+            qrels=str(msmarco_slice / "qrels.tsv"),
+            k="10",
+            compare=str(msmarco_index),
+        )
+    )
     test = result["compare"]["tests"]["ndcg@10"]
     assert (test["wins_b"], test["losses_b"], test["ties"]) == (0, 0, 4) and test["permutation_p"] == 1.0
     a = {"q1": {"m": 0.1}, "q2": {"m": 0.2}, "q3": {"m": 0.3}, "q4": {"m": 0.0}}
@@ -83,10 +99,16 @@ def test_qrels_formats_and_bad_lines(tmp_path):
 
 
 def test_agent_run_metrics_by_hand(real_trajectory_files):
-    hand = Trajectory(id="t", correct=True, steps=(
-        Step("search", query="q", results=(SearchHit("e1"), SearchHit("n1"))),
-        Step("browse", doc_id="e2"), Step("search", query="q2", results=(SearchHit("n2"),)),
-        Step("answer", text="x")))
+    hand = Trajectory(
+        id="t",
+        correct=True,
+        steps=(
+            Step("search", query="q", results=(SearchHit("e1"), SearchHit("n1"))),
+            Step("browse", doc_id="e2"),
+            Step("search", query="q2", results=(SearchHit("n2"),)),
+            Step("answer", text="x"),
+        ),
+    )
     other = Trajectory(id="u", correct=False, steps=(Step("search", query="q", results=(SearchHit("n1"),)),))
     evidence = {"t": {"e1": 1, "e2": 1, "e3": 1, "e4": 1}, "u": {"e1": 1}}
     scored = score_trajectories([hand, other], evidence, gold={"t": {"e2": 1}})
@@ -100,8 +122,9 @@ def test_agent_run_metrics_by_hand(real_trajectory_files):
     assert real["avg_steps"] == 13.0 and real["evidence_recall"] is None and real["success_rate"] is None
 
 
-def test_eval_warns_about_judgments_it_cannot_use(msmarco_index, msmarco_slice, real_trajectory_files, tmp_path,
-                                                   caplog):
+def test_eval_warns_about_judgments_it_cannot_use(
+    msmarco_index, msmarco_slice, real_trajectory_files, tmp_path, caplog
+):
     """Scores over what matches are still computed, but never silently: judged queries without
     text, and runs whose ids no judgment names, are reported on the console."""
     from lrat_ray.stages.eval import EvalRunsConfig, run_eval_runs
@@ -109,8 +132,9 @@ def test_eval_warns_about_judgments_it_cannot_use(msmarco_index, msmarco_slice, 
     qrels = tmp_path / "qrels.tsv"
     qrels.write_text((msmarco_slice / "qrels.tsv").read_text() + "no-such-query\tD1\t1\n")
     with caplog.at_level("WARNING", logger="lrat_ray.stages.eval"):
-        result = run_eval(EvalConfig(index=str(msmarco_index), queries=str(msmarco_slice / "queries.jsonl"),
-                                     qrels=str(qrels), k="10"))
+        result = run_eval(
+            EvalConfig(index=str(msmarco_index), queries=str(msmarco_slice / "queries.jsonl"), qrels=str(qrels), k="10")
+        )
     assert result["judged_queries_without_text"] == 1 and result["queries"] == 4
     assert "1 of the 5 judged queries" in caplog.text and "no-such-query" in caplog.text
 

@@ -53,8 +53,9 @@ def test_sharded_index_equals_one_flat_index(ray_session, msmarco_index, msmarco
     import pyarrow as pa
 
     corpus = str(msmarco_slice / "corpus.jsonl")
-    three = run_index(IndexConfig(corpus=[corpus], output=str(tmp_path / "three"), shards=3, workers=2,
-                                  split_bytes=8 << 10))
+    three = run_index(
+        IndexConfig(corpus=[corpus], output=str(tmp_path / "three"), shards=3, workers=2, split_bytes=8 << 10)
+    )
     two = json.loads((msmarco_index / "manifest.json").read_text())
     assert len(three["shards"]) == 3 and three["count"] == two["count"]
     assert three["corpus"]["records_skipped"] == two["corpus"]["records_skipped"] == {}
@@ -130,8 +131,9 @@ def test_approximate_indexes_find_most_exact_neighbours(index_type):
 
 def test_corpus_lines_without_id_or_text(tmp_path):
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text('{"_id": "a", "text": "alpha"}\n{"title": "no id", "text": "x"}\n'
-                      '{"_id": "c", "text": ""}\n{oops\n')
+    corpus.write_text(
+        '{"_id": "a", "text": "alpha"}\n{"title": "no id", "text": "x"}\n{"_id": "c", "text": ""}\n{oops\n'
+    )
     from lrat_ray.core.corpus import iter_documents
 
     skipped = {}

@@ -14,16 +14,26 @@ from lrat_ray.stages.judge.prompts import OFFICIAL_RULE, keyword_label, parse_la
 from lrat_ray.stages.judge.rows import add_prompts, label_answers, output_schema
 
 
-@pytest.mark.parametrize("answer, thinking, label", [
-    ("RELEVANT", False, True), ("NOT_RELEVANT", False, False), ("not relevant", False, False),
-    ("**RELEVANT**", False, True), ('{"label": "NOT_RELEVANT"}', False, False),
-    ("<think>It says relevant facts... maybe NOT_RELEVANT?</think>\nRELEVANT", False, True),
-    ("Hmm, the page is useful.</think>\n\nRELEVANT", True, True),   # Qwen3 opens <think> in the prompt
-    ("Hmm, the page is useful and I keep thinking RELEVANT", True, None),  # thinking cut off by the budget
-    ("<think>RELEVANT but unclosed", False, None), ("<think>RELEVANT</think>", False, None),
-    ("Answer: NOT_RELEVANT", False, False), ("Irrelevant.", False, False), ("", False, None), (None, False, None),
-    ("I cannot decide.", False, None),
-])
+@pytest.mark.parametrize(
+    "answer, thinking, label",
+    [
+        ("RELEVANT", False, True),
+        ("NOT_RELEVANT", False, False),
+        ("not relevant", False, False),
+        ("**RELEVANT**", False, True),
+        ('{"label": "NOT_RELEVANT"}', False, False),
+        ("<think>It says relevant facts... maybe NOT_RELEVANT?</think>\nRELEVANT", False, True),
+        ("Hmm, the page is useful.</think>\n\nRELEVANT", True, True),  # Qwen3 opens <think> in the prompt
+        ("Hmm, the page is useful and I keep thinking RELEVANT", True, None),  # thinking cut off by the budget
+        ("<think>RELEVANT but unclosed", False, None),
+        ("<think>RELEVANT</think>", False, None),
+        ("Answer: NOT_RELEVANT", False, False),
+        ("Irrelevant.", False, False),
+        ("", False, None),
+        (None, False, None),
+        ("I cannot decide.", False, None),
+    ],
+)
 def test_parse_label(answer, thinking, label):
     assert parse_label(answer, thinking) is label
 
@@ -34,8 +44,9 @@ def test_prompts_and_keyword_rule():
     assert prompt.startswith(OFFICIAL_RULE) and prompt.endswith("AnalysisText:\nCanberra, confirmed.")
     assert "capital of Australia" not in prompt and "Canberra is the capital" not in prompt  # reasoning only
     with_document = JudgeConfig(output="-", pairs="-", prompt="query-document", document_chars=100)
-    prompt = render_prompt(with_document, "Canberra, confirmed.", "capital of Australia",
-                           "Canberra is the capital." * 200)
+    prompt = render_prompt(
+        with_document, "Canberra, confirmed.", "capital of Australia", "Canberra is the capital." * 200
+    )
     assert "Task query: capital of Australia" in prompt and "Canberra, confirmed." in prompt
     assert "Canberra is the capital." * 4 in prompt and "Canberra is the capital." * 5 not in prompt
     assert keyword_label("The page is about a different topic; not relevant.") is False
@@ -53,18 +64,35 @@ def test_config_is_checked_when_built():
 
 
 def _pairs(*reasonings) -> pa.Table:
-    rows = [{"trajectory_id": "t", "turn": 0, "browse_turn": i + 1, "query": f"q{i}", "positive_id": f"d{i}",
-             "negative_ids": ["x"], "reasoning": r, "reasoning_length": len(r), "rank": 1, "correct": None,
-             "relevant": None, "weight": 1.0, "positive_text": "text", "negative_texts": ["s"], "source": "f"}
-            for i, r in enumerate(reasonings)]
+    rows = [
+        {
+            "trajectory_id": "t",
+            "turn": 0,
+            "browse_turn": i + 1,
+            "query": f"q{i}",
+            "positive_id": f"d{i}",
+            "negative_ids": ["x"],
+            "reasoning": r,
+            "reasoning_length": len(r),
+            "rank": 1,
+            "correct": None,
+            "relevant": None,
+            "weight": 1.0,
+            "positive_text": "text",
+            "negative_texts": ["s"],
+            "source": "f",
+        }
+        for i, r in enumerate(reasonings)
+    ]
     return pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
 
 
 def test_openai_answers_retries_and_failure_policy():
     batch = _pairs("Key facts extracted.", "useless page", "garbage", "flaky but fine", "busy but fine")
     with ScriptedOpenAI() as server:
-        config = JudgeConfig(output="-", pairs="-", backend="openai", model="judge", endpoint=server.url,
-                             retries=2, concurrency=2)
+        config = JudgeConfig(
+            output="-", pairs="-", backend="openai", model="judge", endpoint=server.url, retries=2, concurrency=2
+        )
         answered = OpenAIAnswers(dataclasses.asdict(config))(add_prompts(batch, config))
         assert server.calls == 7  # one retry each for the 500 and the 503 with Retry-After
     labelled = label_answers(answered, config, output_schema(PAIR_SCHEMA)).to_pylist()
@@ -76,8 +104,9 @@ def test_openai_answers_retries_and_failure_policy():
 
 
 def test_unreachable_endpoint_counts_failures():
-    config = JudgeConfig(output="-", pairs="-", backend="openai", model="m", endpoint="http://127.0.0.1:9/v1",
-                         retries=1, timeout_s=2)
+    config = JudgeConfig(
+        output="-", pairs="-", backend="openai", model="m", endpoint="http://127.0.0.1:9/v1", retries=1, timeout_s=2
+    )
     answered = OpenAIAnswers(dataclasses.asdict(config))(add_prompts(_pairs("fine"), config))
     (row,) = label_answers(answered, config, output_schema(PAIR_SCHEMA)).to_pylist()
     assert row["judge_status"] == "failed" and row["relevant"] is True
@@ -88,10 +117,12 @@ def test_run_judge_on_mined_real_pairs(ray_session, real_trajectory_files, tmp_p
     from lrat_ray.infra.stage_run import run_stage
     from lrat_ray.stages.mine import MineConfig, run_mine
 
-    run_mine(MineConfig(input=[str(real_trajectory_files[0].parent)], output=str(tmp_path / "mined"),
-                        tokenizer="chars"))
-    report = run_stage("judge", JudgeConfig(pairs=str(tmp_path / "mined"), output=str(tmp_path / "judged")),
-                       run_judge).result
+    run_mine(
+        MineConfig(input=[str(real_trajectory_files[0].parent)], output=str(tmp_path / "mined"), tokenizer="chars")
+    )
+    report = run_stage(
+        "judge", JudgeConfig(pairs=str(tmp_path / "mined"), output=str(tmp_path / "judged")), run_judge
+    ).result
     table = pads.dataset(str(tmp_path / "judged" / "pairs"), format="parquet").to_table()
     assert report["pairs"] == table.num_rows == 28 and report["ok"] == 28
     assert report["relevant"] + report["irrelevant"] == 28
@@ -125,8 +156,11 @@ def test_run_judge_openai_uses_the_cache_on_a_rerun(ray_session, tmp_path):
         shutil.copy(block, partial / block.name)
     (partial / "judged_cut_off.parquet").write_bytes(b"PAR1 half a file")
     with ScriptedOpenAI() as server:
-        third = run_judge(JudgeConfig(output=str(tmp_path / "three"), cache=str(tmp_path / "cache3"),
-                                      **{**config, "endpoint": server.url}))
+        third = run_judge(
+            JudgeConfig(
+                output=str(tmp_path / "three"), cache=str(tmp_path / "cache3"), **{**config, "endpoint": server.url}
+            )
+        )
         assert server.calls == 1  # the unparseable one again
     assert (third["cached"], third["unparseable"], third["pairs"]) == (3, 1, 4)
     assert not partial.exists()

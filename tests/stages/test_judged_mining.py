@@ -27,8 +27,10 @@ def official():
 
 
 def _gold(official):
-    return [{k: p[k] for k in ("file", "query", "pos_id", "neg_id", "reasoning_len", "satisfied")}
-            for p in official["pairs"]]
+    return [
+        {k: p[k] for k in ("file", "query", "pos_id", "neg_id", "reasoning_len", "satisfied")}
+        for p in official["pairs"]
+    ]
 
 
 def test_pure_miner_with_the_judge_equals_the_official_builder(official):
@@ -37,10 +39,20 @@ def test_pure_miner_with_the_judge_equals_the_official_builder(official):
     ours = []
     for index in range(official["trajectories"]):
         traj = parse_trajectory(generate_run(index, official["generator_seed"]))
-        result = mine_trajectories([traj], MiningOptions("since-last-positive"), measure,
-                                   lambda event: keyword_label(event.reasoning))
-        ours += [{"file": f"{index}.json", "query": p.query, "pos_id": [p.positive_id], "neg_id": p.negative_ids,
-                  "reasoning_len": p.reasoning_length, "satisfied": p.relevant is not False} for p in result.pairs]
+        result = mine_trajectories(
+            [traj], MiningOptions("since-last-positive"), measure, lambda event: keyword_label(event.reasoning)
+        )
+        ours += [
+            {
+                "file": f"{index}.json",
+                "query": p.query,
+                "pos_id": [p.positive_id],
+                "neg_id": p.negative_ids,
+                "reasoning_len": p.reasoning_length,
+                "satisfied": p.relevant is not False,
+            }
+            for p in result.pairs
+        ]
     assert ours == _gold(official)
 
 
@@ -54,13 +66,29 @@ def test_judge_events_then_mine_with_labels_equals_the_official_builder(ray_sess
     write_runs(runs, official["trajectories"], official["generator_seed"], shards=4)
     report = run_judge(JudgeConfig(events=[str(runs)], output=str(tmp_path / "judged"), backend="keyword"))
     assert report["labels"] == report["ok"] == report["relevant"] + report["irrelevant"]
-    run_mine(MineConfig(input=[str(runs)], output=str(tmp_path / "mined"), negative_mode="since-last-positive",
-                        labels=str(tmp_path / "judged"), zero_length="neutral", workers=2))
+    run_mine(
+        MineConfig(
+            input=[str(runs)],
+            output=str(tmp_path / "mined"),
+            negative_mode="since-last-positive",
+            labels=str(tmp_path / "judged"),
+            zero_length="neutral",
+            workers=2,
+        )
+    )
     rows = pads.dataset(str(tmp_path / "mined" / "pairs"), format="parquet").to_table().to_pylist()
     rows.sort(key=lambda r: (int(r["trajectory_id"].rsplit("-", 1)[1]), r["browse_turn"]))
-    ours = [{"file": f"{r['trajectory_id'].rsplit('-', 1)[1]}.json", "query": r["query"], "pos_id": [r["positive_id"]],
-             "neg_id": r["negative_ids"], "reasoning_len": r["reasoning_length"],
-             "satisfied": r["relevant"] is not False} for r in rows]
+    ours = [
+        {
+            "file": f"{r['trajectory_id'].rsplit('-', 1)[1]}.json",
+            "query": r["query"],
+            "pos_id": [r["positive_id"]],
+            "neg_id": r["negative_ids"],
+            "reasoning_len": r["reasoning_length"],
+            "satisfied": r["relevant"] is not False,
+        }
+        for r in rows
+    ]
     assert ours == _gold(official)
     assert [r["weight"] for r in rows] == pytest.approx([p["reweight_rate"] for p in official["pairs"]], rel=1e-9)
     params = fit_weights(LengthHistogram.of(r["reasoning_length"] for r in rows), zero_length="neutral")
@@ -78,5 +106,11 @@ def test_mine_refuses_labels_of_other_trajectories(ray_session, tmp_path):
     write_runs(other_runs, 3, seed=2)
     run_judge(JudgeConfig(events=[str(judged_runs)], output=str(tmp_path / "judged"), backend="keyword"))
     with pytest.raises(LratError, match="no judge label for trajectory 'gen-2-"):
-        run_mine(MineConfig(input=[str(other_runs)], output=str(tmp_path / "mined"),
-                            negative_mode="since-last-positive", labels=str(tmp_path / "judged")))
+        run_mine(
+            MineConfig(
+                input=[str(other_runs)],
+                output=str(tmp_path / "mined"),
+                negative_mode="since-last-positive",
+                labels=str(tmp_path / "judged"),
+            )
+        )

@@ -20,11 +20,11 @@ def _bad_records(tmp_path):
     lines = [
         json.dumps(GOOD),
         "{not json",
-        json.dumps({**GOOD, "query_id": None}),                           # missing field
-        json.dumps({**GOOD, "result": "steps"}),                          # mistyped field
+        json.dumps({**GOOD, "query_id": None}),  # missing field
+        json.dumps({**GOOD, "result": "steps"}),  # mistyped field
         json.dumps({**GOOD, "result": [{"type": "image", "output": "x"}]}),  # unknown step kind
-        json.dumps({**GOOD, "result": []}),                               # empty trajectory
-        json.dumps({"hello": "world"}),                                   # unknown format
+        json.dumps({**GOOD, "result": []}),  # empty trajectory
+        json.dumps({"hello": "world"}),  # unknown format
         json.dumps({**GOOD, "query_id": "second"}),
     ]
     path = tmp_path / "mixed.jsonl"
@@ -36,20 +36,29 @@ def test_lenient_counts_every_bad_record_under_its_reason(tmp_path):
     path = _bad_records(tmp_path)
     table, summary = mine_file_group([str(path)], MiningOptions(), character_lengths)
     assert summary["records_read"] == 8 and summary["records_used"] == 2
-    assert summary["records_skipped"] == {"invalid_json": 1, "missing_field": 1, "wrong_type": 1,
-                                          "unknown_step_kind": 1, "empty_trajectory": 1, "unknown_format": 1}
+    assert summary["records_skipped"] == {
+        "invalid_json": 1,
+        "missing_field": 1,
+        "wrong_type": 1,
+        "unknown_step_kind": 1,
+        "empty_trajectory": 1,
+        "unknown_format": 1,
+    }
     assert summary["records_read"] == summary["records_used"] + sum(summary["records_skipped"].values())
     assert table.num_rows == 4 and set(table.column("trajectory_id").to_pylist()) == {"731", "second"}
     assert any("line 5: field 'result[0].type'" in e for e in summary["skipped_examples"])
 
 
-@pytest.mark.parametrize("line, reason, where", [
-    ("{not json", "invalid_json", "line 2"),
-    (json.dumps({**GOOD, "query_id": None}), "missing_field", "line 2: field 'query_id'"),
-    (json.dumps({**GOOD, "result": "steps"}), "wrong_type", "line 2: field 'result'"),
-    (json.dumps({**GOOD, "result": [{"type": "image"}]}), "unknown_step_kind", "line 2: field 'result[0].type'"),
-    (json.dumps({**GOOD, "result": []}), "empty_trajectory", "line 2: field 'result'"),
-])
+@pytest.mark.parametrize(
+    "line, reason, where",
+    [
+        ("{not json", "invalid_json", "line 2"),
+        (json.dumps({**GOOD, "query_id": None}), "missing_field", "line 2: field 'query_id'"),
+        (json.dumps({**GOOD, "result": "steps"}), "wrong_type", "line 2: field 'result'"),
+        (json.dumps({**GOOD, "result": [{"type": "image"}]}), "unknown_step_kind", "line 2: field 'result[0].type'"),
+        (json.dumps({**GOOD, "result": []}), "empty_trajectory", "line 2: field 'result'"),
+    ],
+)
 def test_strict_stops_at_the_first_bad_record_naming_file_line_field(tmp_path, line, reason, where):
     path = tmp_path / "runs.jsonl"
     path.write_text(json.dumps(GOOD) + "\n" + line + "\n" + json.dumps(GOOD) + "\n")
@@ -61,8 +70,11 @@ def test_strict_stops_at_the_first_bad_record_naming_file_line_field(tmp_path, l
 
 def test_mine_job_on_real_trajectories(ray_session, real_trajectory_files, tmp_path):
     out = tmp_path / "out"
-    report = run_stage("mine", MineConfig(input=[str(real_trajectory_files[0].parent)], output=str(out),
-                                          export="lrat-jsonl", workers=2), run_mine).result
+    report = run_stage(
+        "mine",
+        MineConfig(input=[str(real_trajectory_files[0].parent)], output=str(out), export="lrat-jsonl", workers=2),
+        run_mine,
+    ).result
     assert report["records_read"] == report["records_used"] == 10 and report["records_skipped"] == {}
     table = pads.dataset(str(out / "pairs"), format="parquet").to_table()
     assert table.schema.equals(PAIR_SCHEMA)
@@ -72,14 +84,18 @@ def test_mine_job_on_real_trajectories(ray_session, real_trajectory_files, tmp_p
     assert json.loads((out / "report.json").read_text()) == report  # recorded once, by run_stage
     assert json.loads((out / "_lrat_stage.json").read_text())["report"] == "report.json"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("_lrat_stage")) == [
-        "lrat_pairs.jsonl", "pairs", "report.json"]
+        "lrat_pairs.jsonl",
+        "pairs",
+        "report.json",
+    ]
     exported = [json.loads(l) for l in jsonl_lines(out / "lrat_pairs.jsonl")]
     official = json.loads(jsonl_lines(SHARED_DATA / "lrat" / "train_pairs_sample.jsonl")[0])
     assert len(exported) == 28 and set(exported[0]) == set(official)
     for key in official:
         assert type(exported[0][key]) is type(official[key]), key
-    assert exported[0]["pos"] == [table.filter(pads.field("positive_id") == exported[0]["pos_id"][0])
-                                  .column("positive_text")[0].as_py()]
+    assert exported[0]["pos"] == [
+        table.filter(pads.field("positive_id") == exported[0]["pos_id"][0]).column("positive_text")[0].as_py()
+    ]
 
 
 def test_token_lengths_equal_the_tokenizers_own_count(real_trajectory_files):
@@ -101,22 +117,24 @@ def test_sharded_job_equals_single_process(ray_session, real_trajectory_files, t
     from lrat_ray.core.weighting import LengthHistogram, fit_weights
     from lrat_ray.stages.mine import length_measure
 
-    table, _ = mine_file_group([str(p) for p in real_trajectory_files], MiningOptions(),
-                               length_measure("embedded"))
+    table, _ = mine_file_group([str(p) for p in real_trajectory_files], MiningOptions(), length_measure("embedded"))
     single = fit_weights(LengthHistogram.of(table.column("reasoning_length").to_pylist()))
-    report = run_mine(MineConfig(input=[str(p) for p in real_trajectory_files], output=str(tmp_path / "o"),
-                                 files_per_task=1, workers=2))
+    report = run_mine(
+        MineConfig(
+            input=[str(p) for p in real_trajectory_files], output=str(tmp_path / "o"), files_per_task=1, workers=2
+        )
+    )
     assert report["beta"] == single.beta
     assert report["mu_raw"] == pytest.approx(single.mu_raw, rel=1e-12)
     sharded = pads.dataset(str(tmp_path / "o" / "pairs"), format="parquet").to_table()
     weights = {(r["trajectory_id"], r["browse_turn"]): r["weight"] for r in sharded.to_pylist()}
-    expected = {(r["trajectory_id"], r["browse_turn"]): single.weight(r["reasoning_length"])
-                for r in table.to_pylist()}
+    expected = {(r["trajectory_id"], r["browse_turn"]): single.weight(r["reasoning_length"]) for r in table.to_pylist()}
     assert weights == pytest.approx(expected, rel=1e-12)
 
 
 def test_one_large_jsonl_file_mined_in_byte_ranges_by_several_actors_equals_one_process(
-        ray_session, real_trajectory_files, tmp_path):
+    ray_session, real_trajectory_files, tmp_path
+):
     """The ten real runs, three times over with new ids, plus bad and blank lines, in one JSONL
     file cut into ~40 line-aligned ranges: the same pairs, weights, counts and file:line examples."""
     lines = []
@@ -129,10 +147,26 @@ def test_one_large_jsonl_file_mined_in_byte_ranges_by_several_actors_equals_one_
     big = tmp_path / "runs.jsonl"
     big.write_text("\n".join(lines) + "\n")
     whole = run_mine(MineConfig(input=[str(big)], output=str(tmp_path / "whole"), workers=1, tokenizer="chars"))
-    split = run_mine(MineConfig(input=[str(big)], output=str(tmp_path / "split"), workers=2, tokenizer="chars",
-                                split_bytes=big.stat().st_size // 40))
-    for key in ("records_read", "records_used", "records_skipped", "skipped_examples", "pairs", "beta", "mu_raw",
-                "unattributed_browses", "stats"):
+    split = run_mine(
+        MineConfig(
+            input=[str(big)],
+            output=str(tmp_path / "split"),
+            workers=2,
+            tokenizer="chars",
+            split_bytes=big.stat().st_size // 40,
+        )
+    )
+    for key in (
+        "records_read",
+        "records_used",
+        "records_skipped",
+        "skipped_examples",
+        "pairs",
+        "beta",
+        "mu_raw",
+        "unattributed_browses",
+        "stats",
+    ):
         assert split[key] == whole[key], key
     assert whole["records_read"] == 36 and any(":line 12" in e or "line 12" in e for e in whole["skipped_examples"])
 
@@ -142,8 +176,16 @@ def test_one_large_jsonl_file_mined_in_byte_ranges_by_several_actors_equals_one_
 
     assert pairs("split") == pairs("whole") and len(pairs("whole")) > 50
     with pytest.raises(LratError, match=r"runs.jsonl.*line 12"):
-        run_mine(MineConfig(input=[str(big)], output=str(tmp_path / "strict"), workers=2, tokenizer="chars",
-                            strict=True, split_bytes=big.stat().st_size // 40))
+        run_mine(
+            MineConfig(
+                input=[str(big)],
+                output=str(tmp_path / "strict"),
+                workers=2,
+                tokenizer="chars",
+                strict=True,
+                split_bytes=big.stat().st_size // 40,
+            )
+        )
 
 
 def test_cli_lenient_and_strict(ray_session, tmp_path, capsys):
@@ -155,7 +197,8 @@ def test_cli_lenient_and_strict(ray_session, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "lrat mine: started"
     assert out[1].startswith(f"lrat mine: 2 of 8 records -> {report['pairs']} pairs (6 records skipped") and (
-        f"-> {tmp_path / 'lenient'} (version " in out[1])
+        f"-> {tmp_path / 'lenient'} (version " in out[1]
+    )
     code = main(["mine", "--input", str(bad), "--output", str(tmp_path / "strict"), "--strict"])
     err = capsys.readouterr().err
     assert code == 2 and f"{bad}:line 2" in err and "invalid_json" in err
@@ -167,8 +210,13 @@ def test_missing_input_and_bad_tokenizer_fail_fast(tmp_path):
         run_mine(MineConfig(input=[str(tmp_path / "nope")], output=str(tmp_path / "o")))
     shutil.copy(FIXTURES / "browsecomp_json_output.json", tmp_path / "a.json")
     with pytest.raises(LratError, match="does not load"):
-        run_mine(MineConfig(input=[str(tmp_path / "a.json")], output=str(tmp_path / "o"),
-                            tokenizer=str(tmp_path / "no-such-tokenizer")))
+        run_mine(
+            MineConfig(
+                input=[str(tmp_path / "a.json")],
+                output=str(tmp_path / "o"),
+                tokenizer=str(tmp_path / "no-such-tokenizer"),
+            )
+        )
 
 
 def test_native_parquet_and_jsonl_inputs_give_the_same_pairs(tmp_path):
@@ -181,9 +229,9 @@ def test_native_parquet_and_jsonl_inputs_give_the_same_pairs(tmp_path):
     pq.write_table(to_arrow_table([traj]), tmp_path / "t.parquet")
     (tmp_path / "t.jsonl").write_text(json.dumps(trajectory_to_dict(traj)) + "\n")
     from_parquet, s1 = mine_file_group([str(tmp_path / "t.parquet")], MiningOptions(), character_lengths)
-    from_bcp, _ = mine_file_group([str(FIXTURES / "browsecomp_json_output.json")], MiningOptions(),
-                                  character_lengths)
+    from_bcp, _ = mine_file_group([str(FIXTURES / "browsecomp_json_output.json")], MiningOptions(), character_lengths)
     from_jsonl, _ = mine_file_group([str(tmp_path / "t.jsonl")], MiningOptions(), character_lengths)
+
     def strip(table):
         return table.drop(["source"]).to_pylist()
 
@@ -192,7 +240,8 @@ def test_native_parquet_and_jsonl_inputs_give_the_same_pairs(tmp_path):
 
 
 def test_corrupt_files_are_counted_and_named_strict_stops_and_the_corrected_run_proceeds(
-        ray_session, real_trajectory_files, tmp_path, capsys):
+    ray_session, real_trajectory_files, tmp_path, capsys
+):
     """Random bytes named .parquet and .jsonl.gz among good run files: a lenient run mines the good
     ones and counts each corrupt file as skipped under unreadable_file, naming it; --strict stops
     in one line (exit 2) and the corrected command into the same directory then runs; a run where

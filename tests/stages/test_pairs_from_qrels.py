@@ -14,14 +14,36 @@ from lrat_ray.stages.train import TrainConfig, load_examples
 
 def test_pairs_from_qrels_on_real_judgments(msmarco_index, msmarco_slice, tmp_path):
     out = tmp_path / "pairs-from-qrels"
-    assert main(["pairs-from-qrels", "--index", str(msmarco_index), "--queries", str(msmarco_slice / "queries.jsonl"),
-                 "--qrels", str(msmarco_slice / "qrels.tsv"), "--output", str(out), "--negative-count", "5",
-                 "--depth", "30", "--rel-threshold", "2"]) == 0
+    assert (
+        main(
+            [
+                "pairs-from-qrels",
+                "--index",
+                str(msmarco_index),
+                "--queries",
+                str(msmarco_slice / "queries.jsonl"),
+                "--qrels",
+                str(msmarco_slice / "qrels.tsv"),
+                "--output",
+                str(out),
+                "--negative-count",
+                "5",
+                "--depth",
+                "30",
+                "--rel-threshold",
+                "2",
+            ]
+        )
+        == 0
+    )
     rows = pq.read_table(out / "pairs" / "part-0.parquet").to_pylist()
     qrels = load_qrels(str(msmarco_slice / "qrels.tsv"))
     queries = load_queries(str(msmarco_slice / "queries.jsonl"))
-    corpus = {json.loads(l)["_id"]: json.loads(l) for l in (msmarco_slice / "corpus.jsonl").read_text().split("\n")
-              if l.strip()}
+    corpus = {
+        json.loads(l)["_id"]: json.loads(l)
+        for l in (msmarco_slice / "corpus.jsonl").read_text().split("\n")
+        if l.strip()
+    }
     expected = sorted((q, d) for q, docs in qrels.items() for d, g in docs.items() if g >= 2)
     assert sorted((r["trajectory_id"].removeprefix("qrels:"), r["positive_id"]) for r in rows) == expected
     run = retrieve(str(msmarco_index), queries, 30)

@@ -81,8 +81,13 @@ def test_checkpointing_modes_give_the_same_gradients_and_keep_less(which):
 
 
 def test_checkpointing_mode_parsing_keeps_the_old_boolean():
-    assert [checkpointing.parse_mode(v) for v in (True, False, "true", "selective", "FULL")] == \
-        ["full", "off", "full", "selective", "full"]
+    assert [checkpointing.parse_mode(v) for v in (True, False, "true", "selective", "FULL")] == [
+        "full",
+        "off",
+        "full",
+        "selective",
+        "full",
+    ]
     config = TrainConfig(pairs=["-"], output="-", gradient_checkpointing=True)
     assert config.gradient_checkpointing == "full"
     with pytest.raises(ValueError, match="gradient_checkpointing"):

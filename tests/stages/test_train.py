@@ -47,18 +47,29 @@ def _pairs_dir(tmp_path, rows):
 def test_mined_pairs_use_corpus_texts_and_ablations(tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"_id": "p", "title": "P", "text": "positive text"}\n{"_id": "n1", "text": "neg one"}\n')
-    pairs = _pairs_dir(tmp_path, [
-        {"query": "q1", "positive_id": "p", "negative_ids": ["n1", "n2"], "negative_texts": [None, "snippet n2"],
-         "weight": 1.5, "relevant": True, "positive_text": "shown text, much longer than a snippet"},
-        {"query": "q2", "positive_id": "p", "negative_ids": [], "weight": 0.5, "relevant": False},
-    ])
+    pairs = _pairs_dir(
+        tmp_path,
+        [
+            {
+                "query": "q1",
+                "positive_id": "p",
+                "negative_ids": ["n1", "n2"],
+                "negative_texts": [None, "snippet n2"],
+                "weight": 1.5,
+                "relevant": True,
+                "positive_text": "shown text, much longer than a snippet",
+            },
+            {"query": "q2", "positive_id": "p", "negative_ids": [], "weight": 0.5, "relevant": False},
+        ],
+    )
     reweight = load_examples(TrainConfig(pairs=[str(pairs)], output="x", corpus=[str(corpus)]))
-    assert reweight == [{"query": "q1", "positive": "P\npositive text", "negatives": ["neg one", "snippet n2"],
-                         "weight": 1.0}]  # the one pair kept: its weight rescaled to mean 1
-    assert len(load_examples(TrainConfig(pairs=[str(pairs)], output="x", ablation="naive",
-                                         corpus=[str(corpus)]))) == 2
-    unfiltered = load_examples(TrainConfig(pairs=[str(pairs)], output="x", ablation="reweight-unfiltered",
-                                           corpus=[str(corpus)]))
+    assert reweight == [
+        {"query": "q1", "positive": "P\npositive text", "negatives": ["neg one", "snippet n2"], "weight": 1.0}
+    ]  # the one pair kept: its weight rescaled to mean 1
+    assert len(load_examples(TrainConfig(pairs=[str(pairs)], output="x", ablation="naive", corpus=[str(corpus)]))) == 2
+    unfiltered = load_examples(
+        TrainConfig(pairs=[str(pairs)], output="x", ablation="reweight-unfiltered", corpus=[str(corpus)])
+    )
     assert [e["weight"] for e in unfiltered] == [1.5, 0.5]
     # Without a corpus the positive is cut to the snippets' length: no length shortcut.
     shown = load_examples(TrainConfig(pairs=[str(pairs)], output="x"))
@@ -66,8 +77,9 @@ def test_mined_pairs_use_corpus_texts_and_ablations(tmp_path):
 
 
 def test_pairs_are_accepted_as_a_stage_directory_its_pairs_folder_or_files(tmp_path):
-    pairs = _pairs_dir(tmp_path, [{"query": "q", "positive_id": "p", "negative_ids": [], "weight": 1.0,
-                                   "positive_text": "text"}])
+    pairs = _pairs_dir(
+        tmp_path, [{"query": "q", "positive_id": "p", "negative_ids": [], "weight": 1.0, "positive_text": "text"}]
+    )
     (tmp_path / "report.json").write_text("{}")  # a stage directory holds more than Parquet
     for spec in (tmp_path, pairs, pairs / "part-0.parquet"):
         assert [e["query"] for e in load_examples(TrainConfig(pairs=[str(spec)], output="x"))] == ["q"]
@@ -81,8 +93,9 @@ def test_bad_training_input(tmp_path):
     pq.write_table(pa.table({"query": ["q"]}), bad / "x.parquet")
     with pytest.raises(LratError, match="lack column"):
         load_examples(TrainConfig(pairs=[str(bad)], output="x"))
-    negative = _pairs_dir(tmp_path, [{"query": "q", "positive_id": "p", "negative_ids": [], "weight": -1.0,
-                                      "positive_text": "t"}])
+    negative = _pairs_dir(
+        tmp_path, [{"query": "q", "positive_id": "p", "negative_ids": [], "weight": -1.0, "positive_text": "t"}]
+    )
     with pytest.raises(LratError, match="non-negative"):
         load_examples(TrainConfig(pairs=[str(negative)], output="x"))
     empty = tmp_path / "empty.jsonl"
@@ -91,8 +104,13 @@ def test_bad_training_input(tmp_path):
         load_examples(TrainConfig(pairs=[str(empty)], output="x"))
     # Official LRAT JSONL goes through the same weight check, naming the file and the query.
     official = tmp_path / "official.jsonl"
-    official.write_text("\n".join(json.dumps({"query": q, "pos": ["p"], "neg": ["n"], "reweight_rate": w})
-                                   for q, w in (("fine", 0.5), ("the bad one", -0.25))) + "\n")
+    official.write_text(
+        "\n".join(
+            json.dumps({"query": q, "pos": ["p"], "neg": ["n"], "reweight_rate": w})
+            for q, w in (("fine", 0.5), ("the bad one", -0.25))
+        )
+        + "\n"
+    )
     with pytest.raises(LratError, match=r"official\.jsonl: pair for query 'the bad one' has weight -0\.25"):
         load_examples(TrainConfig(pairs=[str(official)], output="x"))
     with pytest.raises(LratError, match="does not load"):
@@ -160,8 +178,14 @@ def test_grad_cache_replays_dropout_so_it_equals_the_big_batch_gradient(fast_dro
     prepared = runner.prepare(queries, documents, mask, weights)
     assert len(prepared.units) > 2  # really chunked
     reps = [runner._encode([unit])[0].float() for unit in prepared.units]
-    value, _ = distributed_loss(torch.cat(reps[:prepared.query_units]), torch.cat(reps[prepared.query_units:]),
-                                torch.tensor(weights), torch.tensor(mask), config.temperature, 3)
+    value, _ = distributed_loss(
+        torch.cat(reps[: prepared.query_units]),
+        torch.cat(reps[prepared.query_units :]),
+        torch.tensor(weights),
+        torch.tensor(mask),
+        config.temperature,
+        3,
+    )
     value.backward()
     direct = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     replayed = cached(7)
@@ -182,7 +206,7 @@ def _gathered_worker(rank, world, port, out):
     xq, xd, weights = _linear_batch()
     half = slice(rank * 3, rank * 3 + 3)
     q = torch.nn.functional.normalize(xq[half] @ w_proj, dim=-1)
-    d = torch.nn.functional.normalize(xd[rank * 6:rank * 6 + 6] @ w_proj, dim=-1)
+    d = torch.nn.functional.normalize(xd[rank * 6 : rank * 6 + 6] @ w_proj, dim=-1)
     value, loss = distributed_loss(q, d, weights[half], torch.ones(6, dtype=torch.bool), 0.1, 2)
     value.backward()
     dist.all_reduce(w_proj.grad)
@@ -193,8 +217,11 @@ def _gathered_worker(rank, world, port, out):
 
 def _linear_batch():
     g = torch.Generator().manual_seed(1)
-    return (torch.randn(6, 6, generator=g, dtype=torch.float64), torch.randn(12, 6, generator=g, dtype=torch.float64),
-            torch.rand(6, generator=g, dtype=torch.float64) + 0.5)
+    return (
+        torch.randn(6, 6, generator=g, dtype=torch.float64),
+        torch.randn(12, 6, generator=g, dtype=torch.float64),
+        torch.rand(6, generator=g, dtype=torch.float64) + 0.5,
+    )
 
 
 def test_two_worker_gathered_loss_and_gradient_equal_one_process():
@@ -230,8 +257,9 @@ def test_deepspeed_config_plumbing(tmp_path):
     from lrat_ray.stages.train import CONFIG_DIR
 
     for stage in (1, 2, 3):
-        ds = deepspeed_config(TrainConfig(pairs=["x"], output="x",
-                                          deepspeed_config=str(CONFIG_DIR / f"deepspeed_zero{stage}.json")))
+        ds = deepspeed_config(
+            TrainConfig(pairs=["x"], output="x", deepspeed_config=str(CONFIG_DIR / f"deepspeed_zero{stage}.json"))
+        )
         assert ds["zero_optimization"]["stage"] == stage
     with pytest.raises(LratError, match="DeepSpeed config"):
         deepspeed_config(TrainConfig(pairs=["x"], output="x", deepspeed_config=str(tmp_path / "none.json")))
@@ -244,9 +272,19 @@ def test_deepspeed_zero2_trains_on_cpu_workers(ray_session, tmp_path):
     from lrat_ray.models.encoder import Encoder, spec_for
 
     out = tmp_path / "ds-model"
-    summary = run_train(TrainConfig(pairs=[str(SAMPLE)], output=str(out), workers=2, per_device_batch=2,
-                                    group_size=2, backend="deepspeed", document_max_length=64, max_steps=2,
-                                    packing=True))
+    summary = run_train(
+        TrainConfig(
+            pairs=[str(SAMPLE)],
+            output=str(out),
+            workers=2,
+            per_device_batch=2,
+            group_size=2,
+            backend="deepspeed",
+            document_max_length=64,
+            max_steps=2,
+            packing=True,
+        )
+    )
     assert summary["steps"] == 2 and np.isfinite(summary["final_metrics"]["loss"])
     assert summary["final_metrics"]["packing"] is True and summary["precision"] == "fp32"
     vectors = Encoder(spec_for(str(out))).encode_queries(["who founded the club"])
@@ -331,8 +369,11 @@ def test_grouped_and_paired_encoding_equal_one_padded_batch():
     tokenizer = AutoTokenizer.from_pretrained(path)
     spec = spec_for("embedded", query_max_length=32, document_max_length=96)
     queries = ["tides", "who wrote the iliad", "why is the sky blue on a clear day but red at sunset, and why"] * 4
-    documents = ["Tides are caused by the gravitational pull of the moon and the sun on the oceans. " * 4,
-                 "The Iliad is an ancient Greek epic poem attributed to Homer.", "Rayleigh scattering."] * 4
+    documents = [
+        "Tides are caused by the gravitational pull of the moon and the sun on the oceans. " * 4,
+        "The Iliad is an ancient Greek epic poem attributed to Homer.",
+        "Rayleigh scattering.",
+    ] * 4
     lengths = [len(x) for x in tokenizer(documents, truncation=True, max_length=96)["input_ids"]]
     assert len(length_groups(lengths, 4)) > 1  # the case under test: documents are really grouped
     results = []
@@ -365,15 +406,23 @@ def test_streamed_examples_equal_the_examples_built_in_one_process(ray_session, 
     table = pq.read_table(mined / "pairs")
     judged = _pairs_dir(tmp_path, [{**row, "relevant": i % 3 != 0} for i, row in enumerate(table.to_pylist())])
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"_id": row["positive_id"], "title": "T", "text": f"corpus text {i}"}) + "\n"
-                              for i, row in enumerate(table.to_pylist()[::2])))
+    corpus.write_text(
+        "".join(
+            json.dumps({"_id": row["positive_id"], "title": "T", "text": f"corpus text {i}"}) + "\n"
+            for i, row in enumerate(table.to_pylist()[::2])
+        )
+    )
 
     def key(example):
         return example["query"], example["positive"], tuple(example["negatives"])
 
     with_corpus = [str(corpus)]
-    for ablation, texts in (("naive", []), ("filter", with_corpus), ("reweight-unfiltered", []),
-                            ("reweight", with_corpus)):
+    for ablation, texts in (
+        ("naive", []),
+        ("filter", with_corpus),
+        ("reweight-unfiltered", []),
+        ("reweight", with_corpus),
+    ):
         config = TrainConfig(pairs=[str(judged)], output="x", ablation=ablation, corpus=texts)
         dataset, count = example_dataset(config)
         streamed = sorted(({**row, "negatives": list(row["negatives"])} for row in dataset.take_all()), key=key)

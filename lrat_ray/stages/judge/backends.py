@@ -48,21 +48,32 @@ class OpenAIAnswers:
         self.client = ChatClient(ChatEndpoint(c.endpoint, c.model, c.api_key_env, c.timeout_s, c.retries))
         self.params = {"temperature": c.temperature, "max_tokens": c.max_new_tokens}
         if c.guided:
-            self.params["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": "verdict", "strict": True, "schema": {
-                    "type": "object", "properties": {"label": {"type": "string", "enum": list(LABELS)}},
-                    "required": ["label"], "additionalProperties": False}}}
+            self.params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "verdict",
+                    "strict": True,
+                    "schema": {
+                        "type": "object",
+                        "properties": {"label": {"type": "string", "enum": list(LABELS)}},
+                        "required": ["label"],
+                        "additionalProperties": False,
+                    },
+                },
+            }
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         results = asyncio.run(self._answers(batch.column("judge_prompt").to_pylist()))
         answers = [r if isinstance(r, str) else None for r in results]
         errors = [None if isinstance(r, str) else _error_text(r) for r in results]
-        return (batch.append_column("judge_answer", pa.array(answers, pa.string()))
-                .append_column("judge_error", pa.array(errors, pa.string())))
+        return batch.append_column("judge_answer", pa.array(answers, pa.string())).append_column(
+            "judge_error", pa.array(errors, pa.string())
+        )
 
     async def _answers(self, prompts: list[str]) -> list:
         semaphore = asyncio.Semaphore(self.config.concurrency)
         async with self.client.async_session() as session:
+
             async def one(prompt):
                 async with semaphore:
                     message = await self.client.chat(_messages(prompt), session, **self.params)
@@ -90,8 +101,9 @@ class TransformersAnswers:
                 answers.append(self._generate(prompt)), errors.append(None)
             except Exception as exc:  # one bad row is counted as failed, never the whole job
                 answers.append(None), errors.append(_error_text(exc))
-        return (batch.append_column("judge_answer", pa.array(answers, pa.string()))
-                .append_column("judge_error", pa.array(errors, pa.string())))
+        return batch.append_column("judge_answer", pa.array(answers, pa.string())).append_column(
+            "judge_error", pa.array(errors, pa.string())
+        )
 
     def _generate(self, prompt: str) -> str:
         import torch
@@ -103,7 +115,7 @@ class TransformersAnswers:
         inputs = self.tokenizer(text, return_tensors="pt").to(self.device)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def vllm_processor_config(config: JudgeConfig, model_path: str):
@@ -122,20 +134,28 @@ def vllm_processor_config(config: JudgeConfig, model_path: str):
         # vLLM on CPU: no graph capture, a small KV cache (it would claim most of the RAM), sized
         # for one sequence of max_model_len: fp32 entries take twice bf16's (8,192 tokens of the
         # tiny model: 0.35 GiB in fp32).
-        engine_kwargs.update(enforce_eager=True, max_num_seqs=16,
-                             kv_cache_memory_bytes=(512 << 20) if dtype == "float32" else (256 << 20))
+        engine_kwargs.update(
+            enforce_eager=True,
+            max_num_seqs=16,
+            kv_cache_memory_bytes=(512 << 20) if dtype == "float32" else (256 << 20),
+        )
         bundles = [{"CPU": 1}]
     bundles[0] = {**bundles[0], **config.resources}
     engine_kwargs.update(config.engine_kwargs)
     light = {"num_cpus": LIGHT_CPUS}
     return vLLMEngineProcessorConfig(
-        model_source=model_path, batch_size=config.batch_size, concurrency=config.concurrency,
+        model_source=model_path,
+        batch_size=config.batch_size,
+        concurrency=config.concurrency,
         accelerator_type=config.accelerator_type if gpus else None,
-        placement_group_config={"bundles": bundles}, engine_kwargs=engine_kwargs,
+        placement_group_config={"bundles": bundles},
+        engine_kwargs=engine_kwargs,
         should_continue_on_error=True,
-        chat_template_stage={"enabled": True, **light}, tokenize_stage={"enabled": True, **light},
+        chat_template_stage={"enabled": True, **light},
+        tokenize_stage={"enabled": True, **light},
         detokenize_stage={"enabled": True, **light},
-        runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}})
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}},
+    )
 
 
 def _vllm_request(row: dict, sampling: dict) -> dict:
@@ -149,17 +169,37 @@ def _vllm_result(row: dict) -> dict:
     return {**out, "judge_answer": answer, "judge_error": error}
 
 
-_VLLM_COLUMNS = {"messages", "sampling_params", "generated_text", "generated_tokens", "prompt", "prompt_token_ids",
-                 "num_generated_tokens", "num_input_tokens", "embeddings", "request_id", "params", "metrics",
-                 "time_taken_llm", "generated_logprobs", "prompt_logprobs", "batch_uuid"}
+_VLLM_COLUMNS = {
+    "messages",
+    "sampling_params",
+    "generated_text",
+    "generated_tokens",
+    "prompt",
+    "prompt_token_ids",
+    "num_generated_tokens",
+    "num_input_tokens",
+    "embeddings",
+    "request_id",
+    "params",
+    "metrics",
+    "time_taken_llm",
+    "generated_logprobs",
+    "prompt_logprobs",
+    "batch_uuid",
+}
 
 
 def _answer_openai(ds, config: JudgeConfig):
     import ray
 
-    return ds.map_batches(OpenAIAnswers, batch_size=config.batch_size, batch_format="pyarrow",
-                          compute=ray.data.ActorPoolStrategy(size=1), num_cpus=LIGHT_CPUS,
-                          fn_constructor_kwargs={"config": dataclasses.asdict(config)})
+    return ds.map_batches(
+        OpenAIAnswers,
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=LIGHT_CPUS,
+        fn_constructor_kwargs={"config": dataclasses.asdict(config)},
+    )
 
 
 def _answer_transformers(ds, config: JudgeConfig):
@@ -169,10 +209,18 @@ def _answer_transformers(ds, config: JudgeConfig):
     from lrat_ray.models.tiny_llm import resolve_llm
 
     per_replica = actor_resources(1, 0, config.resources)
-    return ds.map_batches(TransformersAnswers, batch_size=config.batch_size, batch_format="pyarrow",
-                          compute=ray.data.ActorPoolStrategy(size=config.concurrency), **remote_args(per_replica),
-                          fn_constructor_kwargs={"model": resolve_llm(config.model),
-                                                 "max_new_tokens": config.max_new_tokens, "dtype": config.dtype})
+    return ds.map_batches(
+        TransformersAnswers,
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=config.concurrency),
+        **remote_args(per_replica),
+        fn_constructor_kwargs={
+            "model": resolve_llm(config.model),
+            "max_new_tokens": config.max_new_tokens,
+            "dtype": config.dtype,
+        },
+    )
 
 
 def _answer_vllm(ds, config: JudgeConfig):
@@ -183,10 +231,13 @@ def _answer_vllm(ds, config: JudgeConfig):
     sampling = {"temperature": config.temperature, "max_tokens": config.max_new_tokens}
     if config.guided:
         sampling["structured_outputs"] = {"choice": list(LABELS)}
-    processor = build_processor(vllm_processor_config(config, resolve_llm(config.model)),
-                                preprocess=lambda row: _vllm_request(row, sampling), postprocess=_vllm_result,
-                                preprocess_map_kwargs={"num_cpus": LIGHT_CPUS},
-                                postprocess_map_kwargs={"num_cpus": LIGHT_CPUS})
+    processor = build_processor(
+        vllm_processor_config(config, resolve_llm(config.model)),
+        preprocess=lambda row: _vllm_request(row, sampling),
+        postprocess=_vllm_result,
+        preprocess_map_kwargs={"num_cpus": LIGHT_CPUS},
+        postprocess_map_kwargs={"num_cpus": LIGHT_CPUS},
+    )
     return processor(ds)
 
 

@@ -28,8 +28,11 @@ CACHE_ROWS_PER_FILE = 200_000  # grouping by key leaves one tiny block per key; 
 
 def default_cache(output: str) -> str:
     """``judge-cache`` beside the output directory, so reruns into new directories share it."""
-    parent = output.rstrip("/").rpartition("/")[0] if storage.is_remote(output) \
+    parent = (
+        output.rstrip("/").rpartition("/")[0]
+        if storage.is_remote(output)
         else os.path.dirname(os.path.abspath(output.rstrip("/")))
+    )
     return storage.join(parent, "judge-cache")
 
 
@@ -71,13 +74,25 @@ def _read_tables(batch: pa.Table) -> pa.Table:
 
 
 def _events_dataset(config: JudgeConfig):
-    return _light(_files_dataset(storage.expand_inputs(config.events)), _file_events, batch_size=None,
-                  fn_kwargs={"fmt": config.format})
+    return _light(
+        _files_dataset(storage.expand_inputs(config.events)),
+        _file_events,
+        batch_size=None,
+        fn_kwargs={"fmt": config.format},
+    )
 
 
-EVENT_SCHEMA = pa.schema([("trajectory_id", pa.string()), ("browse_turn", pa.int32()), ("doc_id", pa.string()),
-                          ("reasoning", pa.string()), ("document_text", pa.string()), ("query", pa.string()),
-                          ("source", pa.string())])
+EVENT_SCHEMA = pa.schema(
+    [
+        ("trajectory_id", pa.string()),
+        ("browse_turn", pa.int32()),
+        ("doc_id", pa.string()),
+        ("reasoning", pa.string()),
+        ("document_text", pa.string()),
+        ("query", pa.string()),
+        ("source", pa.string()),
+    ]
+)
 
 
 def _file_events(batch: pa.Table, fmt: str) -> pa.Table:
@@ -118,8 +133,13 @@ def _write(ds, directory: str, prefix: str, min_rows_per_file: int | None = None
     from ray.data.datasource import FilenameProvider
 
     fs, path = storage.resolve(directory)
-    ds.write_parquet(path, filesystem=fs, filename_provider=FilenameProvider(prefix, "parquet"),
-                     min_rows_per_file=min_rows_per_file, ray_remote_args={"num_cpus": LIGHT_CPUS})
+    ds.write_parquet(
+        path,
+        filesystem=fs,
+        filename_provider=FilenameProvider(prefix, "parquet"),
+        min_rows_per_file=min_rows_per_file,
+        ray_remote_args={"num_cpus": LIGHT_CPUS},
+    )
 
 
 def _judge_with_model(items, config: JudgeConfig, schema: pa.Schema, tmp: str, scratch: str) -> int:
@@ -130,11 +150,19 @@ def _judge_with_model(items, config: JudgeConfig, schema: pa.Schema, tmp: str, s
     pending = items
     if cached:
         joined_dir = storage.join(scratch, "joined")
-        _write(items.join(read_parquet_files(cached), "left_outer", num_partitions=_partitions(cached, 2),
-                          on=("judge_key",)), joined_dir, "joined")
+        _write(
+            items.join(
+                read_parquet_files(cached), "left_outer", num_partitions=_partitions(cached, 2), on=("judge_key",)
+            ),
+            joined_dir,
+            "joined",
+        )
         joined = read_parquet_files(storage.expand_inputs([joined_dir], suffixes=(".parquet",)))
-        _write(_light(_light(joined, _only, fn_args=("cached_label", True)), label_cached, fn_args=(config, schema)),
-               tmp, "cached")
+        _write(
+            _light(_light(joined, _only, fn_args=("cached_label", True)), label_cached, fn_args=(config, schema)),
+            tmp,
+            "cached",
+        )
         pending = _light(joined, _uncached)
         if pending.count() == 0:  # everything was cached: no engine to start
             return len(cached)
@@ -147,12 +175,16 @@ def _judge_with_model(items, config: JudgeConfig, schema: pa.Schema, tmp: str, s
 def _extend_cache(tmp: str, cache: str) -> None:
     """New parsed answers -> one more cache file per write task (distinct keys within this run)."""
 
-    files = [f for f in storage.expand_inputs([tmp], suffixes=(".parquet",))
-             if os.path.basename(f).startswith("judged_")]
+    files = [
+        f for f in storage.expand_inputs([tmp], suffixes=(".parquet",)) if os.path.basename(f).startswith("judged_")
+    ]
     if not files:
         return
-    fresh = (_light(read_parquet_files(files), _only_ok)
-             .groupby("judge_key", num_partitions=_partitions(files)).map_groups(_first_entry, batch_format="pyarrow"))
+    fresh = (
+        _light(read_parquet_files(files), _only_ok)
+        .groupby("judge_key", num_partitions=_partitions(files))
+        .map_groups(_first_entry, batch_format="pyarrow")
+    )
     staged = storage.temp_sibling(storage.join(cache, "entries"))
     _write(fresh, staged, "cache", min_rows_per_file=CACHE_ROWS_PER_FILE)
     for uri in storage.expand_inputs([staged], suffixes=(".parquet",)) if storage.exists(staged) else []:
@@ -189,8 +221,13 @@ def _only_ok(batch: pa.Table) -> pa.Table:
 
 def _first_entry(group: pa.Table) -> pa.Table:
     first = group.slice(0, 1)
-    return pa.table({"judge_key": first.column("judge_key"), "cached_label": first.column("judge_label"),
-                     "cached_raw": first.column("judge_raw")})
+    return pa.table(
+        {
+            "judge_key": first.column("judge_key"),
+            "cached_label": first.column("judge_label"),
+            "cached_raw": first.column("judge_raw"),
+        }
+    )
 
 
 def _counts(tmp: str) -> dict:
@@ -201,10 +238,19 @@ def _counts(tmp: str) -> dict:
     files = storage.expand_inputs([tmp], suffixes=(".parquet",))
     fs, _ = storage.resolve(files[0])
     table = pads.dataset([storage.resolve(f)[1] for f in files], filesystem=fs, format="parquet").to_table(
-        columns=["judge_status", "relevant"])
+        columns=["judge_status", "relevant"]
+    )
     rows = table.group_by(["judge_status", "relevant"]).aggregate([([], "count_all")]).to_pylist()
-    counts = {"rows": 0, "ok": 0, "cached": 0, "unparseable": 0, "failed": 0, "not_judged": 0,
-              "relevant": 0, "irrelevant": 0}
+    counts = {
+        "rows": 0,
+        "ok": 0,
+        "cached": 0,
+        "unparseable": 0,
+        "failed": 0,
+        "not_judged": 0,
+        "relevant": 0,
+        "irrelevant": 0,
+    }
     for row in rows:
         n = row["count_all"]
         counts["rows"] += n
@@ -251,11 +297,19 @@ def run_judge(config: JudgeConfig) -> dict:
         storage.remove_dir(scratch)
     storage.publish_dir(tmp, final)
     prompt_hash = hashlib.sha256(PROMPTS[config.prompt][1].encode()).hexdigest()[:16]
-    report = {config.output_table: counts.pop("rows"), **counts, "backend": config.backend,
-              "model": config.model_label, "prompt": config.prompt, "prompt_version": config.prompt_version,
-              "prompt_sha256": prompt_hash, "on_failure": config.on_failure,
-              "cache": (config.cache or default_cache(config.output)) if config.uses_model else None,
-              "cache_files_before": cached_entries, **BACKENDS[config.backend].precision(config),
-              "config": dataclasses.asdict(config),
-              "wall_seconds": round(time.time() - started, 2)}
+    report = {
+        config.output_table: counts.pop("rows"),
+        **counts,
+        "backend": config.backend,
+        "model": config.model_label,
+        "prompt": config.prompt,
+        "prompt_version": config.prompt_version,
+        "prompt_sha256": prompt_hash,
+        "on_failure": config.on_failure,
+        "cache": (config.cache or default_cache(config.output)) if config.uses_model else None,
+        "cache_files_before": cached_entries,
+        **BACKENDS[config.backend].precision(config),
+        "config": dataclasses.asdict(config),
+        "wall_seconds": round(time.time() - started, 2),
+    }
     return report

@@ -34,22 +34,42 @@ RELEVANT
 NOT_RELEVANT
 """  # noqa: E501 (the official prompt, verbatim)
 PROMPTS = {
-    "lrat-official": ("lrat-official-v1",
-                      OFFICIAL_RULE + "\nClassify this:\nAnalysisText:\n{reasoning}"),
-    "query-document": ("lrat-judge-v2",
-                       OFFICIAL_RULE + "\nClassify this:\nTask query: {query}\nStart of the browsed page: {document}\n"
-                                       "AnalysisText:\n{reasoning}"),
+    "lrat-official": ("lrat-official-v1", OFFICIAL_RULE + "\nClassify this:\nAnalysisText:\n{reasoning}"),
+    "query-document": (
+        "lrat-judge-v2",
+        OFFICIAL_RULE + "\nClassify this:\nTask query: {query}\nStart of the browsed page: {document}\n"
+        "AnalysisText:\n{reasoning}",
+    ),
 }
-NEGATIVE_PHRASES = ("not relevant", "irrelevant", "unrelated", "off-topic", "off topic", "doesn't help",
-                    "does not help", "not helpful", "no useful information", "no useful info", "cannot answer",
-                    "can't answer", "not useful", "nothing useful", "about something else", "different topic")
+NEGATIVE_PHRASES = (
+    "not relevant",
+    "irrelevant",
+    "unrelated",
+    "off-topic",
+    "off topic",
+    "doesn't help",
+    "does not help",
+    "not helpful",
+    "no useful information",
+    "no useful info",
+    "cannot answer",
+    "can't answer",
+    "not useful",
+    "nothing useful",
+    "about something else",
+    "different topic",
+)
 
 
-def render_prompt(config: JudgeConfig, reasoning: str | None, query: str | None = None,
-                  document: str | None = None) -> str:
+def render_prompt(
+    config: JudgeConfig, reasoning: str | None, query: str | None = None, document: str | None = None
+) -> str:
     template = PROMPTS[config.prompt][1]
-    return template.format(reasoning=reasoning or "(the agent wrote nothing)", query=query or "",
-                           document=(document or "(not shown)")[:config.document_chars])
+    return template.format(
+        reasoning=reasoning or "(the agent wrote nothing)",
+        query=query or "",
+        document=(document or "(not shown)")[: config.document_chars],
+    )
 
 
 def parse_label(answer: str | None, thinking: bool = False) -> bool | None:
@@ -64,7 +84,7 @@ def parse_label(answer: str | None, thinking: bool = False) -> bool | None:
         return None
     closed = answer.rfind("</think>")
     if closed >= 0:
-        answer = answer[closed + len("</think>"):]
+        answer = answer[closed + len("</think>") :]
     elif thinking or "<think>" in answer:
         return None
     text = answer.upper().replace("NOT RELEVANT", "NOT_RELEVANT").replace("IRRELEVANT", "NOT_RELEVANT")
@@ -79,6 +99,13 @@ def keyword_label(reasoning: str | None) -> bool:
 
 def judge_key(config: JudgeConfig, prompt: str) -> str:
     """Cache key: everything that determines the answer."""
-    parts = [config.prompt_version, config.model, config.guided, config.thinking, config.max_new_tokens,
-             config.temperature, prompt]
+    parts = [
+        config.prompt_version,
+        config.model,
+        config.guided,
+        config.thinking,
+        config.max_new_tokens,
+        config.temperature,
+        prompt,
+    ]
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()[:32]

@@ -13,11 +13,16 @@ from lrat_ray.stages.judge.prompts import judge_key, parse_label, render_prompt
 if TYPE_CHECKING:
     from lrat_ray.stages.judge.config import JudgeConfig
 
-JUDGE_FIELDS = [pa.field("judge_key", pa.string()), pa.field("relevant", pa.bool_()),
-                pa.field("judge_label", pa.bool_()), pa.field("judge_status", pa.string()),
-                pa.field("judge_raw", pa.string()),
-                pa.field("judge_backend", pa.string()), pa.field("judge_model", pa.string()),
-                pa.field("judge_prompt_version", pa.string())]
+JUDGE_FIELDS = [
+    pa.field("judge_key", pa.string()),
+    pa.field("relevant", pa.bool_()),
+    pa.field("judge_label", pa.bool_()),
+    pa.field("judge_status", pa.string()),
+    pa.field("judge_raw", pa.string()),
+    pa.field("judge_backend", pa.string()),
+    pa.field("judge_model", pa.string()),
+    pa.field("judge_prompt_version", pa.string()),
+]
 
 
 def _document(row: dict) -> str | None:
@@ -26,11 +31,13 @@ def _document(row: dict) -> str | None:
 
 def add_prompts(batch: pa.Table, config: JudgeConfig) -> pa.Table:
     """``judge_prompt`` and ``judge_key`` for each row (pairs or browse events)."""
-    rows = batch.select([c for c in ("query", "reasoning", "positive_text", "document_text")
-                         if c in batch.column_names]).to_pylist()
+    rows = batch.select(
+        [c for c in ("query", "reasoning", "positive_text", "document_text") if c in batch.column_names]
+    ).to_pylist()
     prompts = [render_prompt(config, r.get("reasoning"), r.get("query"), _document(r)) for r in rows]
-    return (batch.append_column("judge_prompt", pa.array(prompts, pa.string()))
-            .append_column("judge_key", pa.array([judge_key(config, p) for p in prompts], pa.string())))
+    return batch.append_column("judge_prompt", pa.array(prompts, pa.string())).append_column(
+        "judge_key", pa.array([judge_key(config, p) for p in prompts], pa.string())
+    )
 
 
 def output_schema(input_schema: pa.Schema) -> pa.Schema:
@@ -40,17 +47,30 @@ def output_schema(input_schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields + JUDGE_FIELDS)
 
 
-def label_rows(batch: pa.Table, config: JudgeConfig, schema: pa.Schema, labels: list[bool | None],
-               statuses: list[str], raws: list[str | None]) -> pa.Table:
+def label_rows(
+    batch: pa.Table,
+    config: JudgeConfig,
+    schema: pa.Schema,
+    labels: list[bool | None],
+    statuses: list[str],
+    raws: list[str | None],
+) -> pa.Table:
     """The rows with the judge columns, in ``schema`` (:func:`output_schema`); ``relevant``
     follows the label, else the failure policy."""
     fallback = config.on_failure == "relevant"
     n = batch.num_rows
-    judged = {"relevant": [label if label is not None else (True if status == "not_judged" else fallback)
-                           for label, status in zip(labels, statuses)],
-              "judge_label": labels, "judge_status": statuses, "judge_raw": raws,
-              "judge_backend": [config.backend] * n, "judge_model": [config.model_label] * n,
-              "judge_prompt_version": [config.prompt_version] * n}
+    judged = {
+        "relevant": [
+            label if label is not None else (True if status == "not_judged" else fallback)
+            for label, status in zip(labels, statuses)
+        ],
+        "judge_label": labels,
+        "judge_status": statuses,
+        "judge_raw": raws,
+        "judge_backend": [config.backend] * n,
+        "judge_model": [config.model_label] * n,
+        "judge_prompt_version": [config.prompt_version] * n,
+    }
     columns = []
     for field in schema:
         if field.name in judged:
@@ -87,5 +107,11 @@ def label_answers(batch: pa.Table, config: JudgeConfig, schema: pa.Schema) -> pa
 
 def label_cached(batch: pa.Table, config: JudgeConfig, schema: pa.Schema) -> pa.Table:
     n = batch.num_rows
-    return label_rows(batch, config, schema, batch.column("cached_label").to_pylist(), ["cached"] * n,
-                      batch.column("cached_raw").to_pylist())
+    return label_rows(
+        batch,
+        config,
+        schema,
+        batch.column("cached_label").to_pylist(),
+        ["cached"] * n,
+        batch.column("cached_raw").to_pylist(),
+    )

@@ -37,6 +37,18 @@ from lrat_ray.stages.train.grad_cache import GradCacheStepRunner, RandomState
 from lrat_ray.stages.train.step import StepRunner, step_runner
 from lrat_ray.stages.train.worker import deepspeed_config
 
-__all__ = ["BACKENDS", "CONFIG_DIR", "EXAMPLE_COLUMNS", "GradCacheStepRunner", "RandomState", "StepRunner",
-           "TrainConfig", "deepspeed_config", "fit_in_process", "group_texts", "load_examples", "run_train",
-           "step_runner"]
+__all__ = [
+    "BACKENDS",
+    "CONFIG_DIR",
+    "EXAMPLE_COLUMNS",
+    "GradCacheStepRunner",
+    "RandomState",
+    "StepRunner",
+    "TrainConfig",
+    "deepspeed_config",
+    "fit_in_process",
+    "group_texts",
+    "load_examples",
+    "run_train",
+    "step_runner",
+]

@@ -61,12 +61,20 @@ def example_dataset(config: TrainConfig):
         return ray.data.from_items(examples), len(examples)
     sources = [(spec, *storage.resolve(pairs_source(spec))) for spec in config.pairs]
     kept, mean, columns = _pair_stats(sources, config.ablation)
-    parts = [ray.data.read_parquet(path, filesystem=fs, columns=present, file_extensions=["parquet"])
-             .map_batches(_ExampleMaker, fn_constructor_kwargs={"corpus": list(config.corpus),
-                                                                  "ablation": config.ablation, "mean": mean,
-                                                                  "source": spec},
-                          batch_format="pyarrow", concurrency=1)
-             for (spec, fs, path), present in zip(sources, columns)]
+    parts = [
+        ray.data.read_parquet(path, filesystem=fs, columns=present, file_extensions=["parquet"]).map_batches(
+            _ExampleMaker,
+            fn_constructor_kwargs={
+                "corpus": list(config.corpus),
+                "ablation": config.ablation,
+                "mean": mean,
+                "source": spec,
+            },
+            batch_format="pyarrow",
+            concurrency=1,
+        )
+        for (spec, fs, path), present in zip(sources, columns)
+    ]
     dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     return dataset.random_shuffle(seed=config.seed), kept
 
@@ -111,12 +119,15 @@ def _check_weights(spec: str, weight, query_at) -> None:
     (``query_at(row)``, read only then). The one check of pair weights, over an Arrow column."""
     import pyarrow.compute as pc
 
-    bad = pc.or_kleene(pc.or_kleene(pc.is_null(weight), pc.is_nan(weight)),
-                       pc.or_kleene(pc.less(weight, 0), pc.is_inf(weight)))
+    bad = pc.or_kleene(
+        pc.or_kleene(pc.is_null(weight), pc.is_nan(weight)), pc.or_kleene(pc.less(weight, 0), pc.is_inf(weight))
+    )
     if pc.any(bad).as_py():
         row = pc.index(bad, True).as_py()
-        raise LratError(f"{spec}: pair for query {query_at(row)!r:.60} has weight {weight[row].as_py()}; "
-                        "weights must be finite and non-negative")
+        raise LratError(
+            f"{spec}: pair for query {query_at(row)!r:.60} has weight {weight[row].as_py()}; "
+            "weights must be finite and non-negative"
+        )
 
 
 def _keep_mask(relevant, length: int, ablation: str):
@@ -144,19 +155,36 @@ class _ExampleMaker:
         import pyarrow as pa
 
         rows = [_pair_row(row, self.source) for row in table.to_pylist()]
-        weights, keep = ablation_weights([r["weight"] for r in rows], [r["relevant"] for r in rows], self.ablation,
-                                         mean=self.mean)
+        weights, keep = ablation_weights(
+            [r["weight"] for r in rows], [r["relevant"] for r in rows], self.ablation, mean=self.mean
+        )
         examples = [_example(row, float(weight), self.texts) for row, weight, kept in zip(rows, weights, keep) if kept]
-        return pa.Table.from_pylist(examples, schema=pa.schema([
-            ("query", pa.string()), ("positive", pa.string()), ("negatives", pa.list_(pa.string())),
-            ("weight", pa.float64())]))
+        return pa.Table.from_pylist(
+            examples,
+            schema=pa.schema(
+                [
+                    ("query", pa.string()),
+                    ("positive", pa.string()),
+                    ("negatives", pa.list_(pa.string())),
+                    ("weight", pa.float64()),
+                ]
+            ),
+        )
 
 
 def _pair_row(row: dict, source: str) -> dict:
     """A mined pair (a Parquet row) as the rows examples are built from."""
-    return {"query": row["query"], "positive_id": row["positive_id"], "positive_text": row.get("positive_text"),
-            "negative_ids": row["negative_ids"] or [], "negative_texts": row.get("negative_texts") or [],
-            "weight": row["weight"], "relevant": row.get("relevant"), "source": source, "snippets": True}
+    return {
+        "query": row["query"],
+        "positive_id": row["positive_id"],
+        "positive_text": row.get("positive_text"),
+        "negative_ids": row["negative_ids"] or [],
+        "negative_texts": row.get("negative_texts") or [],
+        "weight": row["weight"],
+        "relevant": row.get("relevant"),
+        "source": source,
+        "snippets": True,
+    }
 
 
 def _example(row: dict, weight: float, texts: dict[str, str] | None) -> dict:
@@ -171,7 +199,7 @@ def _example(row: dict, weight: float, texts: dict[str, str] | None) -> dict:
         negatives = [t for t in (shown.get(d) for d in row["negative_ids"]) if t]
         positive = row["positive_text"]
         if positive and negatives and row.get("snippets"):
-            positive = positive[:max(len(t) for t in negatives)]
+            positive = positive[: max(len(t) for t in negatives)]
     if not positive:
         raise LratError(f"{row['source']}: no text for positive {row['positive_id']!r}; pass --corpus")
     return {"query": row["query"], "positive": positive, "negatives": negatives, "weight": weight}
@@ -189,10 +217,18 @@ def _official_rows(path: str) -> list[dict]:
             raise LratError(f"{path}:{position}: missing field(s) {sorted(missing)} of the LRAT JSONL schema")
         pos_ids = record.get("pos_id") or [f"{path}:{position}:pos"]
         neg_ids = record.get("neg_id") or [f"{path}:{position}:neg{i}" for i in range(len(record["neg"]))]
-        rows.append({"query": record["query"], "positive_id": pos_ids[0], "positive_text": record["pos"][0],
-                     "negative_ids": neg_ids, "negative_texts": record["neg"],
-                     "weight": record.get("reweight_rate", 1.0), "relevant": record.get("satisfied"),
-                     "source": path})
+        rows.append(
+            {
+                "query": record["query"],
+                "positive_id": pos_ids[0],
+                "positive_text": record["pos"][0],
+                "negative_ids": neg_ids,
+                "negative_texts": record["neg"],
+                "weight": record.get("reweight_rate", 1.0),
+                "relevant": record.get("satisfied"),
+                "source": path,
+            }
+        )
     try:
         weights = pa.array([r["weight"] for r in rows], pa.float64())
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -201,8 +237,9 @@ def _official_rows(path: str) -> list[dict]:
     return rows
 
 
-def group_texts(batch: dict, group_size: int, rng: random.Random, with_replacement: bool
-                ) -> tuple[list[str], list[str], list[bool], list[float]]:
+def group_texts(
+    batch: dict, group_size: int, rng: random.Random, with_replacement: bool
+) -> tuple[list[str], list[str], list[bool], list[float]]:
     """Queries, documents (groups of positive + negatives), the document mask and the weights."""
     queries, documents, mask = [], [], []
     for query, positive, negatives in zip(batch["query"], batch["positive"], batch["negatives"]):

@@ -56,15 +56,21 @@ def run_train(config: TrainConfig) -> dict:
         os.makedirs(storage_path, exist_ok=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": dataclasses.asdict(config), "total_steps": total_steps,
-                           "storage_path": storage_path},
-        scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
-                                               resources_per_worker=_worker_resources(config)),
+        train_loop_config={
+            "config": dataclasses.asdict(config),
+            "total_steps": total_steps,
+            "storage_path": storage_path,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker=_worker_resources(config)
+        ),
         run_config=ray.train.RunConfig(
-            name=config.run_name or _run_name(config), storage_path=storage_path,
+            name=config.run_name or _run_name(config),
+            storage_path=storage_path,
             # A worker group that cannot start (resources taken) fails after a few tries, not never.
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures, controller_failure_limit=3),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
         datasets={"train": dataset},
         dataset_config=ray.train.DataConfig(execution_options=_ordered()),
     )
@@ -78,12 +84,21 @@ def run_train(config: TrainConfig) -> dict:
         if not os.path.isdir(model_dir):
             raise LratError("training ended without a final model checkpoint")
         _publish_model(model_dir, config.output)
-    summary = {"model": config.output, "base_model": config.model, "examples": count,
-               "precision": result.metrics.get("precision"), "hardware": describe("cuda" if config.use_gpu else "cpu"),
-               "examples_used_per_epoch": usable, "steps": state_step, "total_steps": total_steps,
-               "final_metrics": result.metrics, "config": dataclasses.asdict(config),
-               "encoder": dataclasses.asdict(spec_for(config.output)),
-               "wall_seconds": round(time.time() - started, 1), "lrat_ray": __version__}
+    summary = {
+        "model": config.output,
+        "base_model": config.model,
+        "examples": count,
+        "precision": result.metrics.get("precision"),
+        "hardware": describe("cuda" if config.use_gpu else "cpu"),
+        "examples_used_per_epoch": usable,
+        "steps": state_step,
+        "total_steps": total_steps,
+        "final_metrics": result.metrics,
+        "config": dataclasses.asdict(config),
+        "encoder": dataclasses.asdict(spec_for(config.output)),
+        "wall_seconds": round(time.time() - started, 1),
+        "lrat_ray": __version__,
+    }
     return summary
 
 
@@ -190,13 +205,15 @@ def fit_in_process(config: TrainConfig, examples: list[dict], steps: int, output
         for micro in range(config.grad_accumulation):
             while len(stream) < config.per_device_batch:
                 stream.extend(order_rng.sample(examples, len(examples)))
-            batch, stream = stream[:config.per_device_batch], stream[config.per_device_batch:]
+            batch, stream = stream[: config.per_device_batch], stream[config.per_device_batch :]
             columns = {name: [e[name] for e in batch] for name in EXAMPLE_COLUMNS}
             rng = random.Random(hash((config.seed, step, micro)))
-            queries, documents, mask, weights = group_texts(columns, config.group_size, rng,
-                                                            config.negatives_with_replacement)
-            loss = runner.run(queries, documents, mask, weights,
-                              lambda value: (value / config.grad_accumulation).backward())
+            queries, documents, mask, weights = group_texts(
+                columns, config.group_size, rng, config.negatives_with_replacement
+            )
+            loss = runner.run(
+                queries, documents, mask, weights, lambda value: (value / config.grad_accumulation).backward()
+            )
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {step}: lower the learning rate or check weights")
             losses.append(loss)
@@ -204,5 +221,10 @@ def fit_in_process(config: TrainConfig, examples: list[dict], steps: int, output
     model.eval()
     if output:
         save_encoder(model, tokenizer, spec, output)
-    return {"losses": losses, "model": model, "tokenizer": tokenizer, "spec": spec,
-            "precision": "bf16" if config.bf16 else "fp32"}
+    return {
+        "losses": losses,
+        "model": model,
+        "tokenizer": tokenizer,
+        "spec": spec,
+        "precision": "bf16" if config.bf16 else "fp32",
+    }

@@ -62,8 +62,7 @@ class Dropout(torch.nn.Dropout):
         return drop(x, self.p, self.training)
 
 
-def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
-              **kwargs):
+def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None, **kwargs):
     """transformers' attention function: scaled dot products, softmax, this dropout on the
     probabilities; without dropout (evaluation), and for causal models (whose mask ``sdpa`` may
     leave to its ``is_causal`` flag), torch's ``sdpa``. ``attention_mask`` is what the ``sdpa`` mask
@@ -71,8 +70,7 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if dropout == 0.0 or getattr(module, "is_causal", False) or kwargs.get("is_causal"):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=scaling,
-                                      **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=scaling, **kwargs)
     if key.size(1) != query.size(1):  # grouped-query attention: each key head serves several query heads
         repeat = query.size(1) // key.size(1)
         key, value = key.repeat_interleave(repeat, dim=1), value.repeat_interleave(repeat, dim=1)

@@ -44,7 +44,7 @@ class GradCacheStepRunner(StepRunner):
 
     def _units_of(self, texts: list[str]) -> list[list[str]]:
         size = self.config.grad_cache_chunk
-        return [texts[i:i + size] for i in range(0, len(texts), size)]
+        return [texts[i : i + size] for i in range(0, len(texts), size)]
 
     def run_prepared(self, prepared: Prepared, backward):
         """Same gradients as one big batch; returns the global loss as a detached 0-d tensor."""
@@ -64,12 +64,19 @@ class GradCacheStepRunner(StepRunner):
             for unit in units:
                 states.append(RandomState.capture(self.device))
                 reps.append(self._encode([unit])[0].float())
-        q = torch.cat(reps[:prepared.query_units])
-        d = torch.cat(reps[prepared.query_units:])
+        q = torch.cat(reps[: prepared.query_units])
+        d = torch.cat(reps[prepared.query_units :])
         q.requires_grad_(True)
         d.requires_grad_(True)
-        value, loss = distributed_loss(q, d, prepared.weights, prepared.mask, self.config.temperature,
-                                       self.config.group_size, self.config.normalization)
+        value, loss = distributed_loss(
+            q,
+            d,
+            prepared.weights,
+            prepared.mask,
+            self.config.temperature,
+            self.config.group_size,
+            self.config.normalization,
+        )
         value.backward()
         grads = torch.cat([q.grad, d.grad])
         offset = 0
@@ -78,7 +85,7 @@ class GradCacheStepRunner(StepRunner):
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
             with sync, state.replay(), self._autocast():
                 reps = self._encode([unit])[0].float()
-                surrogate = (reps * grads[offset:offset + len(reps)]).sum()
+                surrogate = (reps * grads[offset : offset + len(reps)]).sum()
             backward(surrogate)
             offset += len(reps)
         return loss.detach()

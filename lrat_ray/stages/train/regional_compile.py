@@ -17,8 +17,12 @@ def layer_list(model):
 
     best = None
     for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) > 0 \
-                and len({type(layer) for layer in module}) == 1 and (best is None or len(module) > len(best)):
+        if (
+            isinstance(module, torch.nn.ModuleList)
+            and len(module) > 0
+            and len({type(layer) for layer in module}) == 1
+            and (best is None or len(module) > len(best))
+        ):
             best = module
     if best is None:
         raise ValueError(f"{type(model).__name__} has no list of repeated layers to compile")

@@ -26,9 +26,12 @@ def _pair_forward_class():
         def forward(self, batches):
             """``batches``: ``(input_ids, attention_mask)`` pairs or packed rows
             (:class:`lrat_ray.models.packing.Packed`) -> their last hidden states."""
-            return [self.tower(**batch.model_inputs()).last_hidden_state if hasattr(batch, "model_inputs")
-                    else self.tower(input_ids=batch[0], attention_mask=batch[1]).last_hidden_state
-                    for batch in batches]
+            return [
+                self.tower(**batch.model_inputs()).last_hidden_state
+                if hasattr(batch, "model_inputs")
+                else self.tower(input_ids=batch[0], attention_mask=batch[1]).last_hidden_state
+                for batch in batches
+            ]
 
     return PairForward
 
@@ -59,7 +62,7 @@ def length_groups(lengths: list[int], max_groups: int) -> list[list[int]]:
     order = sorted(range(n), key=lengths.__getitem__)
     best_cost, best = n * max(lengths, default=0), [list(range(n))]
     for k in range(2, min(max_groups, n) + 1):
-        groups = [order[i * n // k:(i + 1) * n // k] for i in range(k)]
+        groups = [order[i * n // k : (i + 1) * n // k] for i in range(k)]
         cost = sum(len(g) * lengths[g[-1]] for g in groups) + (k - 1) * GROUP_COST_TOKENS
         if cost < best_cost:
             best_cost, best = cost, groups
@@ -102,8 +105,12 @@ class Prepared:
         return len(self.weights)
 
     def to(self, device) -> Prepared:
-        return Prepared([unit.to(device) for unit in self.units], self.query_units,
-                        self.weights.to(device, non_blocking=True), self.mask.to(device, non_blocking=True))
+        return Prepared(
+            [unit.to(device) for unit in self.units],
+            self.query_units,
+            self.weights.to(device, non_blocking=True),
+            self.mask.to(device, non_blocking=True),
+        )
 
 
 def step_runner(model, tokenizer, spec, config: TrainConfig, device) -> StepRunner:
@@ -132,12 +139,22 @@ class StepRunner:
             from lrat_ray.models.packing import tokenize_packed
 
             return tokenize_packed(self.tokenizer, texts, max_length)
-        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True, max_length=max_length,
-                                                      return_attention_mask=False,
-                                                      return_token_type_ids=False)["input_ids"]]
+        lengths = [
+            len(ids)
+            for ids in self.tokenizer(
+                texts, truncation=True, max_length=max_length, return_attention_mask=False, return_token_type_ids=False
+            )["input_ids"]
+        ]
         groups = length_groups(lengths, self.config.length_groups)
-        return Grouped([self.tokenizer([texts[i] for i in group], truncation=True, max_length=max_length,
-                                       padding=True, return_tensors="pt") for group in groups], groups)
+        return Grouped(
+            [
+                self.tokenizer(
+                    [texts[i] for i in group], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+                )
+                for group in groups
+            ],
+            groups,
+        )
 
     def prepare(self, queries, documents, mask, weights) -> Prepared:
         """Tokenize a micro-batch (instructions and EOS as the spec says), one side's texts per unit
@@ -147,10 +164,12 @@ class StepRunner:
 
         q_sides = self._units_of([self.spec.format_query(t) for t in queries])
         d_sides = self._units_of([self.spec.format_document(t) for t in documents])
-        units = [self._tokenize(t, self.spec.query_max_length) for t in q_sides] + \
-                [self._tokenize(t, self.spec.document_max_length) for t in d_sides]
-        prepared = Prepared(units, len(q_sides), torch.tensor(weights, dtype=torch.float32),
-                            torch.tensor(mask, dtype=torch.bool))
+        units = [self._tokenize(t, self.spec.query_max_length) for t in q_sides] + [
+            self._tokenize(t, self.spec.document_max_length) for t in d_sides
+        ]
+        prepared = Prepared(
+            units, len(q_sides), torch.tensor(weights, dtype=torch.float32), torch.tensor(mask, dtype=torch.bool)
+        )
         if self.device.type == "cuda":
             prepared.units = [unit.pin_memory() for unit in units]
             prepared.weights, prepared.mask = prepared.weights.pin_memory(), prepared.mask.pin_memory()
@@ -170,10 +189,14 @@ class StepRunner:
         from lrat_ray.models.packing import Packed, pool_packed
 
         if all(isinstance(unit, Packed) for unit in units):
-            hidden = self.model(units) if self.paired else [self.model(**row.model_inputs()).last_hidden_state
-                                                            for row in units]
-            return [pool_packed(h, row.cu_seqlens, self.spec.pooling, self.spec.normalize)
-                    for h, row in zip(hidden, units)]
+            hidden = (
+                self.model(units)
+                if self.paired
+                else [self.model(**row.model_inputs()).last_hidden_state for row in units]
+            )
+            return [
+                pool_packed(h, row.cu_seqlens, self.spec.pooling, self.spec.normalize) for h, row in zip(hidden, units)
+            ]
         batches = [batch for unit in units for batch in unit.batches]
         side = self.tokenizer.padding_side
         if self.paired:
@@ -183,7 +206,7 @@ class StepRunner:
             pooled = [embed(self.model, b, self.spec, side) for b in batches]
         out, start = [], 0
         for unit in units:
-            rows = torch.cat(pooled[start:start + len(unit.batches)])
+            rows = torch.cat(pooled[start : start + len(unit.batches)])
             positions = [i for group in unit.groups for i in group]
             out.append(rows if len(unit.groups) == 1 else rows[torch.tensor(positions).argsort()])
             start += len(unit.batches)
@@ -202,9 +225,15 @@ class StepRunner:
         prepared = prepared.to(self.device)
         with self._autocast():
             q, d = self._encode(prepared.units)
-            value, loss = distributed_loss(q.float(), d.float(), prepared.weights, prepared.mask,
-                                           self.config.temperature, self.config.group_size,
-                                           self.config.normalization)
+            value, loss = distributed_loss(
+                q.float(),
+                d.float(),
+                prepared.weights,
+                prepared.mask,
+                self.config.temperature,
+                self.config.group_size,
+                self.config.normalization,
+            )
         backward(value)
         return loss.detach()
 

@@ -61,8 +61,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model_for_forward = engine
         backward = engine.backward
     else:
-        model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": False}) \
-            if world > 1 else model.to(device)
+        model = (
+            ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": False})
+            if world > 1
+            else model.to(device)
+        )
         model_for_forward, backward, engine = model, (lambda value: value.backward()), None
     if state is not None:
         if state["optimizer"] is not None and engine is None:
@@ -72,8 +75,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     runner = step_runner(model_for_forward, tokenizer, spec, config, device)
 
     if start_step >= total_steps:  # finished before the driver died: hand back the final checkpoint
-        ray.train.report({**state.get("metrics", {"step": start_step}), "resumed_from_step": start_step},
-                         checkpoint=checkpoint if rank == 0 else None)
+        ray.train.report(
+            {**state.get("metrics", {"step": start_step}), "resumed_from_step": start_step},
+            checkpoint=checkpoint if rank == 0 else None,
+        )
         return
     shard = ray.train.get_dataset_shard("train")
     step = start_step
@@ -90,8 +95,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 if epoch == start_epoch and batches <= skip_batches:
                     continue  # done before the restart: same order, skip it
                 rng = random.Random(hash((config.seed, epoch, batches, rank)))
-                yield batches, runner.prepare(*group_texts(batch, config.group_size, rng,
-                                                           config.negatives_with_replacement))
+                yield (
+                    batches,
+                    runner.prepare(*group_texts(batch, config.group_size, rng, config.negatives_with_replacement)),
+                )
 
         for batches, prepared in prefetched(prepared_batches(), config.prefetch_batches):
             scale = 1.0 / config.grad_accumulation
@@ -106,8 +113,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if boundary:  # the one synchronisation of a step: read the loss before stepping on it
                 window_loss = float(window_loss)
                 if not math.isfinite(window_loss):
-                    raise FloatingPointError(f"loss is {window_loss} at step {step}: lower the learning rate or "
-                                             "check weights")
+                    raise FloatingPointError(
+                        f"loss is {window_loss} at step {step}: lower the learning rate or check weights"
+                    )
             if engine is not None:
                 engine.step()  # an optimizer step only at accumulation boundaries
             if not boundary:
@@ -116,18 +124,35 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 optimizer_step(params, optimizer, scheduler)
             step += 1
             elapsed = max(time.time() - window_start, 1e-9)
-            metrics = {"step": step, "epoch": epoch, "loss": window_loss / config.grad_accumulation,
-                       "precision": "bf16" if config.bf16 else "fp32", "packing": bool(config.packing),
-                       "bf16_weights": bool(config.bf16_weights),
-                       "lr": scheduler.get_last_lr()[0], "examples_per_s": window_examples / elapsed,
-                       "resumed_from_step": start_step if checkpoint else None}
+            metrics = {
+                "step": step,
+                "epoch": epoch,
+                "loss": window_loss / config.grad_accumulation,
+                "precision": "bf16" if config.bf16 else "fp32",
+                "packing": bool(config.packing),
+                "bf16_weights": bool(config.bf16_weights),
+                "lr": scheduler.get_last_lr()[0],
+                "examples_per_s": window_examples / elapsed,
+                "resumed_from_step": start_step if checkpoint else None,
+            }
             window_loss, window_examples, window_start = 0.0, 0, time.time()
             done = step >= total_steps
             if rank == 0:
                 progress.report(step, metrics["loss"], metrics["examples_per_s"], done)
             if step % config.checkpoint_every == 0 or done:
-                _report_with_checkpoint(metrics, model_for_forward, None if engine else optimizer, scheduler,
-                                        step, epoch, batches, rank, spec, tokenizer, final=done)
+                _report_with_checkpoint(
+                    metrics,
+                    model_for_forward,
+                    None if engine else optimizer,
+                    scheduler,
+                    step,
+                    epoch,
+                    batches,
+                    rank,
+                    spec,
+                    tokenizer,
+                    final=done,
+                )
             else:
                 ray.train.report(metrics)
             if done:
@@ -146,16 +171,23 @@ def resolve_device_options(config: TrainConfig, device) -> TrainConfig:
     device = torch.device(device)
     bf16 = resolve_bf16(config.bf16, str(device))
     weights = config.bf16_weights if config.bf16_weights is not None else (bf16 and device.type == "cuda")
-    return dataclasses.replace(config, bf16=bf16, bf16_weights=bool(weights) and config.backend != "deepspeed",
-                               packing=packed_supported(device) if config.packing is None else config.packing)
+    return dataclasses.replace(
+        config,
+        bf16=bf16,
+        bf16_weights=bool(weights) and config.backend != "deepspeed",
+        packing=packed_supported(device) if config.packing is None else config.packing,
+    )
 
 
 def epoch_batches(shard, config: TrainConfig, epoch: int, rank: int):
     """One epoch of a worker's data shard in batches. The driver shuffled the pairs once; later
     epochs reshuffle, seeded by (seed, epoch, rank), so a restarted worker sees the same order and
     skips exactly the batches it had done."""
-    shuffle = {} if epoch == 0 else {"local_shuffle_buffer_size": SHUFFLE_BUFFER,
-                                     "local_shuffle_seed": config.seed * 1000 + epoch * 10 + rank}
+    shuffle = (
+        {}
+        if epoch == 0
+        else {"local_shuffle_buffer_size": SHUFFLE_BUFFER, "local_shuffle_seed": config.seed * 1000 + epoch * 10 + rank}
+    )
     return shard.iter_batches(batch_size=config.per_device_batch, batch_format="numpy", **shuffle)
 
 
@@ -182,8 +214,9 @@ def _starting_model(config: TrainConfig):
     return spec, tokenizer, model
 
 
-def _report_with_checkpoint(metrics, model, optimizer, scheduler, step, epoch, batches, rank, spec, tokenizer,
-                            final: bool) -> None:
+def _report_with_checkpoint(
+    metrics, model, optimizer, scheduler, step, epoch, batches, rank, spec, tokenizer, final: bool
+) -> None:
     import ray.train
     import torch
 
@@ -195,10 +228,18 @@ def _report_with_checkpoint(metrics, model, optimizer, scheduler, step, epoch, b
             unwrapped = unwrap(model)
             # With DeepSpeed the optimizer state is partitioned: a restart keeps the weights and
             # schedule and starts the optimizer moments afresh.
-            torch.save({"model": unwrapped.state_dict(),
-                        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                        "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
-                        "batches_in_epoch": batches, "metrics": metrics}, os.path.join(directory, "state.pt"))
+            torch.save(
+                {
+                    "model": unwrapped.state_dict(),
+                    "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                    "scheduler": scheduler.state_dict(),
+                    "step": step,
+                    "epoch": epoch,
+                    "batches_in_epoch": batches,
+                    "metrics": metrics,
+                },
+                os.path.join(directory, "state.pt"),
+            )
             if final:
                 merged = unwrapped.merge_and_unload() if hasattr(unwrapped, "merge_and_unload") else unwrapped
                 save_encoder(merged, tokenizer, spec, os.path.join(directory, "model"))
@@ -211,8 +252,7 @@ def _with_lora(model, rank: int):
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise LratError("--lora-rank needs peft: pip install peft") from None
-    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-                                            target_modules="all-linear"))
+    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear"))
 
 
 def _deepspeed_engine(model, optimizer, scheduler, config: TrainConfig):
@@ -221,8 +261,9 @@ def _deepspeed_engine(model, optimizer, scheduler, config: TrainConfig):
     except ImportError:
         raise LratError("--backend deepspeed needs the 'gpu' extra (or DS_BUILD_OPS=0 pip install deepspeed)") from None
     ds_config = deepspeed_config(config)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=ds_config, dist_init_required=False)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
+    )
     return engine
 
 
@@ -257,8 +298,16 @@ class ProgressFile:
             return
         self.last = time.time()
         try:
-            storage.write_json_atomic(self.uri, {"step": step, "total_steps": self.total, "loss": loss,
-                                                 "examples_per_s": examples_per_s, "time": self.last})
+            storage.write_json_atomic(
+                self.uri,
+                {
+                    "step": step,
+                    "total_steps": self.total,
+                    "loss": loss,
+                    "examples_per_s": examples_per_s,
+                    "time": self.last,
+                },
+            )
         except OSError:  # progress is a courtesy: never a reason to stop training
             pass
 
