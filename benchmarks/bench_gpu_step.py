@@ -143,7 +143,6 @@ def main() -> int:
 
     import torch
 
-    from lrat_ray.models import packing
     from lrat_ray.models.encoder import EncoderSpec, load_tokenizer, save_encoder
     from lrat_ray.models.tiny_llm import tiny_model_path
     from lrat_ray.stages.train import TrainConfig, step_runner
@@ -237,10 +236,9 @@ def main() -> int:
         """lrat's step as ``lrat train`` builds it: the model prepared by the worker's own helpers
         (checkpointing, packing, regional compile, bf16 weights with fp32 masters) and its optimizer
         step; with ``prefetch_batches``, the next step's texts are tokenized in a thread meanwhile."""
-        from lrat_ray.stages.train import checkpointing
         from lrat_ray.stages.train.optimizer import build_optimizer, optimizer_step, to_bf16_weights
         from lrat_ray.stages.train.prefetch import prefetched
-        from lrat_ray.stages.train.regional_compile import compile_layers
+        from lrat_ray.stages.train.worker import prepare_model
 
         config = TrainConfig(
             pairs=["-"],
@@ -248,18 +246,14 @@ def main() -> int:
             group_size=group,
             temperature=0.02,
             bf16=cuda,
+            use_gpu=cuda,  # on CPU, lrat train's cheaper dropout too
             learning_rate=1e-6,
             warmup_ratio=0.0,
             **{"prefetch_batches": 0, **options},
         )
 
         def build():
-            model = copy.deepcopy(base).train()
-            if config.packing:
-                packing.install(model)
-            checkpointing.enable(model, config.gradient_checkpointing)
-            if config.compile_layers:
-                compile_layers(model)
+            model = prepare_model(copy.deepcopy(base).train(), config)  # as the worker prepares it
             if config.bf16_weights:
                 to_bf16_weights(model)
             params, optimizer, scheduler = build_optimizer(model, config, 10**6, config.bf16_weights)

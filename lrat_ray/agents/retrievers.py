@@ -5,9 +5,10 @@ over an index and encoder in this process (:class:`LocalRetriever`, for experime
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
+@runtime_checkable
 class Retriever(Protocol):
     """What an agent needs from a retriever; results have the served API's shape
     (``docid``, ``score``, ``title``, ``snippet``; documents ``docid``, ``title``, ``text``)."""

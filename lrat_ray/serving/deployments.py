@@ -26,7 +26,15 @@ from lrat_ray.serving.requests import (
     resolve_token,
     token_digest,
 )
-from lrat_ray.serving.search import ComposedSearch, LocalSearch, _Failed, _results, _Versions, load_query_encoder
+from lrat_ray.serving.search import (
+    ComposedSearch,
+    LocalSearch,
+    SearchBackend,
+    _Failed,
+    _results,
+    _Versions,
+    load_query_encoder,
+)
 
 log = logging.getLogger(__name__)
 COMPOSED_BATCHES = 4  # search batches one composed ingress replica keeps in flight
@@ -131,7 +139,7 @@ def make_deployment():
             self.config = ServeConfig(index="", **config)
             self.token_sha256 = token_sha256
             self.replica = os.urandom(4).hex()  # in /healthz: shows that a swap reconfigured, not restarted
-            self.backend = (
+            self.backend: SearchBackend = (
                 LocalSearch(self.config.snippet_chars)
                 if encoder is None
                 else ComposedSearch(encoder, dict(zip(shard_numbers, shards)))

@@ -7,7 +7,28 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class SearchBackend(Protocol):
+    """What the ingress asks of a layout (:class:`LocalSearch` or :class:`ComposedSearch`)."""
+
+    async def load(self, directory: str) -> None:
+        """Load the index at ``directory`` beside the current one, then switch to it."""
+
+    @property
+    def directory(self) -> str:
+        """The index requests are admitted under now."""
+
+    def describe(self) -> dict:
+        """What is served: index, documents, model, shards."""
+
+    async def search(self, queries: list[str], depth: int) -> list[list[dict]]:
+        """The top ``depth`` results of each query, in the API's result shape."""
+
+    async def document(self, docid: str) -> dict | None:
+        """A document by id, or None."""
 
 
 @dataclass

@@ -9,6 +9,7 @@ from openai_stub import ScriptedOpenAI
 from lrat_ray.agents.config import AgentConfig
 from lrat_ray.agents.kinds import AGENT_KINDS
 from lrat_ray.agents.react import run_llm
+from lrat_ray.agents.retrievers import Retriever, RetrieverClient
 from lrat_ray.agents.simulated import claim_overlap, run_simulated
 from lrat_ray.agents.tasks import Task, split_task_ids
 from lrat_ray.core.adapters import parse_trajectory
@@ -147,6 +148,7 @@ def test_simulated_agent_answers_after_evidence_and_is_seeded():
         kind="simulated-judged", max_turns=5, position_bias=0.0, p_browse_relevant=1.0, p_correct_with_evidence=1.0
     )
     task = Task(id="t", question="what is it", judgments={"d3": 1})
+    assert isinstance(client, Retriever) and isinstance(RetrieverClient("http://127.0.0.1:9"), Retriever)
     run = AGENT_KINDS[config.kind](task, client, config)
     assert run["correct"] is True and run["result"][-1]["type"] == "output_text"
     assert "d3" in run["retrieved_docids"] and run["tool_call_counts"]["get_document"] >= 1

@@ -7,17 +7,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lrat_ray.experiments.ablation import (
-    METRICS,
-    AblationConfig,
-    arm_examples,
-    arm_train_config,
-    arm_weights,
-    mean_interval,
-    render_markdown,
-    run_ablation,
-    summarize,
-)
+from lrat_ray.experiments.ablation import AblationConfig, render_markdown, run_ablation
+from lrat_ray.experiments.ablation.arms import arm_examples, arm_train_config, arm_weights
+from lrat_ray.experiments.ablation.config import METRICS
+from lrat_ray.experiments.ablation.report import mean_interval, summarize
 from lrat_ray.infra.errors import LratError
 
 

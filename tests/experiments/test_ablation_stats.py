@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lrat_ray.experiments import ablation_stats as st
+from lrat_ray.experiments.ablation import stats as st
 
 
 def test_paired_seed_test_is_scipys_paired_t_with_its_interval():

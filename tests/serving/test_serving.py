@@ -347,10 +347,11 @@ def test_one_failing_request_in_a_batch_fails_alone(ray_session, msmarco_index):
 
     from lrat_ray.serving.admission import Admission
     from lrat_ray.serving.deployments import make_deployment
-    from lrat_ray.serving.search import LocalSearch, _Failed
+    from lrat_ray.serving.search import LocalSearch, SearchBackend, _Failed
 
     backend = LocalSearch(snippet_chars=100)
     asyncio.run(backend.load(str(msmarco_index)))
+    assert isinstance(backend, SearchBackend)  # the protocol the ingress types its backend with
 
     async def faulty(queries, depth):
         if any("poison" in q for q in queries):

@@ -199,7 +199,13 @@ def _starting_model(config: TrainConfig):
 
     spec = config.encoder_spec()
     tokenizer = load_tokenizer(resolve_model(config.model), spec)
-    model = load_transformer(resolve_model(config.model))
+    return spec, tokenizer, prepare_model(load_transformer(resolve_model(config.model)), config)
+
+
+def prepare_model(model, config: TrainConfig):
+    """The step's levers applied to a loaded encoder, in the order they compose: the cheaper CPU
+    dropout, packed attention, activation checkpointing, LoRA adapters, regional compile. Returns
+    the model to train (LoRA wraps it). Used by the worker, fit_in_process and bench_gpu_step."""
     if config.fast_dropout and not config.use_gpu:
         dropout.install(model)
     if config.packing:  # after the dropout's attention function: packed attention replaces it
@@ -211,7 +217,7 @@ def _starting_model(config: TrainConfig):
         model = _with_lora(model, config.lora_rank)
     if config.compile_layers:  # after LoRA, so the compiled layers trace the adapters too
         compile_layers(model)
-    return spec, tokenizer, model
+    return model
 
 
 def _report_with_checkpoint(

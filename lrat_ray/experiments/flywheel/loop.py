@@ -1,33 +1,10 @@
-"""``lrat flywheel``: the closed loop of LRAT — serve, roll out, mine, judge, train, re-index, redeploy.
-
-Iteration 0 indexes the corpus with the starting model, serves it and measures the held-out tasks.
-Each later iteration ``i``:
-
-1. ``rollout``: agents solve ``train_tasks`` training tasks against the served retriever (HTTP);
-2. ``mine``: trajectories -> weighted pairs (:mod:`lrat_ray.stages.mine`);
-3. ``judge``: label the pairs from the post-browse reasoning (:mod:`lrat_ray.stages.judge`);
-4. ``train``: warm-start from the previous model, weighted InfoNCE on Ray Train;
-5. ``index``: re-encode the corpus with the new model;
-6. ``deploy``: swap the served index in place (no request dropped);
-7. ``eval``: held-out tasks rolled out against the new retriever (success rate, evidence recall
-   = share of a task's evidence documents that appeared in any of its search results, steps per
-   task) plus the index's IR metrics on the held-out queries.
-
-Tasks are split by query id into training and held-out sets with a fixed seed (or taken from
-separate judgment files); held-out tasks never feed training. Every sub-stage runs under
-:func:`lrat_ray.infra.stage_run.run_stage` in its own directory ``output/iter-<i>/<stage>/``, like a stage
-run from the command line: a ``_lrat_stage.json`` manifest whose version key chains from its
-inputs' keys (rollouts and evaluations from the index their agents searched), so a restarted
-flywheel skips finished stages, resumes the unfinished one, and refuses to mix in a stage
-finished with other options. Results accumulate in
-``output/results.csv``, ``output/results.md`` and ``output/results.png``.
-"""
+"""The flywheel loop: iteration 0 measures the starting model; every later iteration rolls out,
+mines, judges, trains, re-indexes, swaps the served index and evaluates, each sub-stage under
+run_stage in its own directory."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -35,177 +12,14 @@ import random
 import time
 from dataclasses import dataclass
 
+from lrat_ray.experiments.flywheel.config import FlywheelConfig
+from lrat_ray.experiments.flywheel.results import intervals, write_results
 from lrat_ray.infra import storage
-from lrat_ray.infra.config import build_section, checked, option, section
+from lrat_ray.infra.config import checked, option
 from lrat_ray.infra.errors import LratError
 from lrat_ray.registry import STAGES
 
 log = logging.getLogger(__name__)
-RESOURCE_STAGES = ("index", "rollout", "mine", "train", "serve")
-SECTIONS = ("index", "mine", "judge", "train", "agent", "agent_llm")
-INTERVAL_METRICS = ("success_rate", "evidence_recall", "avg_steps", "ndcg@10", "recall@100")
-RESULT_COLUMNS = (
-    "iteration",
-    "model",
-    *INTERVAL_METRICS,
-    *(f"{m}_{end}" for m in INTERVAL_METRICS for end in ("lo", "hi")),
-    "ndcg@10_p_vs_0",
-    "train_pairs",
-    "judged_relevant",
-)
-
-
-def _agent_config():
-    from lrat_ray.agents.config import AgentConfig
-
-    return AgentConfig
-
-
-def _llm_serve_config():
-    from lrat_ray.serving.llm import LLMServeConfig
-
-    return LLMServeConfig
-
-
-@dataclass
-@checked
-class FlywheelConfig:
-    """Options of ``lrat flywheel`` (YAML: a ``flywheel:`` section). The sub-stages' own options
-    are nested sections (``index``, ``mine``, ``judge``, ``train``, ``agent``, ``agent_llm``),
-    each the options of that stage's config except the inputs and outputs the flywheel sets; every
-    section is built into its typed config when this config is built, so a wrong option anywhere
-    fails before any work, with the section and option named."""
-
-    corpus: list[str] = option(help="corpus files (BEIR JSONL or Parquet)", path=True)
-    queries: str = option(help="task questions: BEIR queries.jsonl", path=True)
-    train_qrels: str = option(help="judgments of the training tasks", path=True)
-    heldout_qrels: str | None = option(None, help="judgments of held-out tasks (else split train_qrels)", path=True)
-    heldout_fraction: float = option(0.2, minimum=0, help="share of train_qrels held out when heldout_qrels is unset")
-    output: str = option(
-        "runs/flywheel",
-        help="flywheel directory (local, or a URI: then the flywheel runs in a "
-        "local scratch directory and uploads the finished one)",
-    )
-    iterations: int = option(2, minimum=0, help="training iterations after the baseline")
-    train_tasks: int | None = option(
-        None, minimum=1, help="training tasks rolled out per iteration (sampled; default all)"
-    )
-    heldout_tasks: int | None = option(None, minimum=1, help="held-out tasks evaluated (sampled once; default all)")
-    model: str = option("embedded", help="starting retriever", path=True)
-    document_max_length: int = option(256, minimum=1, help="document tokens for indexing and training")
-    rollout_workers: int = option(2, minimum=1, help="rollout actors", runtime=True)
-    port: int = option(8000, help="port of the served retriever (0: pick a free one)", runtime=True)
-    serve_proxy_location: str = option(
-        "EveryNode",
-        choices=("EveryNode", "HeadOnly"),
-        help="Ray Serve HTTP proxies: EveryNode lets rollout actors on any node "
-        "reach the retriever at 127.0.0.1:PORT; HeadOnly when all nodes share "
-        "one host (a simulated cluster), whose proxies would fight for the port",
-        runtime=True,
-    )
-    seed: int = option(0, help="seed of the task split and sampling")
-    index: dict = section(
-        STAGES["index"].config_class,
-        set_by=("corpus", "output", "model", "document_max_length"),
-        help="IndexConfig options of every index built (workers: 2 unless set; index_type, batch_size, bf16, ...)",
-    )
-    mine: dict = section(
-        STAGES["mine"].config_class,
-        set_by=("input", "output", "labels"),
-        help="MineConfig options (negative_mode, tokenizer, zero_length, workers: 1 unless set, "
-        "...); with negative_mode since-last-positive the browse events are judged first "
-        "and mined with the labels",
-    )
-    judge: dict = section(
-        STAGES["judge"].config_class,
-        set_by=("pairs", "events", "output"),
-        help="JudgeConfig options (backend: keyword unless set, model, prompt, guided, "
-        "on_failure, concurrency, endpoint, ...)",
-    )
-    train: dict = section(
-        STAGES["train"].config_class,
-        set_by=("pairs", "output", "model", "corpus"),
-        help="TrainConfig options (workers, per_device_batch, learning_rate, backend, ...)",
-    )
-    agent: dict = section(_agent_config, help="AgentConfig options of the agents (kind, max_turns, k, ...)")
-    agent_llm: dict = section(
-        _llm_serve_config,
-        help="LLMServeConfig options of the agents' LLM, served on Ray Serve beside the "
-        "retriever while agents run (agent kind llm without an agent endpoint)",
-    )
-    resources: dict = option(
-        {},
-        help="custom resources per worker of each stage: a mapping from index, rollout, "
-        "mine, train or serve to e.g. {\"cpu_stage\": 1} (a section's own "
-        "resources option wins)",
-        runtime=True,
-    )
-    stop_after: str | None = option(
-        None, help="testing: stop the process after this stage, e.g. iter-1/judge", runtime=True
-    )
-
-    def __post_init__(self):
-        unknown = sorted(set(self.resources) - set(RESOURCE_STAGES))
-        if unknown:
-            raise ValueError(f"resources: unknown stage(s) {unknown}; known: {list(RESOURCE_STAGES)}")
-        self._sections = {name: self._build_section(name) for name in SECTIONS}
-        self._sections["agent"].grader_config()
-
-    def _build_section(self, name: str):
-        try:
-            return build_section(self, name, self._section_defaults(name))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"flywheel section {name}: {exc}") from None
-
-    def _section_defaults(self, name: str) -> dict:
-        """What the flywheel sets in a section's config (inputs, outputs) or defaults there."""
-        return {
-            "index": {
-                "corpus": self.corpus,
-                "output": self.output,
-                "model": self.model,
-                "workers": 2,
-                "document_max_length": self.document_max_length,
-                "resources": self.resources_of("index"),
-            },
-            "mine": {
-                "input": [self.output],
-                "output": self.output,
-                "workers": 1,
-                "resources": self.resources_of("mine"),
-            },
-            "judge": {"pairs": self.output, "output": self.output, "cache": os.path.join(self.output, "judge-cache")},
-            "train": {
-                "pairs": [self.output],
-                "output": self.output,
-                "corpus": self.corpus,
-                "document_max_length": self.document_max_length,
-                "resources": self.resources_of("train"),
-            },
-            "agent": {"seed": self.seed},
-            "agent_llm": {},
-        }[name]
-
-    def resources_of(self, stage: str) -> dict:
-        return dict(self.resources.get(stage) or {})
-
-    def stage_config(self, name: str, **settings):
-        """The typed config of sub-stage ``name`` (its section over the flywheel's defaults), with the
-        inputs and output the flywheel sets for this run."""
-        return dataclasses.replace(self._sections[name], **settings)
-
-    @property
-    def judges_events(self) -> bool:
-        """The official builder's mode judges browses while mining: judge events, then mine with labels."""
-        return (
-            self._sections["mine"].negative_mode == "since-last-positive" and self._sections["judge"].backend != "none"
-        )
-
-    @property
-    def serves_agent_llm(self) -> bool:
-        """LLM agents with no endpoint of their own (the section sets none: AgentConfig's default
-        endpoint is a placeholder) use the LLM the flywheel serves beside the retriever."""
-        return self._sections["agent"].kind == "llm" and not self.agent.get("endpoint")
 
 
 @dataclass
@@ -426,7 +240,7 @@ def _score_heldout(state: FlywheelState, iteration: int, url: str, path: str) ->
         "avg_steps": agent_metrics["avg_steps"],
         "ndcg@10": ir["ndcg@10"],
         "recall@100": ir["recall@100"],
-        **_intervals(agent_metrics["per_task"], scored["per_query"]),
+        **intervals(agent_metrics["per_task"], scored["per_query"]),
         "heldout_tasks": len(state.heldout_ids),
         "rollout": summary,
     }
@@ -439,24 +253,6 @@ def _score_heldout(state: FlywheelState, iteration: int, url: str, path: str) ->
             metrics["ndcg@10_p_vs_0"] = paired_comparison(json.load(fh), scored["per_query"], "ndcg@10")["t_test_p"]
     storage.write_json_atomic(os.path.join(path, "metrics.json"), metrics)
     return metrics
-
-
-def _intervals(per_task: dict, per_query: dict) -> dict:
-    """95% bootstrap intervals over the held-out tasks of every reported metric."""
-    from lrat_ray.core.metrics import bootstrap_interval
-
-    values = {
-        "success_rate": [None if r["correct"] is None else float(r["correct"]) for r in per_task.values()],
-        "evidence_recall": [r.get("evidence_recall") for r in per_task.values()],
-        "avg_steps": [r["steps"] for r in per_task.values()],
-        "ndcg@10": [m["ndcg@10"] for m in per_query.values()],
-        "recall@100": [m["recall@100"] for m in per_query.values()],
-    }
-    out = {}
-    for name, series in values.items():
-        interval = bootstrap_interval(series)
-        out[f"{name}_lo"], out[f"{name}_hi"] = interval if interval else (None, None)
-    return out
 
 
 def _train_iteration(state: FlywheelState, iteration: int, url: str) -> dict:
@@ -552,70 +348,3 @@ def run_flywheel(config: FlywheelConfig) -> list[dict]:
         serve.shutdown()
     log.info("flywheel finished in %.0fs", time.time() - started)
     return rows
-
-
-def write_results(output: str, rows: list[dict]) -> None:
-    """results.csv, results.md and results.png (metrics per iteration)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    storage.write_bytes_atomic(os.path.join(output, "results.csv"), buffer.getvalue().encode())
-    storage.write_bytes_atomic(os.path.join(output, "results.md"), results_table(rows).encode())
-    _plot(output, rows)
-
-
-def results_table(rows: list[dict]) -> str:
-    def fmt(value):
-        return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
-
-    def cell(row, name):
-        if name not in INTERVAL_METRICS or row.get(f"{name}_lo") is None:
-            return fmt(row.get(name))
-        return f"{fmt(row.get(name))} [{row[f'{name}_lo']:.3f}, {row[f'{name}_hi']:.3f}]"
-
-    header = ("iteration", *INTERVAL_METRICS, "ndcg@10_p_vs_0", "train_pairs", "judged_relevant")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
-    lines += ["| " + " | ".join(cell(row, h) for h in header) + " |" for row in rows]
-    return (
-        "\n".join(lines) + "\n\n[lo, hi]: 95% bootstrap interval over the held-out tasks (one run, one seed); "
-        "ndcg@10_p_vs_0: paired t-test of per-task nDCG@10 against iteration 0.\n"
-    )
-
-
-def _plot(output: str, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    iterations = [r["iteration"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, keys, title in (
-        (axes[0], ("evidence_recall", "success_rate"), "held-out agent metrics"),
-        (axes[1], ("avg_steps",), "steps per task"),
-        (axes[2], ("ndcg@10", "recall@100"), "held-out IR metrics"),
-    ):
-        for key in keys:
-            shown = [
-                (i, r[key], r.get(f"{key}_lo"), r.get(f"{key}_hi"))
-                for i, r in zip(iterations, rows)
-                if r.get(key) is not None
-            ]
-            if not shown:
-                continue
-            xs, values, lows, highs = zip(*shown)
-            errors = [
-                [v - (lo if lo is not None else v) for v, lo in zip(values, lows)],
-                [(hi if hi is not None else v) - v for v, hi in zip(values, highs)],
-            ]
-            ax.errorbar(xs, values, yerr=errors, marker="o", capsize=4, label=key)
-        ax.set_xlabel("iteration")
-        ax.set_title(f"{title}\n(95% bootstrap CI over tasks)", fontsize=9)
-        ax.set_xticks(iterations)
-        ax.legend()
-    fig.tight_layout()
-    tmp = os.path.join(output, ".results.png.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, os.path.join(output, "results.png"))
