@@ -86,7 +86,7 @@ def reformulate(question: str, snippet: str | None, rng: random.Random) -> str:
 
 
 # Ways a reader sets a useless document aside. Only some use the words a keyword judge looks for
-# (lrat_ray.stages.judge.NEGATIVE_PHRASES): a judge has to read, and a simple one misses the rest.
+# (lrat_ray.stages.judge.prompts.NEGATIVE_PHRASES): a judge has to read, and a simple one misses the rest.
 DISMISSALS = (
     "This document is not relevant to the claim.",
     "Irrelevant: the abstract is about a different topic.",
