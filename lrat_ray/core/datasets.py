@@ -9,7 +9,7 @@ from collections import defaultdict
 from lrat_ray.infra import storage
 from lrat_ray.infra.errors import RecordError
 
-Qrels = dict[str, dict[str, int]]
+Qrels = dict[str, dict[str, int]]  # query id -> {doc id: grade}
 
 
 def load_answers(path: str) -> dict[str, str]:

@@ -16,11 +16,11 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from lrat_ray.core.datasets import Qrels
 from lrat_ray.infra import storage
 from lrat_ray.infra.errors import LratError
 
-Qrels = dict[str, dict[str, int]]
-Run = dict[str, dict[str, float]]
+Run = dict[str, dict[str, float]]  # query id -> {doc id: score}
 
 
 def score_run(run: Run, qrels: Qrels, ks: Iterable[int], rel_threshold: int = 1, evidence: Qrels | None = None) -> dict:

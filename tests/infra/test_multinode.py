@@ -296,14 +296,14 @@ def test_flywheel_job_stopped_and_resubmitted_skips_finished_stages(cluster, sci
             "heldout_qrels": str(scifact_slice / "test.tsv"),
             "output": str(out),
             "iterations": 1,
-            "train_tasks": 6,
-            "heldout_tasks": 6,
-            "document_max_length": 64,
+            "train_tasks": 4,
+            "heldout_tasks": 3,
+            "document_max_length": 32,
             "index": {"workers": 1},
             "rollout_workers": 2,
             "port": 0,
             "serve_proxy_location": "HeadOnly",
-            "agent": {"max_turns": 3},
+            "agent": {"max_turns": 2},
             "train": {"per_device_batch": 4, "group_size": 2, "workers": 1, "checkpoint_every": 1000},
             "resources": {"index": STAGE, "mine": STAGE, "train": STAGE},
         }
@@ -342,10 +342,10 @@ def test_flywheel_job_stopped_and_resubmitted_skips_finished_stages(cluster, sci
     assert manifest(1, "eval")["inputs"]["index"] == f"stage:{manifest(1, 'index')['key']}"
     assert json.loads((out / "iter-1" / "mine" / "report.json").read_text())["zero_length"] == "neutral"
     tasks = json.loads((out / "tasks.json").read_text())
-    assert len(tasks["train"]) == 30 and len(tasks["heldout"]) == 6 and not set(tasks["train"]) & set(tasks["heldout"])
+    assert len(tasks["train"]) == 30 and len(tasks["heldout"]) == 3 and not set(tasks["train"]) & set(tasks["heldout"])
     heldout_runs = {p.stem for p in (out / "iter-1" / "eval" / "runs").iterdir()}
     trained_on = {p.stem for p in (out / "iter-1" / "rollout" / "runs").iterdir()}
-    assert heldout_runs == set(tasks["heldout"]) and len(trained_on) == 6 and not heldout_runs & trained_on
+    assert heldout_runs == set(tasks["heldout"]) and len(trained_on) == 4 and not heldout_runs & trained_on
     assert (out / "results.md").read_text().startswith("| iteration |")
     assert (out / "results.png").stat().st_size > 10_000
     manifest = json.loads((out / "iter-1" / "index" / "manifest.json").read_text())
