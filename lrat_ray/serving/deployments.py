@@ -407,6 +407,7 @@ def _pinned(deployment, *identity):
 def _code_files() -> list[str]:
     """The modules whose code a replica runs: a change to any of them is a new version."""
     from lrat_ray.serving import admission, requests, search
-    from lrat_ray.stages import index
+    from lrat_ray.stages.index import faiss_index, retrieval
 
-    return [__file__, admission.__file__, requests.__file__, search.__file__, index.__file__]
+    modules = (admission, requests, search, retrieval, faiss_index)
+    return [__file__, *(module.__file__ for module in modules)]

@@ -60,11 +60,11 @@ def load_query_encoder(index_dir: str, manifest: dict | None = None, device: str
     fp32 vectors of one model differ by rounding only (top-10 overlap 0.99 on SciFact), so an index
     built on an AMX machine is searched in fp32 where bf16 would be emulated, and vice versa."""
     from lrat_ray.models.encoder import Encoder, EncoderSpec
-    from lrat_ray.stages.index import _check_encoder, read_manifest
+    from lrat_ray.stages.index import check_encoder, read_manifest
 
     manifest = manifest or read_manifest(index_dir)
     encoder = Encoder(EncoderSpec(**manifest["encoder"]), device=device)
-    _check_encoder(index_dir, manifest, encoder.spec)
+    check_encoder(index_dir, manifest, encoder.spec)
     return encoder
 
 
