@@ -66,6 +66,14 @@ HAND = Trajectory(
 )
 
 
+# The fast tier (``-m "not slow"``) is the pure tests plus one Ray test, the flywheel smoke test,
+# which drives every stage through Ray (rollout, mine, judge, Ray Train, index, Serve, eval). Every
+# other test that needs the session's Ray belongs to the full tier: each Ray stage starts fresh
+# worker processes that import torch and transformers (~6 s apiece on these CPUs), so a handful of
+# them would cost minutes, and the smoke test already covers the wiring they share.
+FAST_RAY_TESTS = {"test_one_flywheel_iteration_runs_every_stage_and_trains_on_judged_pairs"}
+# Modules and tests that are slow without the session's Ray (real LLMs, clusters of their own, a
+# local S3 server, a decoder embedder, ablation cells, LoRA, a two-process training).
 SLOW_MODULES = {
     "test_multinode",
     "test_object_storage",
@@ -75,19 +83,8 @@ SLOW_MODULES = {
     "test_judged_mining",
 }
 SLOW_TESTS = {
-    "test_deepspeed_zero2_trains_on_cpu_workers",
     "test_lora_trains_only_adapters_and_merges_on_save",
     "test_two_worker_gathered_loss_and_gradient_equal_one_process",
-    "test_metrics_equal_an_independent_library",
-    "test_run_judge_openai_uses_the_cache_on_a_rerun",
-    "test_one_large_jsonl_file_mined_in_byte_ranges_by_several_actors_equals_one_process",
-    "test_swap_index_under_load_drops_no_request",
-    "test_sharded_job_equals_single_process",
-    "test_index_in_one_precision_searched_in_the_other",
-    "test_index_vectors_with_packing_equal_without",
-    "test_lrat_serve_takes_its_token_from_the_environment_and_listens_on_loopback_only",
-    "test_corrupt_files_are_counted_and_named_strict_stops_and_the_corrected_run_proceeds",
-    "test_eval_warns_about_judgments_it_cannot_use",
 }
 
 
@@ -127,9 +124,14 @@ def pytest_collection_modifyitems(items):
     """The tiers: ``-m "not slow"`` is the fast one (``make test-fast``); ``ray`` marks every test
     that needs the session's Ray."""
     for item in items:
-        if item.module.__name__ in SLOW_MODULES or item.originalname in SLOW_TESTS or _composed_variant(item):
+        uses_ray = "ray_session" in getattr(item, "fixturenames", ())
+        if (
+            item.module.__name__ in SLOW_MODULES
+            or item.originalname in SLOW_TESTS
+            or (uses_ray and item.originalname not in FAST_RAY_TESTS)
+        ):
             item.add_marker(pytest.mark.slow)
-        if "ray_session" in getattr(item, "fixturenames", ()):
+        if uses_ray:
             item.add_marker(pytest.mark.ray)
 
 
@@ -231,9 +233,3 @@ def serve_port() -> int:
     from lrat_ray.infra.runtime import free_port
 
     return free_port()
-
-
-def _composed_variant(item) -> bool:
-    """The composed-retriever runs of the serving tests, but one, belong to the full tier."""
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    return params.get("server") == "composed" and item.originalname != "test_search_document_and_health"
