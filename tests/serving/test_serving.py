@@ -326,7 +326,9 @@ def test_a_full_replica_turns_requests_away_with_retry_after_and_the_agent_clien
     statuses = Counter(r.status_code for r in responses)
     assert set(statuses) == {200, 503} and statuses[200] >= 1, statuses
     turned_away = next(r for r in responses if r.status_code == 503)
-    assert turned_away.headers["retry-after"] == "1" and "busy" in turned_away.json()["error"]
+    # Retry-After: the drain time at the replica's answer rate per busy second (exact values in
+    # test_admission.py), a second or a few here; idle time before the burst must not stretch it.
+    assert 1 <= int(turned_away.headers["retry-after"]) <= 5 and "busy" in turned_away.json()["error"]
 
     clients = [RetrieverClient(url, TOKEN) for _ in range(12)]
 
