@@ -30,7 +30,7 @@ def rollouts(tasks: int, work: Path) -> tuple[Path, dict[str, dict[str, int]]]:
     """The ablation's informative agent (seed 0) on ``tasks`` training claims; run files in ``work``."""
     from lrat_ray.agents.retrievers import LocalRetriever
     from lrat_ray.experiments.ablation import AblationConfig
-    from lrat_ray.experiments.ablation.run import _encoder, _experiment, _index, _rollouts, _train_tasks
+    from lrat_ray.experiments.ablation.run import corpus_index, load_experiment, make_encoder, roll_out, training_tasks
 
     config = AblationConfig(
         corpus=[str(SCIFACT / "corpus.jsonl")],
@@ -41,10 +41,10 @@ def rollouts(tasks: int, work: Path) -> tuple[Path, dict[str, dict[str, int]]]:
         train_tasks=tasks,
         agent={"max_turns": 4, "k": 10},
     )
-    exp = _experiment(config)
-    encoder = _encoder(exp.base_spec, bf16=config.bf16)
-    chosen = _train_tasks(exp, 0)
-    runs = _rollouts(exp, LocalRetriever(_index(exp, encoder), encoder), chosen, "informative", 0)
+    exp = load_experiment(config)
+    encoder = make_encoder(exp.base_spec, bf16=config.bf16)
+    chosen = training_tasks(exp, 0)
+    runs = roll_out(exp, LocalRetriever(corpus_index(exp, encoder), encoder), chosen, "informative", 0)
     folder = work / "runs"
     folder.mkdir(parents=True, exist_ok=True)
     for run in runs:

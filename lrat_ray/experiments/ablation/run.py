@@ -61,7 +61,7 @@ def run_ablation(config: AblationConfig) -> dict:
     cells: dict[tuple[str, str], dict[int, dict]] = {}
     pair_stats = {}
     for seed in config.seeds:
-        tasks = _train_tasks(exp, seed)
+        tasks = training_tasks(exp, seed)
         for variant in config.agents:
             pairs = _pairs(exp, base_retriever, tasks, variant, seed)
             pair_stats[f"seed-{seed}/{variant}"] = pair_summary(pairs)
@@ -97,7 +97,7 @@ def run_pilot(config: AblationConfig, setup, started: float) -> dict:
 
     exp, base_retriever, base = setup
     seed = config.seeds[0]
-    pairs = _pairs(exp, base_retriever, _train_tasks(exp, seed), "informative", seed)
+    pairs = _pairs(exp, base_retriever, training_tasks(exp, seed), "informative", seed)
     qids = sorted(base)
     scores = {}
     for order in (seed, seed + 1000):
@@ -144,9 +144,9 @@ def _setup(config: AblationConfig):
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     _claim_output(config)
-    exp = _experiment(config)
-    base_encoder = _encoder(exp.base_spec, bf16=config.bf16)
-    base_index = _index(exp, base_encoder, os.path.join(config.output, "base", "vectors.npy"))
+    exp = load_experiment(config)
+    base_encoder = make_encoder(exp.base_spec, bf16=config.bf16)
+    base_index = corpus_index(exp, base_encoder, os.path.join(config.output, "base", "vectors.npy"))
     base_retriever = LocalRetriever(base_index, base_encoder)
     base = _cached(
         os.path.join(config.output, "base", "per_query.json"),
@@ -174,7 +174,7 @@ def _claim_output(config: AblationConfig) -> None:
     storage.write_json_atomic(path, settings)
 
 
-def _experiment(config: AblationConfig) -> Experiment:
+def load_experiment(config: AblationConfig) -> Experiment:
     from lrat_ray.core.corpus import document_text, iter_documents
     from lrat_ray.core.datasets import load_qrels, load_queries
     from lrat_ray.models.encoder import spec_for
@@ -213,7 +213,7 @@ def _experiment(config: AblationConfig) -> Experiment:
     )
 
 
-def _train_tasks(exp: Experiment, seed: int):
+def training_tasks(exp: Experiment, seed: int):
     from lrat_ray.agents.tasks import load_tasks
 
     ids = sorted(q for q in exp.train_qrels if q in exp.queries)
@@ -223,13 +223,13 @@ def _train_tasks(exp: Experiment, seed: int):
     return load_tasks(exp.queries, exp.train_qrels, chosen)
 
 
-def _encoder(spec, model=None, tokenizer=None, bf16: bool | None = None):
+def make_encoder(spec, model=None, tokenizer=None, bf16: bool | None = None):
     from lrat_ray.models.encoder import Encoder
 
     return Encoder(spec, device="cpu", bf16=bf16) if model is None else Encoder.wrap(spec, model, tokenizer, bf16=bf16)
 
 
-def _index(exp: Experiment, encoder, cache: str | None = None):
+def corpus_index(exp: Experiment, encoder, cache: str | None = None):
     """The corpus indexed with ``encoder``; ``cache``: the vectors saved there (the untrained
     model's, which a resumed run or the full run after the pilot need not encode again)."""
     import pyarrow as pa
@@ -293,12 +293,12 @@ def _pairs(exp: Experiment, retriever, tasks, variant: str, seed: int) -> list[d
     if os.path.isfile(path):
         with gzip.open(path, "rt") as fh:
             return json.load(fh)
-    pairs = mine_and_judge(_rollouts(exp, retriever, tasks, variant, seed), tasks)
+    pairs = mine_and_judge(roll_out(exp, retriever, tasks, variant, seed), tasks)
     storage.write_bytes_atomic(path, gzip.compress(json.dumps(pairs).encode()))
     return pairs
 
 
-def _rollouts(exp: Experiment, retriever, tasks, variant: str, seed: int) -> list[dict]:
+def roll_out(exp: Experiment, retriever, tasks, variant: str, seed: int) -> list[dict]:
     from lrat_ray.agents.config import AgentConfig
     from lrat_ray.agents.simulated import run_simulated
 
@@ -329,8 +329,8 @@ def _train_and_score(exp: Experiment, pairs: list[dict], arm: str, seed: int, or
     fitted = fit_in_process(
         arm_train_config(config, order_seed), arm_examples(pairs, arm, exp.text_of, config.stream), config.steps
     )
-    encoder = _encoder(fitted["spec"], fitted["model"], fitted["tokenizer"], bf16=config.bf16)
-    return _measure(exp, encoder, _index(exp, encoder), seed)
+    encoder = make_encoder(fitted["spec"], fitted["model"], fitted["tokenizer"], bf16=config.bf16)
+    return _measure(exp, encoder, corpus_index(exp, encoder), seed)
 
 
 def _only_metrics(per_query: dict) -> dict:

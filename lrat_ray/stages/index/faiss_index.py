@@ -33,10 +33,10 @@ def build_faiss(
     else:
         raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
     index.add(vectors)
-    return _search_settings(index, {"type": index_type, "nprobe": nprobe, "ef_search": ef_search})
+    return search_settings(index, {"type": index_type, "nprobe": nprobe, "ef_search": ef_search})
 
 
-def _search_settings(index, params: dict):
+def search_settings(index, params: dict):
     """Search-time parameters, which FAISS does not keep in the saved file."""
     if params["type"] == "ivf":
         index.nprobe = min(params["nprobe"], index.nlist)

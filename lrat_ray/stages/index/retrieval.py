@@ -16,7 +16,7 @@ import pyarrow as pa
 from lrat_ray.infra import storage
 from lrat_ray.infra.errors import LratError
 from lrat_ray.models.encoder import EncoderSpec, model_fingerprint
-from lrat_ray.stages.index.faiss_index import _search_settings, build_faiss, merge_top_k, to_gpu
+from lrat_ray.stages.index.faiss_index import build_faiss, merge_top_k, search_settings, to_gpu
 
 FORMAT = "lrat-index/2"
 SHARD_DONE = "shard.json"
@@ -45,7 +45,7 @@ class IndexShard:
     def load(cls, directory: str, params: dict, gpu: bool = False) -> IndexShard:
         import faiss
 
-        index = _search_settings(faiss.read_index(os.path.join(directory, "index.faiss")), params)
+        index = search_settings(faiss.read_index(os.path.join(directory, "index.faiss")), params)
         # Memory-mapped: the documents stay in the page cache, read by row, not copied into the heap.
         documents = pa.ipc.open_file(pa.memory_map(os.path.join(directory, "documents.arrow"))).read_all()
         return cls(to_gpu(index) if gpu else index, documents)

@@ -21,7 +21,7 @@ from lrat_ray.stages.train.config import TrainConfig
 from lrat_ray.stages.train.data import EXAMPLE_COLUMNS, example_dataset, group_texts
 from lrat_ray.stages.train.optimizer import build_optimizer, optimizer_step, to_bf16_weights
 from lrat_ray.stages.train.step import step_runner
-from lrat_ray.stages.train.worker import _starting_model, resolve_device_options, train_loop_per_worker
+from lrat_ray.stages.train.worker import resolve_device_options, starting_model, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def fit_in_process(config: TrainConfig, examples: list[dict], steps: int, output
 
     torch.manual_seed(config.seed)
     config = resolve_device_options(config, torch.device("cpu"))
-    spec, tokenizer, model = _starting_model(config)
+    spec, tokenizer, model = starting_model(config)
     if config.bf16_weights:
         to_bf16_weights(model)
     params, optimizer, scheduler = build_optimizer(model, config, steps, config.bf16_weights)

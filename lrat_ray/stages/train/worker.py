@@ -40,7 +40,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # auto precision is decided here, on the worker's own device (the driver may have no GPU).
     config = resolve_device_options(config, device)
 
-    spec, tokenizer, model = _starting_model(config)
+    spec, tokenizer, model = starting_model(config)
 
     start_step, start_epoch, skip_batches = 0, 0, 0
     checkpoint = ray.train.get_checkpoint()
@@ -191,7 +191,7 @@ def epoch_batches(shard, config: TrainConfig, epoch: int, rank: int):
     return shard.iter_batches(batch_size=config.per_device_batch, batch_format="numpy", **shuffle)
 
 
-def _starting_model(config: TrainConfig):
+def starting_model(config: TrainConfig):
     """The encoder spec, tokenizer and model to train (with LoRA adapters, checkpointing and, on
     CPU, the cheaper dropout)."""
     from lrat_ray.models.embedded import resolve_model
