@@ -35,7 +35,8 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Everyday work: no multi-node, object storage, DeepSpeed, real LLM or long end-to-end tests.
+# Everyday work (~2.5 min): the pure tests and one flywheel iteration through every Ray stage;
+# the other Ray tests, multi-node, object storage, real LLMs and the ablation are in `make test`.
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
