@@ -42,7 +42,9 @@ class AblationConfig:
     model: str = option("embedded", help="starting retriever (every arm trains from it)", path=True)
     seeds: list[int] = option(
         [0, 1, 2, 3, 4],
-        help="seeds (the unit of the primary tests; at least 5 for the full run, as many as --pilot says are needed)",
+        help="seeds (the unit of the primary tests; at least 5 for the full run, as many as --pilot says are "
+        "needed); the report covers these seeds, and a rerun into the same --output trains only the cells "
+        "it has not finished (so seeds can be added)",
     )
     train_tasks: int | None = option(None, help="training tasks per seed (default all; fewer: sampled per seed)")
     heldout_tasks: int | None = option(None, help="held-out tasks scored (default all)")
