@@ -320,9 +320,9 @@ def main() -> int:
             started = time.perf_counter()
             steps(states[label], args.steps)
             _sync(device)
-            timings.setdefault(label, []).append((time.perf_counter() - started) / args.steps)
+            seconds = (time.perf_counter() - started) / args.steps
+            timings.setdefault(label, []).append(seconds)
             memory = memories[label] = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
-            seconds = timings[label][-1]
             print(
                 f"{label:<34} {seconds:7.3f} s/step  {len(queries) / seconds:7.2f} queries/s  "
                 f"{real / seconds:9.0f} real tokens/s  {memory:>9}  {flops / seconds / peak:6.1%} of matmul peak"
